@@ -1,0 +1,36 @@
+# The two commands: `make demo` and `make test`. Each bootstraps .venv on first use.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.modelmill-installed
+EXTRAS  ?= all,dev
+
+.PHONY: demo test lint typecheck pytest bench services clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/modelmill demo
+
+test: $(STAMP) lint typecheck pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+pytest: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	@for b in benchmarks/*.py; do case $$b in */_*) continue;; esac; echo "== $$b"; $(PY) $$b || exit 1; done
+
+services:
+	bash scripts/services.sh
+
+clean:
+	rm -rf $(VENV) .modelmill .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,30 @@
+"""The ``modelmill`` command: one subcommand per stage of the loop."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from modelmill.cli import core
+from modelmill.cli.output import fail
+from modelmill.errors import InputError, ModelmillError
+
+app = typer.Typer(
+    name="modelmill",
+    help="The whole machine-learning loop: ingest, features, train, register, serve, monitor, test, roll out.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+core.register(app)
+
+
+def main() -> None:
+    """Console-script entry point: errors become a message (or a JSON object) and a non-zero exit."""
+    try:
+        app()
+    except ModelmillError as exc:
+        fail(exc, as_json="--json" in sys.argv, code=2 if isinstance(exc, InputError) else 1)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None

@@ -1,0 +1,112 @@
+"""Health of every configured backend: reachable or not, why, round-trip latency, schema version."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from modelmill.config import Settings, mask_url
+from modelmill.errors import ModelmillError
+from modelmill.store import Database, open_kv
+
+__all__ = ["BackendHealth", "check_all"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BackendHealth:
+    name: str
+    url: str
+    reachable: bool
+    reason: str = ""
+    latency_ms: float | None = None
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"url": self.url, "reachable": self.reachable, "reason": self.reason,
+                               "latency_ms": self.latency_ms}
+        out.update(self.details)
+        return out
+
+
+def _timed(name: str, url: str, probe: Callable[[], dict[str, Any] | None]) -> BackendHealth:
+    start = time.perf_counter()
+    try:
+        details = probe() or {}
+    except ModelmillError as exc:
+        return BackendHealth(name=name, url=mask_url(url), reachable=False, reason=exc.context.get("reason") or exc.message)
+    except Exception as exc:  # doctor reports any failure as a reason, never a traceback
+        return BackendHealth(name=name, url=mask_url(url), reachable=False, reason=f"{type(exc).__name__}: {exc}")
+    ms = round((time.perf_counter() - start) * 1000, 3)
+    return BackendHealth(name=name, url=mask_url(url), reachable=True, latency_ms=ms, details=details)
+
+
+def _check_db(url: str) -> dict[str, Any]:
+    db = Database(url).open()
+    try:
+        current, heads = db.schema_version(), db.code_heads()
+        return {"schema_version": sorted(current), "schema_current": current == heads,
+                "schema_expected": sorted(heads)}
+    finally:
+        db.close()
+
+
+def _check_kv(url: str) -> dict[str, Any]:
+    kv = open_kv(url)
+    try:
+        kv.ping()
+        return {}
+    finally:
+        kv.close()
+
+
+def _tcp_banner(url: str, default_port: int) -> dict[str, Any]:
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), timeout=2) as s:
+        if parts.scheme == "nats":
+            s.settimeout(2)
+            banner = s.recv(4096)
+            if not banner.startswith(b"INFO"):
+                raise ConnectionError(f"not a NATS server (got {banner[:20]!r})")
+            return {"jetstream": b'"jetstream":true' in banner}
+    return {}
+
+
+def _check_broker(url: str) -> dict[str, Any]:
+    scheme = urlsplit(url).scheme
+    if scheme == "local":
+        return _check_folder(url.split("://", 1)[1])
+    if scheme in ("redis", "rediss"):
+        return _check_kv(url)
+    return _tcp_banner(url, {"nats": 4222, "kafka": 9092}[scheme])
+
+
+def _check_folder(url: str) -> dict[str, Any]:
+    if "://" in url:
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(url)
+        fs.makedirs(root, exist_ok=True)
+        fs.ls(root)
+        return {}
+    os.makedirs(url, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=url):
+        pass
+    return {}
+
+
+def check_all(settings: Settings) -> list[BackendHealth]:
+    """One :class:`BackendHealth` per configured backend, in a fixed order."""
+    return [
+        _timed("db", settings.db, lambda: _check_db(settings.db)),
+        _timed("online", settings.online, lambda: _check_kv(settings.online)),
+        _timed("cache", settings.cache, lambda: {} if settings.cache.startswith("none:") else _check_kv(settings.cache)),
+        _timed("broker", settings.broker, lambda: _check_broker(settings.broker)),
+        _timed("artifacts", settings.artifacts, lambda: _check_folder(settings.artifacts)),
+        _timed("offline", settings.offline, lambda: _check_folder(settings.offline)),
+    ]

@@ -1,0 +1,19 @@
+"""Persistence shared by every stage: metadata database, artifacts, key-value stores."""
+
+from __future__ import annotations
+
+from modelmill.store.artifacts import ArtifactRef, ArtifactStore, safe_path
+from modelmill.store.database import Database
+from modelmill.store.kv import KeyValue, MemoryKV, RedisKV, SQLiteKV, open_kv
+
+__all__ = [
+    "ArtifactRef",
+    "ArtifactStore",
+    "Database",
+    "KeyValue",
+    "MemoryKV",
+    "RedisKV",
+    "SQLiteKV",
+    "open_kv",
+    "safe_path",
+]

@@ -1,0 +1,303 @@
+"""Key-value stores behind one small base class: SQLite, Redis and an in-process LRU.
+
+The online feature store and the prediction cache are built on these. Keys
+are strings, values are bytes, ``ttl`` is in seconds.
+
+    >>> kv = open_kv("memory://")
+    >>> kv.set("a", b"1"); kv.mget(["a", "b"])
+    [b'1', None]
+"""
+
+from __future__ import annotations
+
+import abc
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from modelmill.config import mask_url
+from modelmill.errors import BackendUnavailable, ConfigError
+
+__all__ = ["KeyValue", "MemoryKV", "RedisKV", "SQLiteKV", "open_kv"]
+
+
+class KeyValue(abc.ABC):
+    """The contract every key-value backend keeps (see ``tests/store/test_kv.py``)."""
+
+    url: str
+
+    @abc.abstractmethod
+    def get(self, key: str) -> bytes | None: ...
+
+    @abc.abstractmethod
+    def mget(self, keys: Sequence[str]) -> list[bytes | None]: ...
+
+    @abc.abstractmethod
+    def set(self, key: str, value: bytes, *, ttl: float | None = None) -> None: ...
+
+    @abc.abstractmethod
+    def set_many(self, items: Mapping[str, bytes], *, ttl: float | None = None) -> None: ...
+
+    @abc.abstractmethod
+    def delete(self, *keys: str) -> int:
+        """Remove keys; returns how many existed."""
+
+    @abc.abstractmethod
+    def scan(self, prefix: str = "") -> Iterator[str]:
+        """Every live key that starts with ``prefix``, in no set order."""
+
+    def ping(self) -> float:
+        """Round trip in seconds; raises :class:`BackendUnavailable` when the backend does not answer."""
+        start = time.perf_counter()
+        self.get("__modelmill_ping__")
+        return time.perf_counter() - start
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({mask_url(self.url)!r})"
+
+
+class SQLiteKV(KeyValue):
+    """A key-value table in a SQLite file; one connection per thread, WAL mode."""
+
+    def __init__(self, path: str | Path, *, table: str = "kv") -> None:
+        if not table.isidentifier():
+            raise ConfigError("table", table, "a plain identifier")
+        self.path = Path(path)
+        self.url = f"sqlite:///{self.path}"
+        self.table = table
+        self._local = threading.local()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            except sqlite3.Error as exc:
+                raise BackendUnavailable("sqlite", self.url, str(exc)) from exc
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.table} "
+                "(key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at REAL) WITHOUT ROWID"
+            )
+            self._local.conn = conn
+        return conn
+
+    def get(self, key: str) -> bytes | None:
+        row = self._conn().execute(
+            f"SELECT value, expires_at FROM {self.table} WHERE key = ?", (key,)
+        ).fetchone()
+        if row is None or (row[1] is not None and row[1] <= time.time()):
+            return None
+        return bytes(row[0])
+
+    def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        now = time.time()
+        found: dict[str, bytes] = {}
+        conn = self._conn()
+        for i in range(0, len(keys), 500):  # stay under SQLite's bound-parameter limit
+            chunk = list(keys[i : i + 500])
+            marks = ",".join("?" * len(chunk))
+            for k, v, exp in conn.execute(
+                f"SELECT key, value, expires_at FROM {self.table} WHERE key IN ({marks})", chunk
+            ):
+                if exp is None or exp > now:
+                    found[k] = bytes(v)
+        return [found.get(k) for k in keys]
+
+    def set(self, key: str, value: bytes, *, ttl: float | None = None) -> None:
+        self.set_many({key: value}, ttl=ttl)
+
+    def set_many(self, items: Mapping[str, bytes], *, ttl: float | None = None) -> None:
+        expires = None if ttl is None else time.time() + ttl
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                f"INSERT INTO {self.table}(key, value, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+                [(k, v, expires) for k, v in items.items()],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def delete(self, *keys: str) -> int:
+        if not keys:
+            return 0
+        live = sum(v is not None for v in self.mget(keys))
+        marks = ",".join("?" * len(keys))
+        self._conn().execute(f"DELETE FROM {self.table} WHERE key IN ({marks})", keys)
+        return live
+
+    def scan(self, prefix: str = "") -> Iterator[str]:
+        now = time.time()
+        # Range scan on the primary key: [prefix, prefix + U+10FFFF).
+        rows = self._conn().execute(
+            f"SELECT key FROM {self.table} WHERE key >= ? AND key < ? AND (expires_at IS NULL OR expires_at > ?)",
+            (prefix, prefix + "\U0010ffff", now),
+        ).fetchall()
+        for (key,) in rows:
+            yield key
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+class RedisKV(KeyValue):
+    """Redis through redis-py; ``prefix`` namespaces every key (tests use it for isolation)."""
+
+    def __init__(self, url: str, *, prefix: str = "", socket_timeout: float = 2.0) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.socket_timeout = socket_timeout
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            try:
+                import redis
+            except ImportError as exc:  # pragma: no cover - depends on the install
+                raise ConfigError("online", self.url, "install the 'redis' extra: pip install 'modelmill[redis]'") from exc
+            self._client = redis.Redis.from_url(
+                self.url, socket_timeout=self.socket_timeout, socket_connect_timeout=self.socket_timeout,
+                health_check_interval=30,
+            )
+        return self._client
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        import redis
+
+        try:
+            return fn(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BackendUnavailable("redis", mask_url(self.url), str(exc) or type(exc).__name__) from exc
+
+    def get(self, key: str) -> bytes | None:
+        return self._call(self.client.get, self.prefix + key)
+
+    def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        return list(self._call(self.client.mget, [self.prefix + k for k in keys]))
+
+    def set(self, key: str, value: bytes, *, ttl: float | None = None) -> None:
+        px = None if ttl is None else max(1, int(ttl * 1000))
+        self._call(self.client.set, self.prefix + key, value, px=px)
+
+    def set_many(self, items: Mapping[str, bytes], *, ttl: float | None = None) -> None:
+        px = None if ttl is None else max(1, int(ttl * 1000))
+        pipe = self.client.pipeline(transaction=False)
+        for k, v in items.items():
+            pipe.set(self.prefix + k, v, px=px)
+        self._call(pipe.execute)
+
+    def delete(self, *keys: str) -> int:
+        if not keys:
+            return 0
+        return int(self._call(self.client.delete, *[self.prefix + k for k in keys]))
+
+    def scan(self, prefix: str = "") -> Iterator[str]:
+        pattern = _glob_escape(self.prefix + prefix) + "*"
+        cut = len(self.prefix)
+        for key in self._call(lambda: list(self.client.scan_iter(match=pattern, count=1000))):
+            yield key.decode()[cut:]
+
+    def ping(self) -> float:
+        start = time.perf_counter()
+        self._call(self.client.ping)
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+class MemoryKV(KeyValue):
+    """An in-process LRU with TTL: the default prediction cache. Thread-safe."""
+
+    def __init__(self, *, max_items: int = 100_000) -> None:
+        self.url = "memory://"
+        self.max_items = max_items
+        self._data: OrderedDict[str, tuple[bytes, float | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _live(self, key: str, now: float) -> bytes | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        if item[1] is not None and item[1] <= now:
+            del self._data[key]
+            return None
+        self._data.move_to_end(key)
+        return item[0]
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            return self._live(key, time.monotonic())
+
+    def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        now = time.monotonic()
+        with self._lock:
+            return [self._live(k, now) for k in keys]
+
+    def set(self, key: str, value: bytes, *, ttl: float | None = None) -> None:
+        self.set_many({key: value}, ttl=ttl)
+
+    def set_many(self, items: Mapping[str, bytes], *, ttl: float | None = None) -> None:
+        expires = None if ttl is None else time.monotonic() + ttl
+        with self._lock:
+            for k, v in items.items():
+                self._data[k] = (v, expires)
+                self._data.move_to_end(k)
+            while len(self._data) > self.max_items:
+                self._data.popitem(last=False)
+
+    def delete(self, *keys: str) -> int:
+        now = time.monotonic()
+        with self._lock:
+            live = sum(self._live(k, now) is not None for k in keys)
+            for k in keys:
+                self._data.pop(k, None)
+            return live
+
+    def scan(self, prefix: str = "") -> Iterator[str]:
+        now = time.monotonic()
+        with self._lock:
+            keys = [k for k, (_, exp) in self._data.items() if k.startswith(prefix) and (exp is None or exp > now)]
+        yield from keys
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def open_kv(url: str, *, prefix: str = "", table: str = "kv") -> KeyValue:
+    """A key-value store for a URL: ``sqlite:///PATH``, ``redis://…``, ``memory://``."""
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        if ":///" not in url:
+            raise ConfigError("url", url, "'sqlite:///RELATIVE/PATH' or 'sqlite:////ABSOLUTE/PATH'")
+        return SQLiteKV(url.split(":///", 1)[1], table=table)
+    if scheme in ("redis", "rediss"):
+        return RedisKV(url, prefix=prefix)
+    if scheme == "memory":
+        return MemoryKV()
+    raise ConfigError("url", url, "'sqlite:///PATH', 'redis://HOST:PORT/DB' or 'memory://'")

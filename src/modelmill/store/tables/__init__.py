@@ -1,0 +1,12 @@
+"""Table definitions, one module per stage, all on one shared ``MetaData``.
+
+Each stage's tables are created by that stage's Alembic migration branch
+(``store/migrations/versions/<stage>_*.py``); the definitions here are what
+the code reads and writes through SQLAlchemy Core.
+"""
+
+from __future__ import annotations
+
+from modelmill.store.tables.core import artifacts, audit_log, metadata
+
+__all__ = ["artifacts", "audit_log", "metadata"]
