@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from modelmill.config import Settings, load_settings
 from modelmill.store import ArtifactStore, Database, KeyValue, open_kv
@@ -72,6 +73,10 @@ class Project:
         self.close()
 
 
-def open_project(**overrides: str) -> Project:
-    """The project of the working directory (``modelmill.toml`` + ``MODELMILL_*`` + overrides)."""
-    return Project(load_settings(**{k: v for k, v in overrides.items() if v}))
+def open_project(**overrides: str | None) -> Project:
+    """The project of the working directory (``modelmill.toml`` + ``MODELMILL_*`` + overrides).
+
+    ``overrides`` are backend URLs by key (``db=...``, ``online=...``); ``None`` values are ignored.
+    """
+    given: dict[str, Any] = {k: v for k, v in overrides.items() if v}
+    return Project(load_settings(**given))
