@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from modelmill.config import Settings, load_settings
-from modelmill.store import ArtifactStore, Database, KeyValue, open_kv
+from modelmill.store import ArtifactStore, Database, KeyValue, OfflineStore, open_kv
 
 __all__ = ["Project", "open_project"]
 
@@ -49,13 +49,13 @@ class Project:
             return None
         return open_kv(self.settings.cache, prefix="mm:cache:", table="cache")
 
-    @property
-    def offline_root(self) -> str:
-        """Folder or fsspec URL of the offline (Parquet) store."""
+    @cached_property
+    def offline(self) -> OfflineStore:
+        """The offline (Parquet) store: ingested events, prediction logs, labels."""
         root = self.settings.offline
         if "://" not in root:
             Path(root).mkdir(parents=True, exist_ok=True)
-        return root
+        return OfflineStore(root)
 
     def close(self) -> None:
         for name in ("online", "cache"):

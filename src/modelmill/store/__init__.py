@@ -5,6 +5,7 @@ from __future__ import annotations
 from modelmill.store.artifacts import ArtifactRef, ArtifactStore, safe_path
 from modelmill.store.database import Database
 from modelmill.store.kv import KeyValue, MemoryKV, RedisKV, SQLiteKV, open_kv
+from modelmill.store.offline import OfflineStore
 
 __all__ = [
     "ArtifactRef",
@@ -12,6 +13,7 @@ __all__ = [
     "Database",
     "KeyValue",
     "MemoryKV",
+    "OfflineStore",
     "RedisKV",
     "SQLiteKV",
     "open_kv",
