@@ -118,4 +118,4 @@ class OfflineStore:
         query = (f"SELECT {cols} FROM read_parquet('{self.glob(table)}', hive_partitioning = true, "
                  "union_by_name = true)" + (f" WHERE {where}" if where else ""))
         with duckdb.connect() as con:
-            return con.execute(query).to_arrow_table()
+            return con.sql(query).to_arrow_table()
