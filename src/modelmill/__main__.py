@@ -1,0 +1,5 @@
+"""``python -m modelmill`` runs the CLI."""
+
+from modelmill.cli import main
+
+main()
