@@ -1,0 +1,7 @@
+"""Real data shipped by installed packages, loaded without network access."""
+
+from __future__ import annotations
+
+from modelmill.datasets.nycflights13 import load_flights, load_planes, load_weather
+
+__all__ = ["load_flights", "load_planes", "load_weather"]
