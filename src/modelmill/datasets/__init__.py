@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from modelmill.datasets.clicks import ClickStream
 from modelmill.datasets.nycflights13 import load_flights, load_planes, load_weather
 
-__all__ = ["load_flights", "load_planes", "load_weather"]
+__all__ = ["ClickStream", "load_flights", "load_planes", "load_weather"]
