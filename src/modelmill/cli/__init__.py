@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from modelmill.cli import core
+from modelmill.cli import core, demo
 from modelmill.cli.output import fail
 from modelmill.errors import InputError, ModelmillError
 
@@ -18,6 +18,7 @@ app = typer.Typer(
     add_completion=False,
 )
 core.register(app)
+demo.register(app)
 
 
 def main() -> None:
