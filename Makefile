@@ -3,6 +3,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.modelmill-installed
 EXTRAS  ?= all,dev
+PYTEST_ARGS ?= -m "not slow"
 
 .PHONY: demo test lint typecheck pytest bench services clean
 
