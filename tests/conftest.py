@@ -97,3 +97,24 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
 def nats_url() -> str:
     need_service("NATS", "127.0.0.1", 4222, "start it with scripts/services.sh")
     return NATS_URL
+
+
+@pytest.fixture(scope="session")
+def kafka_url() -> Iterator[str]:
+    """Kafka at 127.0.0.1:9092: Tansu is started by scripts/tansu.sh when nothing listens, and stopped
+    at the end of the session only if this fixture started it."""
+    import subprocess
+
+    host_port = KAFKA_URL.split("://", 1)[1]
+    host, port = host_port.rsplit(":", 1)
+    started = False
+    if not port_open(host, int(port)) and host in ("127.0.0.1", "localhost"):
+        script = Path(__file__).resolve().parent.parent / "scripts" / "tansu.sh"
+        env = {**os.environ, "TANSU_PORT": port}
+        done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+        started = done.returncode == 0 and port_open(host, int(port))
+    need_service("Kafka (Tansu)", host, int(port), "start it with scripts/tansu.sh")
+    yield KAFKA_URL
+    if started:
+        script = Path(__file__).resolve().parent.parent / "scripts" / "tansu.sh"
+        subprocess.run(["bash", str(script), "stop"], env={**os.environ, "TANSU_PORT": port}, timeout=30)

@@ -15,7 +15,9 @@ render it without parsing the message::
     │   ├── ArtifactIntegrityError  an artifact's sha256 does not match its record
     │   └── UnsafePathError       an artifact path escapes the store
     ├── GateRejected              a candidate model failed the validation gate
-    └── RolloutError              a rollout transition is not allowed
+    ├── RolloutError              a rollout transition is not allowed
+    ├── Unauthenticated           an API call carries no valid token (HTTP 401)
+    └── PermissionDenied          the token's role does not allow the call (HTTP 403)
 
 Messages say what was wrong, what value arrived and what to do.
 """
@@ -33,9 +35,11 @@ __all__ = [
     "InputError",
     "ModelmillError",
     "NotFoundError",
+    "PermissionDenied",
     "RolloutError",
     "SchemaError",
     "StoreError",
+    "Unauthenticated",
     "UnsafePathError",
 ]
 
@@ -150,6 +154,14 @@ class GateRejected(ModelmillError):
 
 class RolloutError(ModelmillError):
     """A rollout transition is not allowed in the rollout's current state."""
+
+
+class Unauthenticated(ModelmillError):
+    """An API call carries no token, or one that is unknown or revoked (HTTP 401)."""
+
+
+class PermissionDenied(ModelmillError):
+    """The caller's token is valid but its role does not allow this call (HTTP 403)."""
 
 
 def _short(value: Any, limit: int = 80) -> Any:

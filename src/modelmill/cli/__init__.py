@@ -6,7 +6,20 @@ import sys
 
 import typer
 
-from modelmill.cli import core, demo
+from modelmill.cli import (
+    core,
+    demo,
+    experiment,
+    features,
+    ingest,
+    models,
+    monitor,
+    rollout,
+    runs,
+    serve,
+    token,
+    train,
+)
 from modelmill.cli.output import fail
 from modelmill.errors import InputError, ModelmillError
 
@@ -18,7 +31,17 @@ app = typer.Typer(
     add_completion=False,
 )
 core.register(app)
+ingest.register(app)
+models.register(app)
+features.register(app)
 demo.register(app)
+runs.register(app)
+train.register(app)
+experiment.register(app)
+rollout.register(app)
+serve.register(app)
+monitor.register(app)
+token.register(app)
 
 
 def main() -> None:

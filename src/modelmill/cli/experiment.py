@@ -1,0 +1,164 @@
+"""``modelmill experiment create|status|analyze|stop``: A/B tests from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from modelmill.cli.output import JsonOption, console, emit_json, table
+from modelmill.errors import InputError
+from modelmill.experiments import Analysis, Experiment, Experiments, analyze_frame, parse_arms
+from modelmill.project import open_project
+
+app = typer.Typer(help="A/B tests: create, watch, analyse and stop experiments.", no_args_is_help=True)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="experiment")
+
+
+@app.command()
+def create(
+    name: str = typer.Argument(..., help="Experiment name (letters, digits, '_', '.', '-')."),
+    variant: list[str] = typer.Option(..., "--variant", "-v",
+                                      help="NAME:WEIGHT, or NAME=VERSION:WEIGHT on a served model; control first."),
+    metric: str = typer.Option(..., "--metric", help="Primary metric the decision is made on."),
+    model: str | None = typer.Option(None, "--model", help="Served model whose traffic route is split."),
+    unit: str = typer.Option("user_id", "--unit", help="Assignment unit (the routing key)."),
+    salt: str = typer.Option("", "--salt", help="Hash salt (default: the experiment name)."),
+    guardrail: list[str] = typer.Option([], "--guardrail", help="Guardrail metric (repeatable)."),
+    min_sample_size: int = typer.Option(0, "--min-sample-size", help="Units per variant before a decision."),
+    alpha: float = typer.Option(0.05, "--alpha", help="Significance level."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Define an experiment; on a served model, its traffic split takes effect at once."""
+    exp = Experiment(name=name, variants=parse_arms(variant), primary_metric=metric, model=model, unit=unit,
+                     salt=salt, guardrails=tuple(guardrail), min_sample_size=min_sample_size, alpha=alpha)
+    with open_project() as project:
+        created = Experiments(project).create(exp, actor="cli")
+    if as_json:
+        emit_json(created.as_dict())
+    else:
+        split = ", ".join(f"{v.name} {v.weight:g}" for v in created.variants)
+        console.print(f"experiment [bold]{created.name}[/] running: {split}; salt {created.salt!r}")
+
+
+@app.command()
+def status(
+    name: str | None = typer.Argument(None, help="One experiment (default: all)."),
+    sync: bool = typer.Option(True, help="First read new exposures from the prediction log."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Exposures per variant and the sample-ratio check of one experiment, or a list of all."""
+    with open_project() as project:
+        store = Experiments(project)
+        if name is None:
+            items = [e.as_dict() for e in store.list()]
+            if as_json:
+                emit_json({"experiments": items})
+            else:
+                table("experiments", ["name", "status", "model", "variants", "metric"],
+                      [[e["name"], e["status"], e["model"] or "", ", ".join(v["name"] for v in e["variants"]),
+                        e["primary_metric"]] for e in items])
+            return
+        if sync:
+            store.sync_exposures(name)
+        info = store.status(name)
+    if as_json:
+        emit_json(info)
+    else:
+        table(f"experiment {name} ({info['status']})", ["variant", "weight", "exposed units"],
+              [[v["name"], v["weight"], info["exposures"][v["name"]]] for v in info["variants"]])
+        console.print(f"SRM p-value {info['srm_p_value']:.3g}; minimum sample "
+                      f"{'reached' if info['min_sample_reached'] else 'not reached'} ({info['min_sample_size']})")
+
+
+def _weights(spec: str | None) -> dict[str, float] | None:
+    if not spec:
+        return None
+    out: dict[str, float] = {}
+    for part in spec.split(","):
+        k, sep, v = part.partition("=")
+        try:
+            out[k.strip()] = float(v)
+        except ValueError:
+            raise InputError("--weights", "use NAME=WEIGHT,NAME=WEIGHT", spec) from None
+        if not sep:
+            raise InputError("--weights", "use NAME=WEIGHT,NAME=WEIGHT", spec)
+    return out
+
+
+def _read(path: Path) -> Any:
+    import pandas as pd
+
+    if not path.is_file():
+        raise InputError("--input", "is not a readable file", str(path))
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path)
+    except (ValueError, OSError) as exc:
+        raise InputError("--input", f"could not be read as CSV or Parquet: {exc}", str(path)) from None
+
+
+def _show(analysis: Analysis) -> None:
+    for c, d in analysis.comparisons:
+        rows = [[s.name, s.n, f"{s.mean:.6g}"] for s in (c.control, c.treatment)]
+        table(f"{c.treatment.name} vs {c.control.name} ({c.test})", ["variant", "n", "mean"], rows)
+        console.print(f"lift {c.lift_abs:+.6g} ({1 - c.alpha:.0%} CI {c.ci_abs[0]:+.6g} … {c.ci_abs[1]:+.6g}), "
+                      f"relative {c.lift_rel:+.2%}; statistic {c.statistic:.4f}, p-value {c.p_value:.4g}; "
+                      f"SRM p-value {analysis.srm_p_value:.3g}")
+        console.print(f"[bold]{d.decision}[/]: {d.reason}")
+
+
+@app.command()
+def analyze(
+    name: str | None = typer.Argument(None, help="A stored experiment on a served model (read from the logs)."),
+    input: Path | None = typer.Option(None, "--input", help="CSV or Parquet log, one row per unit or event."),
+    variant_column: str = typer.Option("variant", "--variant-column", help="Column naming the variant."),
+    metric: str | None = typer.Option(None, "--metric", help="Metric column (0/1 → pooled z-test, else Welch)."),
+    control: str | None = typer.Option(None, "--control", help="Control variant (default: control/A/first)."),
+    unit_column: str | None = typer.Option(None, "--unit-column",
+                                           help="Unit column: rows pooled per unit, delta-method ratio metric."),
+    test: str | None = typer.Option(None, "--test", help="ztest, welch or sequential (default by metric)."),
+    alpha: float = typer.Option(0.05, "--alpha", help="Significance level."),
+    weights: str | None = typer.Option(None, "--weights", help="Planned split for the SRM check: A=50,B=50."),
+    min_sample_size: int | None = typer.Option(None, "--min-sample-size",
+                                               help="Units per variant planned (default: for a 10% lift)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Compare every treatment with the control and decide: keep control, switch, or continue."""
+    if test is not None and test not in ("ztest", "welch", "sequential"):
+        raise InputError("--test", "must be ztest, welch or sequential", test)
+    if input is not None:
+        if metric is None:
+            raise InputError("--metric", "name the metric column to compare")
+        analysis = analyze_frame(_read(input), variant_column=variant_column, metric=metric, control=control,
+                                 unit_column=unit_column, test=test, alpha=alpha, weights=_weights(weights),
+                                 min_sample_size=min_sample_size)
+    elif name is not None:
+        with open_project() as project:
+            analysis = Experiments(project).analyze(name, test=test)
+    else:
+        raise InputError("--input", "give a log file with --input FILE, or the name of a stored experiment")
+    if as_json:
+        emit_json(analysis.as_dict())
+    else:
+        _show(analysis)
+
+
+@app.command()
+def stop(
+    name: str = typer.Argument(..., help="Experiment to stop."),
+    winner: str | None = typer.Option(None, "--winner", help="Variant that keeps all traffic (default: control)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Stop an experiment; on a served model, all traffic goes to the winner."""
+    with open_project() as project:
+        exp = Experiments(project).stop(name, winner=winner, actor="cli")
+    if as_json:
+        emit_json(exp.as_dict())
+    else:
+        console.print(f"experiment [bold]{name}[/] stopped; winner {exp.result and exp.result.get('winner')}")

@@ -1,0 +1,198 @@
+"""``modelmill models list|show|alias|load`` and ``modelmill gate``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from modelmill.cli.output import JsonOption, console, emit_json, table
+from modelmill.errors import InputError, ModelmillError
+from modelmill.project import Project, open_project
+from modelmill.registry import ModelVersion, Registry, parse_ref, read_labelled
+from modelmill.registry import gate as run_gate
+
+models_app = typer.Typer(help="The model registry: versions, aliases, lineage, verified loading.",
+                         no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(models_app, name="models")
+    app.command("gate")(gate)
+
+
+def _when(ts: float | None) -> str:
+    return "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+@models_app.command("list")
+def list_models(
+    name: str = typer.Argument(None, help="A model name: list its versions instead of the models."),
+    as_json: bool = JsonOption,
+) -> None:
+    """List registered models, or the versions of one model."""
+    with open_project() as project:
+        registry = Registry(project)
+        if name is None:
+            models = registry.models()
+            if as_json:
+                emit_json({"models": [m.to_dict() for m in models]})
+                return
+            table("models", ["name", "latest", "aliases", "updated"],
+                  [[m.name, m.latest_version, ", ".join(f"{a}->{v}" for a, v in m.aliases.items()),
+                    _when(m.updated_at)] for m in models])
+            return
+        versions = registry.versions(name)
+    if as_json:
+        emit_json({"name": name, "versions": [v.to_dict() for v in versions]})
+        return
+    table(f"versions of {name}", ["version", "flavor", "aliases", "run", "metrics", "gate", "created"],
+          [[v.version, v.flavor, ", ".join(v.aliases), v.run_id or "",
+            ", ".join(f"{k}={x:.4g}" for k, x in v.metrics.items()), _gate_word(v), _when(v.created_at)]
+           for v in versions])
+
+
+@models_app.command("show")
+def show(
+    ref: str = typer.Argument(..., help="NAME, NAME@VERSION or NAME@ALIAS."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Everything about one version: signature, metrics, gate decision and its lineage (run, data, features)."""
+    with open_project() as project:
+        registry = Registry(project)
+        mv = registry.resolve(ref)
+        out = mv.to_dict()
+        out["run"] = _run(project, mv.run_id)
+        out["alias_history"] = [c.to_dict() for c in registry.alias_history(mv.name) if c.version == mv.version
+                                or c.previous == mv.version]
+    if as_json:
+        emit_json(out)
+        return
+    rows: list[list[Any]] = [
+        ["version", mv.ref], ["flavor", mv.flavor], ["aliases", ", ".join(mv.aliases)],
+        ["artifact", f"{mv.artifact_path} ({mv.size} bytes)"], ["sha256", mv.sha256],
+        ["inputs", ", ".join(f"{f.name}:{f.dtype}" for f in mv.signature.inputs)],
+        ["outputs", ", ".join(f"{f.name}:{f.dtype}" for f in mv.signature.outputs)],
+        ["run", mv.run_id or ""], ["created", _when(mv.created_at)], ["gate", _gate_word(mv)],
+    ]
+    rows += [[f"metric {k}", f"{v:.6g}"] for k, v in mv.metrics.items()]
+    rows += [[f"lineage {k}", v] for k, v in mv.lineage.items()]
+    rows += [[f"tag {k}", v] for k, v in mv.tags.items()]
+    table(f"model {mv.ref}", ["field", "value"], rows)
+
+
+@models_app.command("alias")
+def alias(
+    name: str = typer.Argument(..., help="Model name."),
+    alias_name: str = typer.Argument(..., metavar="ALIAS", help="production, challenger, shadow, canary or your own."),
+    version: int = typer.Argument(None, help="Version to point the alias at; omit to show the alias and its history."),
+    reason: str = typer.Option("", "--reason", help="Why; kept in the audit trail."),
+    actor: str = typer.Option("cli", "--actor", help="Who; kept in the audit trail."),
+    delete: bool = typer.Option(False, "--delete", help="Remove the alias."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Set, delete or show an alias; every change is audited (who, when, why)."""
+    with open_project() as project:
+        registry = Registry(project)
+        if delete:
+            registry.delete_alias(name, alias_name, actor=actor, reason=reason)
+        elif version is not None:
+            registry.set_alias(name, alias_name, version, actor=actor, reason=reason)
+        current = registry.aliases(name).get(alias_name)
+        history = registry.alias_history(name, alias_name)
+    if as_json:
+        emit_json({"name": name, "alias": alias_name, "version": current,
+                   "history": [c.to_dict() for c in history]})
+        return
+    console.print(f"{name}@{alias_name} -> {current if current is not None else '(not set)'}")
+    table("history", ["when", "who", "version", "previous", "why"],
+          [[_when(c.at), c.actor, c.version if c.version is not None else "(deleted)", c.previous, c.reason]
+           for c in history])
+
+
+@models_app.command("load")
+def load(
+    ref: str = typer.Argument(..., help="NAME, NAME@VERSION or NAME@ALIAS."),
+    data: Path = typer.Option(None, "--data", help="A .parquet/.csv with the input columns: predict its first rows."),
+    rows: int = typer.Option(5, "--rows", min=1, max=10_000, help="How many rows of --data to predict."),
+    threads: int = typer.Option(None, "--threads", min=1, help="onnxruntime intra-op threads."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Load a version (verifying its sha256) and optionally predict a few rows."""
+    with open_project() as project:
+        registry = Registry(project)
+        mv = registry.resolve(ref)
+        t0 = time.perf_counter()
+        model = registry.load(mv, threads=threads, cache=False)
+        load_ms = (time.perf_counter() - t0) * 1000
+        predictions = None
+        if data is not None:
+            frame = read_labelled(data, None)
+            missing = [n for n in mv.signature.input_names if n not in frame.columns]
+            if missing:
+                raise InputError("--data", f"lacks the input columns of {mv.ref}: {', '.join(missing)}", str(data))
+            X = frame[mv.signature.input_names].head(rows).to_numpy(dtype="float64")
+            predictions = model.predict(X).tolist()
+    out = {"name": mv.name, "version": mv.version, "flavor": mv.flavor, "sha256": mv.sha256, "verified": True,
+           "load_ms": round(load_ms, 3), "signature": mv.signature.to_dict(), "predictions": predictions}
+    if as_json:
+        emit_json(out)
+        return
+    console.print(f"loaded {mv.ref} ({mv.flavor}) in {load_ms:.1f} ms; sha256 verified")
+    if predictions is not None:
+        console.print("predictions: " + ", ".join(f"{p:.6g}" for p in predictions))
+
+
+def gate(
+    candidate: str = typer.Option(..., "--candidate", help="NAME@VERSION of the model to judge."),
+    against: str = typer.Option(None, "--against", help="NAME@production (or any reference) to compare with."),
+    data: Path = typer.Option(..., "--data", help="Labelled rows: .parquet or .csv."),
+    label: str = typer.Option("label", "--label", help="The label column of --data."),
+    minimum: list[str] = typer.Option(None, "--min", help="METRIC=VALUE the candidate must reach, e.g. auc=0.70."),
+    maximum: list[str] = typer.Option(None, "--max", help="METRIC=VALUE the candidate must not exceed, e.g. logloss=0.5."),
+    max_regression: list[str] = typer.Option(None, "--max-regression",
+                                             help="METRIC=VALUE: how much worse than --against it may be."),
+    actor: str = typer.Option("gate", "--actor", help="Who runs the gate; kept in the audit trail."),
+    as_json: bool = JsonOption,
+) -> None:
+    """The validation gate: exit 0 to accept, 1 to reject; the decision is recorded on the version."""
+    parse_ref(candidate)
+    frame = read_labelled(data, label)
+    with open_project() as project:
+        result = run_gate(Registry(project), candidate, data=frame, against=against, label=label,
+                          minimum=minimum or None, maximum=maximum or None, max_regression=max_regression or None,
+                          actor=actor)
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        colour = "green" if result.accepted else "red"
+        console.print(f"[bold {colour}]{'ACCEPT' if result.accepted else 'REJECT'}[/] {result.reason}",
+                      highlight=False)
+    if not result.accepted:
+        raise typer.Exit(1)
+
+
+def _gate_word(mv: ModelVersion) -> str:
+    if not mv.gate:
+        return ""
+    return "accepted" if mv.gate.get("accepted") else "rejected"
+
+
+def _run(project: Project, run_id: str | None) -> dict[str, Any] | None:
+    """The tracked run behind a version, when the training stage knows it."""
+    if not run_id:
+        return None
+    try:
+        from modelmill.training import Runs
+    except ImportError:
+        return {"run_id": run_id, "found": False, "error": "modelmill.training is not available"}
+    try:
+        info = Runs(project).get(run_id)
+    except ModelmillError as exc:
+        return {"run_id": run_id, "found": False, "error": exc.message}
+    keep = ("run_id", "experiment", "name", "status", "start_time", "end_time", "git_commit", "git_dirty",
+            "data_snapshot", "feature_version", "params", "tags", "metrics")
+    found = info.as_dict()
+    return {"found": True, **{k: found.get(k) for k in keep}}

@@ -1,0 +1,159 @@
+"""``modelmill drift``, ``modelmill monitor`` and ``modelmill report``."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import typer
+
+from modelmill.cli.output import JsonOption, console, emit_json, err_console, table
+from modelmill.config import load_settings
+from modelmill.errors import InputError, NotFoundError
+from modelmill.monitoring.drift import DriftOptions, detect_drift, summarize
+from modelmill.monitoring.exporter import MonitoringExporter
+from modelmill.monitoring.monitor import Monitor, MonitoringConfig
+from modelmill.monitoring.performance import parse_duration
+from modelmill.monitoring.report import build_report, render_report, write_report
+from modelmill.project import open_project
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(drift)
+    app.command()(monitor)
+    app.command()(report)
+
+
+def read_table(path: Path, *, field: str) -> pa.Table:
+    """A Parquet (file or folder) or CSV file as Arrow."""
+    if not path.exists():
+        raise NotFoundError("file", str(path), f"pass an existing Parquet or CSV file as --{field}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".csv", ".tsv") or path.name.endswith((".csv.gz", ".csv.zst")):
+            import pyarrow.csv as pacsv
+
+            opts = pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
+            return pacsv.read_csv(path, parse_options=opts)
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(field, f"is not a readable Parquet or CSV file: {exc}", str(path)) from exc
+
+
+def _columns(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    cols = [c.strip() for c in value.split(",") if c.strip()]
+    if not cols:
+        raise InputError("columns", "name at least one column", value)
+    return cols
+
+
+def _drift_options() -> DriftOptions:
+    return DriftOptions.from_mapping(load_settings().section("monitoring").get("drift", {}))
+
+
+def drift(
+    reference: Path = typer.Option(..., "--reference", help="Reference data: Parquet or CSV."),
+    current: Path = typer.Option(..., "--current", help="Current data: Parquet or CSV."),
+    columns: str | None = typer.Option(None, "--columns", help="Comma-separated columns (default: all in both)."),
+    drift_share: float | None = typer.Option(None, "--drift-share", help="Share of drifted columns that "
+                                             "makes the dataset drift (default 0.5)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Test every column for drift, choosing each test the way Evidently does."""
+    options = _drift_options()
+    if drift_share is not None:
+        options = dataclasses.replace(options, drift_share=drift_share)
+    ref, cur = read_table(reference, field="reference"), read_table(current, field="current")
+    started = time.perf_counter()
+    result = detect_drift(ref, cur, columns=_columns(columns), options=options)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    rows = [[name, c.type, c.test, f"{c.statistic:.4g}", "" if c.p_value is None else f"{c.p_value:.3g}",
+             c.threshold, f"{c.psi:.3g}", "[red]DRIFT[/]" if c.drift else "ok"] for name, c in result.columns.items()]
+    table(f"drift: {reference.name} → {current.name}", ["column", "type", "test", "statistic", "p-value",
+                                                        "threshold", "psi", "verdict"], rows)
+    verdict = "[red]dataset drift[/]" if result.dataset_drift else "no dataset drift"
+    console.print(f"{verdict}: {len(result.drifted)}/{len(result.columns)} columns drifted "
+                  f"(share {result.drift_share:.2f}); {time.perf_counter() - started:.2f} s")
+
+
+def monitor(
+    once: bool = typer.Option(False, "--once", help="Evaluate one round and exit."),
+    interval: str | None = typer.Option(None, "--interval", help="Seconds (or '30s', '5m') between rounds; "
+                                        "default [monitoring] interval."),
+    exporter_port: int | None = typer.Option(None, "--exporter-port", help="Serve the monitoring gauges here."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Compute drift and quality of the last window, evaluate the alert rules, export gauges."""
+    project = open_project()
+    try:
+        config = MonitoringConfig.from_section(project.settings.section("monitoring"))
+        if interval is not None:
+            config = dataclasses.replace(config, interval=parse_duration(interval, field="interval"))
+        exporter = MonitoringExporter()
+        port = exporter_port or config.exporter_port
+        if port:
+            exporter.serve(port)
+            if not as_json:
+                err_console.print(f"monitoring gauges at http://127.0.0.1:{port}/metrics")
+        mon = Monitor(project, config, exporter=exporter)
+        if once:
+            result = mon.run_once()
+            if as_json:
+                emit_json(result)
+            else:
+                table("monitoring windows", ["model", "version", "rows", "drift share", "dataset drift"],
+                      [[w["model"], w["version"], w["n_rows"], w["drift_share"], w["dataset_drift"]]
+                       for w in result["windows"]])
+                table("alerts", ["rule", "state", "labels"],
+                      [[a["rule"], a["state"], a["labels"]] for a in result["alerts_active"]])
+            return
+        if not as_json:
+            err_console.print(f"monitoring every {config.interval:g} s over a {config.window:g} s window; Ctrl-C stops")
+        try:
+            mon.run()
+        except KeyboardInterrupt:
+            mon.stop()
+    finally:
+        project.close()
+
+
+def report(
+    out: Path = typer.Option(Path("report.html"), "--out", help="Where to write the HTML file."),
+    model: str | None = typer.Option(None, "--model", help="Only this model."),
+    window: str = typer.Option("1h", "--window", help="Bucket size of the charts over time."),
+    reference: Path | None = typer.Option(None, "--reference", help="Compare this file …"),
+    current: Path | None = typer.Option(None, "--current", help="… with this one instead of the prediction log."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Write one self-contained HTML report with charts (no scripts, no network needed to view it)."""
+    parse_duration(window)
+    if (reference is None) != (current is None):
+        raise InputError("reference", "pass both --reference and --current, or neither")
+    if reference is not None and current is not None:
+        ref, cur = read_table(reference, field="reference"), read_table(current, field="current")
+        options = _drift_options()
+        result = detect_drift(ref, cur, options=options)
+        names = list(result.columns)
+        ref_s = summarize(ref, columns=names, options=options)
+        cur_s = summarize(cur, columns=names, kinds={k: v.kind for k, v in ref_s.items()})
+        document = render_report(title=f"modelmill drift report: {reference.name} → {current.name}",
+                                 drift=result, reference=ref_s, current=cur_s)
+    else:
+        project = open_project()
+        try:
+            document = build_report(project, model=model, window=window)
+        finally:
+            project.close()
+    path = write_report(out, document)
+    if as_json:
+        emit_json({"out": str(path.absolute()), "bytes": path.stat().st_size})
+    else:
+        console.print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")

@@ -1,0 +1,270 @@
+"""``modelmill train``, ``modelmill pipeline run|runs|schedule|unschedule|schedules|trigger`` and
+``modelmill scheduler``."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from modelmill.cli.output import JsonOption, console, emit_json, err_console, table
+from modelmill.errors import InputError
+from modelmill.project import Project, open_project
+from modelmill.training.pipeline import PipelineResult, get_pipeline, pipeline_runs_of
+from modelmill.training.scheduler import Scheduler, TriggerInfo, trigger
+from modelmill.training.tracking import start_run
+
+pipeline_app = typer.Typer(help="Pipelines of cached steps with lineage; schedules and triggers.",
+                           no_args_is_help=True)
+
+ParamOption = typer.Option([], "--param", "-p", help="KEY=VALUE (VALUE read as JSON when it parses). Repeatable.")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+    app.add_typer(pipeline_app, name="pipeline")
+    app.command("scheduler")(scheduler)
+
+
+def parse_params(items: list[str]) -> dict[str, Any]:
+    """``["lr=0.1", "hidden=[32,16]", "name=x"]`` -> ``{"lr": 0.1, "hidden": [32, 16], "name": "x"}``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError("--param", "must look like KEY=VALUE", item)
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def _busy(text: str, quiet: bool) -> AbstractContextManager[Any]:
+    return nullcontext() if quiet else err_console.status(text)
+
+
+def _read_frame(path: Path) -> Any:
+    import pandas as pd
+
+    if not path.is_file():
+        raise InputError("--data", "is not a file", str(path))
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return pd.read_csv(path)
+    if suffix in (".parquet", ".pq"):
+        return pd.read_parquet(path)
+    raise InputError("--data", "must be a .csv or .parquet file", str(path))
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def train(
+    trainer: str = typer.Option(..., "--trainer", "-t", help="sklearn-hgb, lightgbm or torch-mlp."),
+    data: Path = typer.Option(..., "--data", help="Training data: a .csv or .parquet file."),
+    label: str = typer.Option(..., "--label", help="The binary label column."),
+    params: list[str] = ParamOption,
+    features: str | None = typer.Option(None, help="Comma-separated feature columns (default: every numeric one)."),
+    nproc: int = typer.Option(1, "--nproc", help="Processes for torch-mlp (DistributedDataParallel via torchrun)."),
+    experiment: str = typer.Option("train", "--experiment", "-e", help="Experiment the run is filed under."),
+    valid_fraction: float = typer.Option(0.2, help="Held-out share for the validation metrics."),
+    seed: int = typer.Option(0, help="Seed of the train/validation split and of the trainer."),
+    register_as: str | None = typer.Option(None, "--register", help="Register the model under this name."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Train one model, track the run (params, curves, AUC, log loss, model artifact) and optionally register it."""
+    import joblib
+
+    from modelmill.training.trainers import train as fit
+
+    settings = parse_params(params)
+    if nproc != 1:
+        if trainer != "torch-mlp":
+            raise InputError("--nproc", "only the torch-mlp trainer trains on several processes", nproc)
+        settings["nproc"] = nproc
+    frame = _read_frame(data)
+    cols = [c.strip() for c in features.split(",")] if features else None
+    snapshot = f"file:{data.resolve()}#sha256={_file_digest(data)[:16]}"
+    with open_project() as project, start_run(experiment, project=project, data_snapshot=snapshot,
+                                              tags={"trainer": trainer, "data": str(data)}) as run:
+        with _busy(f"training {trainer} on {len(frame):,} rows…", as_json):
+            result = fit(trainer, frame, label, run=run, valid_fraction=valid_fraction, seed=seed, features=cols,
+                         **settings)
+        buf = io.BytesIO()
+        joblib.dump(result.model, buf)
+        artifact = run.log_artifact("model.joblib", buf.getvalue())
+        version = _register(project, register_as, result, frame, run.run_id, snapshot) if register_as else None
+    out = {"run_id": run.run_id, "trainer": trainer, "metrics": result.metrics, "params": result.params,
+           "features": result.feature_names, "artifact": artifact.path, "data_snapshot": snapshot,
+           "model_version": version, **({"ddp": result.extra} if nproc > 1 else {})}
+    if as_json:
+        emit_json(out)
+    else:
+        console.print(f"run [bold]{run.run_id}[/]: auc {result.metrics['auc']:.4f}, "
+                      f"log loss {result.metrics['log_loss']:.4f}" + (f"; registered {version}" if version else ""))
+
+
+def _register(project: Project, name: str, result: Any, frame: Any, run_id: str, snapshot: str) -> str:
+    from modelmill.registry import Registry, infer_signature
+
+    signature = infer_signature(frame[result.feature_names])
+    mv = Registry(project).register(name, result.native, flavor=result.flavor, signature=signature, run_id=run_id,
+                                    metrics=result.metrics, lineage={"data_snapshot": snapshot, "run_id": run_id},
+                                    actor="cli")
+    return f"{mv.name}@{mv.version}"
+
+
+# ---- pipelines -------------------------------------------------------------------------------
+
+
+def _importable_cwd() -> None:
+    # A console script does not put the working directory on sys.path; "module:attr" names expect it.
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def _print_result(result: PipelineResult) -> None:
+    table(f"pipeline {result.pipeline} run {result.id[:12]} (attempt {result.attempts}): {result.status}",
+          ["step", "status", "seconds", "error"],
+          [[s.name, s.status, f"{s.seconds:.3f}", s.error or ""] for s in result.steps])
+    if result.lineage:
+        console.print("lineage: " + json.dumps(result.lineage, default=str), highlight=False)
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    name: str = typer.Argument(..., help="'module:attr' or a registered pipeline name."),
+    params: list[str] = ParamOption,
+    resume: str | None = typer.Option(None, help="Resume a failed run: its id, or 'last'."),
+    reason: str | None = typer.Option(None, help="Why it runs (recorded)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Run a pipeline (unchanged steps are skipped); exits 1 when a step fails."""
+    _importable_cwd()
+    with open_project() as project:
+        pipeline = get_pipeline(name, project)
+        with _busy(f"running pipeline {pipeline.name}…", as_json):
+            result = pipeline.run(project, params=parse_params(params), resume=resume, reason=reason or "cli")
+    if as_json:
+        emit_json(result.as_dict())
+    else:
+        _print_result(result)
+    if result.status != "finished":
+        raise typer.Exit(1)
+
+
+@pipeline_app.command("runs")
+def pipeline_runs(
+    name: str | None = typer.Argument(None, help="Only this pipeline."),
+    limit: int = typer.Option(20, help="How many, newest first."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Recent pipeline runs with status, steps and lineage."""
+    with open_project() as project:
+        rows = pipeline_runs_of(project, name, limit=limit)
+    if as_json:
+        emit_json({"pipeline_runs": rows})
+        return
+    table("pipeline runs", ["id", "pipeline", "status", "attempts", "failed step", "steps"],
+          [[r["id"][:12], r["pipeline"], r["status"], r["attempts"], r["failed_step"] or "",
+            " ".join(f"{s['step']}:{s['status']}" for s in r["steps"])] for r in rows])
+
+
+@pipeline_app.command("schedule")
+def pipeline_schedule(
+    name: str = typer.Argument(..., help="'module:attr' or a registered pipeline name."),
+    cron: str = typer.Option(..., help="Cron expression in UTC, e.g. '0 3 * * *'."),
+    params: list[str] = ParamOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Run a pipeline on a cron schedule (from the next tick on); `modelmill scheduler` starts it."""
+    with open_project() as project:
+        sched = Scheduler(project)
+        sched.schedule(name, cron, params=parse_params(params))
+        entry = next(s for s in sched.schedules() if s["pipeline"] == name)
+    if as_json:
+        emit_json({"schedule": entry})
+    else:
+        console.print(f"{name}: {cron} (next tick at {entry['next_tick']:.0f})")
+
+
+@pipeline_app.command("unschedule")
+def pipeline_unschedule(name: str = typer.Argument(...), as_json: bool = JsonOption) -> None:
+    """Remove a pipeline's schedule."""
+    with open_project() as project:
+        Scheduler(project).unschedule(name)
+    if as_json:
+        emit_json({"unscheduled": name})
+    else:
+        console.print(f"{name}: unscheduled")
+
+
+@pipeline_app.command("schedules")
+def pipeline_schedules(as_json: bool = JsonOption) -> None:
+    """List cron schedules."""
+    with open_project() as project:
+        rows = Scheduler(project).schedules()
+    if as_json:
+        emit_json({"schedules": rows})
+    else:
+        table("schedules", ["pipeline", "cron", "next tick"], [[r["pipeline"], r["cron"], r["next_tick"]] for r in rows])
+
+
+@pipeline_app.command("trigger")
+def pipeline_trigger(
+    name: str = typer.Argument(..., help="'module:attr' or a registered pipeline name."),
+    reason: str = typer.Option(..., help="Why (recorded): an alert, a person, a data delivery."),
+    key: str | None = typer.Option(None, help="Idempotency key: a repeated key starts the pipeline once."),
+    params: list[str] = ParamOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Ask the scheduler for one run of a pipeline."""
+    with open_project() as project:
+        trigger_id = trigger(name, reason, key=key, params=parse_params(params), project=project)
+    if as_json:
+        emit_json({"trigger_id": trigger_id, "pipeline": name})
+    else:
+        console.print(f"trigger {trigger_id} queued for {name}")
+
+
+def _trigger_dict(t: TriggerInfo) -> dict[str, Any]:
+    return {"id": t.id, "pipeline": t.pipeline, "reason": t.reason, "status": t.status,
+            "pipeline_run_id": t.pipeline_run_id, "error": t.error}
+
+
+def scheduler(
+    once: bool = typer.Option(False, "--once", help="One pass: enqueue due cron ticks, run pending triggers, exit."),
+    max_seconds: float | None = typer.Option(None, "--max-seconds", help="Stop after this many seconds."),
+    poll: float = typer.Option(1.0, "--poll", help="Seconds between polls."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Start pipelines on their cron schedules and on triggers; each trigger starts once, whatever
+    number of schedulers run."""
+    _importable_cwd()
+
+    def show(done: list[TriggerInfo]) -> None:
+        for t in done:
+            err_console.print(f"trigger {t.id} {t.pipeline}: {t.status}" + (f" ({t.error})" if t.error else ""),
+                              highlight=False)
+
+    with open_project() as project:
+        sched = Scheduler(project, poll_interval=poll)
+        if not as_json:
+            err_console.print(f"scheduler {sched.worker} polling every {poll:g} s")
+        ran = sched.run(once=once, max_seconds=max_seconds, on_tick=None if as_json else show)
+    if as_json:
+        emit_json({"worker": sched.worker, "ran": [_trigger_dict(t) for t in ran]})

@@ -1,0 +1,309 @@
+"""An experiment's definition, stored in the metadata database, with its exposure log.
+
+An experiment on a served model sets that model's traffic route through
+serving's :class:`~modelmill.serving.RouteTable` (its salt is the experiment's),
+so the router's sticky split and :class:`~modelmill.experiments.Assigner` agree.
+
+    >>> import tempfile
+    >>> from modelmill.config import Settings
+    >>> from modelmill.project import Project
+    >>> p = Project(Settings.defaults(home=tempfile.mkdtemp()))
+    >>> store = Experiments(p)
+    >>> e = store.create(Experiment(name="ranker-v2", variants=(Arm("control", 50), Arm("treatment", 50)),
+    ...                             primary_metric="click", min_sample_size=1000))
+    >>> store.log_exposures("ranker-v2", [("u1", "control", 1.0), ("u1", "control", 2.0), ("u2", "treatment", 3.0)])
+    2
+    >>> store.exposure_counts("ranker-v2")
+    {'control': 1, 'treatment': 1}
+    >>> p.close()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+
+from modelmill.errors import ConflictError, InputError, NotFoundError
+from modelmill.experiments.analysis import Analysis, analyze_frame
+from modelmill.experiments.assignment import Assigner
+from modelmill.experiments.stats import srm_test
+from modelmill.store.tables.experiments import experiment_exposures, experiments
+
+__all__ = ["Arm", "Experiment", "Experiments", "parse_arms"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """A variant of an experiment: its ``weight`` and, on a served model, the ``version`` it serves."""
+
+    name: str
+    weight: float
+    version: int | str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise InputError("variant.name", "must be letters, digits, '_', '.' or '-'", self.name)
+        if not isinstance(self.weight, int | float) or not self.weight > 0:
+            raise InputError(f"variant {self.name}: weight", "must be a number above 0", self.weight)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Experiment:
+    """What is compared, on which unit, by which metrics; the first variant is the control."""
+
+    name: str
+    variants: tuple[Arm, ...]
+    primary_metric: str
+    unit: str = "user_id"
+    salt: str = ""
+    guardrails: tuple[str, ...] = ()
+    min_sample_size: int = 0
+    alpha: float = 0.05
+    model: str | None = None
+    status: str = "running"
+    created_at: float = 0.0
+    stopped_at: float | None = None
+    result: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise InputError("name", "must be letters, digits, '_', '.' or '-' (at most 200)", self.name)
+        variants = tuple(self.variants)
+        if len(variants) < 2:
+            raise InputError("variants", "an experiment needs a control and at least one treatment",
+                             [v.name for v in variants])
+        if len({v.name for v in variants}) != len(variants):
+            raise InputError("variants", "variant names must be unique", [v.name for v in variants])
+        if self.model is not None and any(v.version is None for v in variants):
+            raise InputError("variants", "on a served model every variant needs a version (NAME=VERSION:WEIGHT)")
+        if not 0 < self.alpha < 1:
+            raise InputError("alpha", "must lie strictly between 0 and 1", self.alpha)
+        if self.min_sample_size < 0:
+            raise InputError("min_sample_size", "must be 0 or more", self.min_sample_size)
+        if not self.primary_metric:
+            raise InputError("primary_metric", "name the metric the decision is made on")
+        object.__setattr__(self, "variants", variants)
+        object.__setattr__(self, "guardrails", tuple(self.guardrails))
+        if not self.salt:
+            object.__setattr__(self, "salt", self.name)
+
+    @property
+    def control(self) -> str:
+        return self.variants[0].name
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {v.name: v.weight for v in self.variants}
+
+    def assigner(self) -> Assigner:
+        return Assigner(variants=[(v.name, v.weight) for v in self.variants], salt=self.salt)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["variants"] = [dataclasses.asdict(v) for v in self.variants]
+        d["guardrails"] = list(self.guardrails)
+        return d
+
+    def _row(self) -> dict[str, Any]:
+        d = self.as_dict()
+        return {k: d[k] for k in ("name", "model", "status", "unit", "salt", "variants", "primary_metric",
+                                  "guardrails", "min_sample_size", "alpha", "created_at", "stopped_at", "result")}
+
+    @classmethod
+    def _from_row(cls, row: Any) -> Experiment:
+        return cls(name=row.name, model=row.model, status=row.status, unit=row.unit, salt=row.salt,
+                   variants=tuple(Arm(v["name"], v["weight"], v.get("version")) for v in row.variants),
+                   primary_metric=row.primary_metric, guardrails=tuple(row.guardrails),
+                   min_sample_size=row.min_sample_size, alpha=row.alpha, created_at=row.created_at,
+                   stopped_at=row.stopped_at, result=row.result)
+
+
+class Experiments:
+    """The experiments of a project: create, read, stop, log exposures, analyse from the prediction log."""
+
+    def __init__(self, project: Any) -> None:
+        self.project = project
+
+    def __repr__(self) -> str:
+        return f"Experiments({self.project!r})"
+
+    def create(self, experiment: Experiment, *, actor: str = "api") -> Experiment:
+        """Store ``experiment`` (a name is used once) and, on a served model, set its route."""
+        exp = dataclasses.replace(experiment, status="running", created_at=time.time(), stopped_at=None,
+                                  result=None)
+        db = self.project.db
+        with db.begin() as conn:
+            if conn.execute(sa.select(experiments.c.name).where(experiments.c.name == exp.name)).first():
+                raise ConflictError(f"experiment {exp.name!r} exists; choose another name", name=exp.name)
+            conn.execute(experiments.insert().values(**exp._row()))
+            db.audit(conn, actor=actor, action="experiment.create", subject=exp.name, detail=exp.as_dict())
+        if exp.model is not None:
+            self._route(exp, [(v.name, v.version, v.weight) for v in exp.variants], actor=actor,
+                        reason=f"experiment {exp.name} started")
+        return exp
+
+    def get(self, name: str) -> Experiment:
+        with self.project.db.begin() as conn:
+            row = conn.execute(sa.select(experiments).where(experiments.c.name == name)).first()
+        if row is None:
+            raise NotFoundError("experiment", name, "list them with `modelmill experiment status`")
+        return Experiment._from_row(row)
+
+    def list(self) -> list[Experiment]:
+        with self.project.db.begin() as conn:
+            rows = conn.execute(sa.select(experiments).order_by(experiments.c.created_at)).all()
+        return [Experiment._from_row(r) for r in rows]
+
+    def stop(self, name: str, *, winner: str | None = None, result: dict[str, Any] | None = None,
+             actor: str = "api") -> Experiment:
+        """End the experiment; on a served model all traffic goes to ``winner`` (default: the control)."""
+        exp = self.get(name)
+        if exp.status != "running":
+            raise ConflictError(f"experiment {name!r} is already {exp.status}", name=name, status=exp.status)
+        winner = winner or exp.control
+        arm = {v.name: v for v in exp.variants}.get(winner)
+        if arm is None:
+            raise InputError("winner", f"is not a variant of {name}; variants are "
+                                       f"{', '.join(v.name for v in exp.variants)}", winner)
+        now = time.time()
+        detail = {"winner": winner, **(result or {})}
+        db = self.project.db
+        with db.begin() as conn:
+            n = conn.execute(experiments.update()
+                             .where(experiments.c.name == name, experiments.c.status == "running")
+                             .values(status="stopped", stopped_at=now, result=detail)).rowcount
+            if n != 1:
+                raise ConflictError(f"experiment {name!r} was stopped concurrently", name=name)
+            db.audit(conn, actor=actor, action="experiment.stop", subject=name, detail=detail)
+        if exp.model is not None:
+            self._route(exp, [(arm.name, arm.version, 1.0)], actor=actor, reason=f"experiment {name} stopped")
+        return self.get(name)
+
+    def _route(self, exp: Experiment, arms: Sequence[tuple[str, Any, float]], *, actor: str, reason: str) -> None:
+        from modelmill.serving import RouteTable, Variant
+
+        assert exp.model is not None
+        RouteTable(self.project).set(exp.model, [Variant(n, v, w) for n, v, w in arms], salt=exp.salt,
+                                     actor=actor, reason=reason)
+
+    # ---- exposures -----------------------------------------------------------------------------
+
+    def log_exposures(self, name: str, rows: Iterable[tuple[str, str, float]]) -> int:
+        """Record first exposures ``(unit_id, variant, at)``; a unit already exposed keeps its first row.
+
+        Returns how many units were new. Idempotent, so a replayed log does not double count.
+        """
+        exp = self.get(name)
+        known = {v.name for v in exp.variants}
+        first: dict[str, tuple[str, float]] = {}
+        for unit, variant, at in rows:
+            if variant not in known:
+                raise InputError("variant", f"is not a variant of experiment {name}", variant)
+            unit = str(unit)
+            if unit not in first or at < first[unit][1]:
+                first[unit] = (variant, float(at))
+        if not first:
+            return 0
+        db = self.project.db
+        values = [{"experiment": name, "unit_id": u, "variant": v, "at": t} for u, (v, t) in first.items()]
+        if db.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            stmt: Any = pg_insert(experiment_exposures).on_conflict_do_nothing()
+        else:
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            stmt = sqlite_insert(experiment_exposures).on_conflict_do_nothing()
+        added = 0
+        with db.begin() as conn:
+            # RETURNING counts the rows really inserted; rowcount is -1 for batched inserts on PostgreSQL.
+            for i in range(0, len(values), 1000):
+                added += len(conn.execute(stmt.values(values[i: i + 1000])
+                                          .returning(experiment_exposures.c.unit_id)).all())
+        return added
+
+    def exposure_counts(self, name: str) -> dict[str, int]:
+        """Exposed units per variant (every variant listed, zero included)."""
+        exp = self.get(name)
+        q = (sa.select(experiment_exposures.c.variant, sa.func.count())
+             .where(experiment_exposures.c.experiment == name).group_by(experiment_exposures.c.variant))
+        with self.project.db.begin() as conn:
+            got = {r[0]: int(r[1]) for r in conn.execute(q)}
+        return {v.name: got.get(v.name, 0) for v in exp.variants}
+
+    def sync_exposures(self, name: str) -> int:
+        """Log the first exposure of every routing key in the served model's prediction log."""
+        exp = self.get(name)
+        if exp.model is None or not self.project.offline.exists("predictions"):
+            return 0
+        known = [v.name for v in exp.variants]
+        with self.project.offline.connect(["predictions"]) as con:
+            rows = con.execute(
+                "SELECT routing_key, variant, epoch(min(ts)) FROM predictions WHERE model = ? AND routing_key "
+                "IS NOT NULL AND ts >= to_timestamp(?) AND list_contains(?, variant) GROUP BY 1, 2",
+                [exp.model, exp.created_at, known]).fetchall()
+        return self.log_exposures(name, [(str(u), str(v), float(t)) for u, v, t in rows])
+
+    def status(self, name: str) -> dict[str, Any]:
+        """The definition, exposures per variant and the sample-ratio p-value."""
+        exp = self.get(name)
+        counts = self.exposure_counts(name)
+        total = sum(counts.values())
+        srm = srm_test(list(counts.values()), [v.weight for v in exp.variants]) if total else 1.0
+        return {**exp.as_dict(), "exposures": counts, "srm_p_value": srm,
+                "min_sample_reached": min(counts.values()) >= exp.min_sample_size}
+
+    def analyze(self, name: str, *, test: str | None = None) -> Analysis:
+        """Analyse a served-model experiment from the prediction log joined with the delayed labels.
+
+        The metric is a column of the joined log (``label``, ``output``, ``latency_ms``),
+        aggregated per routing key (the unit) as a ratio metric.
+        """
+        exp = self.get(name)
+        if exp.model is None:
+            raise InputError("experiment", "has no served model; analyse its log with "
+                                           "`modelmill experiment analyze --input FILE`", name)
+        frame = self._joined_log(exp)
+        if frame.empty:
+            raise InputError("experiment", "has no logged predictions with a routing key yet", name)
+        return analyze_frame(frame, variant_column="variant", metric=exp.primary_metric, control=exp.control,
+                             unit_column="routing_key", test=test, alpha=exp.alpha, weights=exp.weights,
+                             min_sample_size=exp.min_sample_size)
+
+    def _joined_log(self, exp: Experiment) -> pd.DataFrame:
+        offline = self.project.offline
+        if not offline.exists("predictions"):
+            return pd.DataFrame()
+        labels = exp.primary_metric == "label" and offline.exists("labels")
+        tables = ["predictions", "labels"] if labels else ["predictions"]
+        join = ("SELECT p.*, l.label FROM predictions p JOIN (SELECT request_id, last(label ORDER BY ts) AS label "
+                "FROM labels GROUP BY 1) l USING (request_id)") if labels else "SELECT * FROM predictions"
+        with offline.connect(tables) as con:
+            return con.execute(
+                f"SELECT * FROM ({join}) WHERE model = ? AND routing_key IS NOT NULL AND ts >= to_timestamp(?)",
+                [exp.model, exp.created_at]).df()
+
+
+def parse_arms(specs: Sequence[str]) -> tuple[Arm, ...]:
+    """``["control=production:50", "treatment=4:50"]`` or ``["A:50", "B:50"]`` → arms (control first)."""
+    arms = []
+    for spec in specs:
+        name, _, rest = spec.partition("=") if "=" in spec else ("", "", spec)
+        target, _, weight = rest.rpartition(":")
+        if not name:
+            name, target = target, ""
+        try:
+            w = float(weight)
+        except ValueError:
+            raise InputError("variant", "use NAME:WEIGHT or NAME=VERSION:WEIGHT", spec) from None
+        version: int | str | None = (int(target) if target.isdigit() else target) if target else None
+        arms.append(Arm(name, w, version))
+    return tuple(arms)

@@ -1,0 +1,100 @@
+"""Metrics from logs, reduced to one :class:`~modelmill.experiments.stats.Sample` per variant.
+
+Three kinds:
+
+- ``proportion`` — a 0/1 value per unit (click-through, conversion);
+- ``mean`` — a number per unit (revenue per user, engagement);
+- ``ratio`` — ``sum(numerator) / sum(denominator)`` over units whose rows are
+  not independent (clicks per impression with users randomised), with the
+  variance from the delta method.
+
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"v": ["A", "A", "B", "B"], "u": ["x", "y", "z", "z"], "click": [1, 0, 1, 1]})
+    >>> {s.name: (s.n, s.mean) for s in summarize(df, variant_column="v", metric="click")}
+    {'A': (2, 0.5), 'B': (2, 1.0)}
+    >>> {s.name: (s.n, s.mean) for s in summarize(df, variant_column="v", metric="click", unit_column="u")}
+    {'A': (2, 0.5), 'B': (1, 1.0)}
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike
+
+from modelmill.errors import InputError
+from modelmill.experiments.stats import Sample
+
+__all__ = ["is_binary", "mean", "proportion", "ratio", "summarize"]
+
+
+def is_binary(values: ArrayLike) -> bool:
+    """True when every value is 0 or 1."""
+    x = np.asarray(values, dtype=np.float64)
+    return bool(x.size) and bool(np.isin(x, (0.0, 1.0)).all())
+
+
+def proportion(name: str, values: ArrayLike) -> Sample:
+    """A 0/1 metric, one value per unit."""
+    x = np.asarray(values, dtype=np.float64)
+    if not is_binary(x):
+        raise InputError(f"{name}.values", "a proportion metric needs only 0/1 values")
+    return Sample.from_counts(name, int(x.sum()), int(x.size))
+
+
+def mean(name: str, values: ArrayLike) -> Sample:
+    """A numeric metric, one value per unit."""
+    return Sample.from_values(name, values)
+
+
+def ratio(name: str, numerators: ArrayLike, denominators: ArrayLike) -> Sample:
+    """``Σ numerator / Σ denominator`` over units, with the delta-method variance.
+
+    ``Var(R) ≈ (s²_y − 2R·s_xy + R²·s²_x) / (n · x̄²)``; the returned ``variance`` is
+    ``n · Var(R)`` so that ``Sample.sem2`` is ``Var(R)`` like any other metric.
+    """
+    y = np.asarray(numerators, dtype=np.float64)
+    x = np.asarray(denominators, dtype=np.float64)
+    if y.shape != x.shape or y.ndim != 1 or y.size == 0:
+        raise InputError(f"{name}.values", "need one numerator and one denominator per unit")
+    if (x < 0).any() or x.sum() <= 0:
+        raise InputError(f"{name}.denominator", "must be non-negative with a positive total")
+    n = y.size
+    r = float(y.sum() / x.sum())
+    if n < 2:
+        return Sample(name, n, r, 0.0)
+    cov = np.cov(y, x, ddof=1)
+    var_r = (cov[0, 0] - 2 * r * cov[0, 1] + r * r * cov[1, 1]) / (n * x.mean() ** 2)
+    return Sample(name, n, r, float(max(var_r, 0.0) * n))
+
+
+def summarize(frame: pd.DataFrame, *, variant_column: str, metric: str, unit_column: str | None = None,
+              kind: str | None = None) -> list[Sample]:
+    """One Sample per variant, in sorted variant order.
+
+    Without ``unit_column`` each row is a unit: a 0/1 metric becomes a
+    proportion, anything else a mean (``kind`` forces one). With ``unit_column``
+    rows are summed per unit and the metric is the ratio metric
+    ``Σ metric / Σ rows`` (delta method); a unit seen in two variants is an input error.
+    """
+    for col in (variant_column, metric, unit_column):
+        if col is not None and col not in frame.columns:
+            raise InputError("column", f"not in the input; columns are {', '.join(map(str, frame.columns))}", col)
+    values = pd.to_numeric(frame[metric], errors="coerce")
+    if values.isna().any():
+        bad = frame[metric][values.isna()].iloc[0]
+        raise InputError(metric, "must be numeric on every row", bad)
+    variants = frame[variant_column].astype(str)
+    if unit_column is not None:
+        units = frame[unit_column].astype(str)
+        per_unit = pd.DataFrame({"variant": variants, "unit": units, "y": values})
+        spread = per_unit.groupby("unit")["variant"].nunique()
+        if (spread > 1).any():
+            raise InputError(unit_column, "a unit appears in more than one variant; assignment must be sticky",
+                             spread[spread > 1].index[0])
+        grouped = per_unit.groupby(["variant", "unit"], sort=True)["y"].agg(["sum", "count"]).reset_index()
+        return [ratio(str(v), g["sum"].to_numpy(), g["count"].to_numpy())
+                for v, g in grouped.groupby("variant", sort=True)]
+    binary = is_binary(values.to_numpy()) if kind is None else kind == "proportion"
+    make = proportion if binary else mean
+    return [make(str(v), g.to_numpy()) for v, g in values.groupby(variants, sort=True)]

@@ -1,0 +1,68 @@
+"""Monitoring: drift, delayed-label performance, alerts that act, Prometheus gauges and HTML reports.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> detect_drift({"x": rng.normal(size=2000)}, {"x": rng.normal(1, 1, 2000)}).dataset_drift
+    True
+"""
+
+from __future__ import annotations
+
+from modelmill.monitoring.alerts import (
+    ActionRegistry,
+    Alert,
+    AlertEvaluator,
+    LogSink,
+    Rule,
+    WebhookSink,
+    alertmanager_payload,
+    default_actions,
+)
+from modelmill.monitoring.drift import (
+    ColumnDrift,
+    ColumnOptions,
+    ColumnSummary,
+    DriftOptions,
+    DriftReport,
+    StatTest,
+    compare,
+    detect_drift,
+    register_test,
+    summarize,
+)
+from modelmill.monitoring.exporter import MonitoringExporter
+from modelmill.monitoring.monitor import Monitor, MonitoringConfig, ProjectMeasure
+from modelmill.monitoring.performance import PerformanceMonitor, classification_metrics
+from modelmill.monitoring.reference import ReferenceProfile, ReferenceStore
+from modelmill.monitoring.report import render_report, write_report
+
+__all__ = [
+    "ActionRegistry",
+    "Alert",
+    "AlertEvaluator",
+    "ColumnDrift",
+    "ColumnOptions",
+    "ColumnSummary",
+    "DriftOptions",
+    "DriftReport",
+    "LogSink",
+    "Monitor",
+    "MonitoringConfig",
+    "MonitoringExporter",
+    "PerformanceMonitor",
+    "ProjectMeasure",
+    "ReferenceProfile",
+    "ReferenceStore",
+    "Rule",
+    "StatTest",
+    "WebhookSink",
+    "alertmanager_payload",
+    "classification_metrics",
+    "compare",
+    "default_actions",
+    "detect_drift",
+    "register_test",
+    "render_report",
+    "summarize",
+    "write_report",
+]

@@ -1,0 +1,340 @@
+"""The monitoring loop: drift and quality per window of the prediction log, then the alert rules.
+
+Configured by ``[monitoring]`` in modelmill.toml::
+
+    [monitoring]
+    interval = "60s"           # how often `modelmill monitor` evaluates
+    window = "1h"              # the window of the prediction log each round looks at
+    models = ["flights"]       # default: every model in the log
+    metrics_url = "http://127.0.0.1:8000/metrics"   # serving's /metrics, for error_rate rules
+    exporter_port = 9108       # serve the monitoring gauges here (optional)
+
+    [monitoring.drift]         # DriftOptions: thresholds and per-column overrides
+    drift_share = 0.5
+    [monitoring.drift.columns.dep_delay]
+    test = "psi"
+    threshold = 0.2
+
+    [[monitoring.rules]] …     # see modelmill.monitoring.alerts
+    [[monitoring.sinks]] …
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import math
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+import sqlalchemy as sa
+
+from modelmill.errors import ConfigError, InputError, NotFoundError
+from modelmill.monitoring.alerts import (
+    ActionRegistry,
+    AlertEvaluator,
+    Labels,
+    Rule,
+    Sink,
+    labels_of,
+    rules_from_config,
+    sink_from_mapping,
+)
+from modelmill.monitoring.drift import DriftOptions, DriftReport
+from modelmill.monitoring.exporter import MonitoringExporter
+from modelmill.monitoring.performance import METRICS, PerformanceMonitor, parse_duration, query_arrow
+from modelmill.monitoring.reference import ReferenceStore
+from modelmill.project import Project
+from modelmill.store.tables.monitoring import monitoring_windows
+
+__all__ = ["Monitor", "MonitoringConfig", "ProjectMeasure"]
+
+log = logging.getLogger("modelmill.monitoring")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MonitoringConfig:
+    """The ``[monitoring]`` section, validated."""
+
+    interval: float = 60.0
+    window: float = 3600.0
+    models: tuple[str, ...] = ()
+    metrics_url: str | None = None
+    exporter_port: int | None = None
+    drift: DriftOptions = dataclasses.field(default_factory=DriftOptions)
+    rules: tuple[Rule, ...] = ()
+    sinks: tuple[Sink, ...] = ()
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any]) -> MonitoringConfig:
+        known = {"interval", "window", "model", "models", "metrics_url", "exporter_port", "drift", "rules", "sinks"}
+        unknown = set(section) - known
+        if unknown:
+            raise ConfigError(f"monitoring.{sorted(unknown)[0]}", section[sorted(unknown)[0]],
+                              f"one of the keys {sorted(known)}")
+        models = section.get("models") or ([section["model"]] if section.get("model") else [])
+        port = section.get("exporter_port")
+        if port is not None and (not isinstance(port, int) or not 0 < port < 65536):
+            raise ConfigError("monitoring.exporter_port", port, "a TCP port number")
+        return cls(
+            interval=parse_duration(section.get("interval", 60), field="monitoring.interval"),
+            window=parse_duration(section.get("window", 3600), field="monitoring.window"),
+            models=tuple(str(m) for m in models),
+            metrics_url=section.get("metrics_url"),
+            exporter_port=port,
+            drift=DriftOptions.from_mapping(section.get("drift", {})),
+            rules=tuple(rules_from_config(section)),
+            sinks=tuple(sink_from_mapping(s) for s in section.get("sinks", [])),
+        )
+
+
+def _utc(ts: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC)
+
+
+class ProjectMeasure:
+    """Measures rules from the project's own records: the prediction log, labels, monitoring
+    windows, offline tables, and (for error rates) serving's /metrics."""
+
+    def __init__(self, project: Project, *, metrics_url: str | None = None,
+                 errors_metric: str = "modelmill_requests_total", status_label: str = "status") -> None:
+        self.project = project
+        self.metrics_url = metrics_url
+        self.errors_metric = errors_metric
+        self.status_label = status_label
+        self._last_counts: dict[Labels, tuple[float, float]] = {}
+        self._baselines: dict[tuple[str, str, str], float | None] = {}
+
+    def __repr__(self) -> str:
+        return f"ProjectMeasure({self.project!r}, metrics_url={self.metrics_url!r})"
+
+    def measure(self, rule: Rule, now: float) -> dict[Labels, float]:
+        start, end = _utc(now - rule.window), _utc(now)
+        if rule.kind == "latency_p95":
+            perf = PerformanceMonitor(self.project)
+            if not self.project.offline.exists(perf.predictions_table):
+                return {}
+            rows = perf.latency(window=rule.window * 2, start=start, end=end, model=rule.model)
+            return _by_group(rows, "p95_ms")
+        if rule.kind == "metric_below_baseline":
+            perf = PerformanceMonitor(self.project)
+            if not (self.project.offline.exists("predictions") and self.project.offline.exists("labels")):
+                return {}
+            return _by_group(perf.summary(start=start, end=end, model=rule.model), rule.metric)
+        if rule.kind == "drift_share":
+            return self._drift_share(rule, now)
+        if rule.kind == "feature_freshness":
+            return self._freshness(rule, now)
+        return self._error_rate(rule)
+
+    def baseline(self, rule: Rule, labels: Labels) -> float | None:
+        if rule.baseline is not None or rule.kind != "metric_below_baseline":
+            return rule.baseline
+        d = dict(labels)
+        key = (d.get("model", ""), d.get("version", ""), rule.metric)
+        if key not in self._baselines:
+            self._baselines[key] = self._registered_metric(*key)
+        return self._baselines[key]
+
+    def _registered_metric(self, model: str, version: str, metric: str) -> float | None:
+        try:
+            from modelmill.registry import Registry  # type: ignore[attr-defined]
+
+            mv = Registry(self.project).resolve(f"{model}@{version}")
+            value = (mv.metrics or {}).get(metric)
+            return float(value) if value is not None else None
+        except (ImportError, NotFoundError, InputError):
+            return None
+
+    def _drift_share(self, rule: Rule, now: float) -> dict[Labels, float]:
+        t = monitoring_windows
+        q = sa.select(t.c.model, t.c.version, t.c.drift_share, t.c.at).where(
+            t.c.at >= now - rule.window, t.c.drift_share.is_not(None)).order_by(t.c.at)
+        if rule.model:
+            q = q.where(t.c.model == rule.model)
+        out: dict[Labels, float] = {}
+        with self.project.db.engine.connect() as conn:
+            for r in conn.execute(q):  # ordered by time: the latest window of each version wins
+                out[labels_of({"model": r.model, "version": r.version})] = float(r.drift_share)
+        return out
+
+    def _freshness(self, rule: Rule, now: float) -> dict[Labels, float]:
+        assert rule.table is not None
+        labels = labels_of({"table": rule.table})
+        if not self.project.offline.exists(rule.table):
+            return {labels: math.inf}
+        with self.project.offline.connect([rule.table]) as con:
+            row = con.execute(f'SELECT max("{rule.time_column}") FROM {rule.table}').fetchone()
+        latest = row[0] if row else None
+        if latest is None:
+            return {labels: math.inf}
+        if latest.tzinfo is None:
+            latest = latest.replace(tzinfo=dt.UTC)
+        return {labels: max(0.0, now - latest.timestamp())}
+
+    def _error_rate(self, rule: Rule) -> dict[Labels, float]:
+        if not self.metrics_url:
+            raise ConfigError("monitoring.metrics_url", None, "serving's /metrics URL, for error_rate rules")
+        import httpx
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(self.metrics_url, timeout=5.0).text
+        totals: dict[Labels, list[float]] = {}
+        wanted = self.errors_metric.removesuffix("_total")
+        for family in text_string_to_metric_families(text):
+            if family.name != wanted:
+                continue
+            for s in family.samples:
+                if not s.name.endswith("_total"):
+                    continue
+                status = str(s.labels.get(self.status_label, ""))
+                key = labels_of({k: v for k, v in s.labels.items() if k == "model"})
+                acc = totals.setdefault(key, [0.0, 0.0])
+                acc[1] += s.value
+                if status.startswith("5") or status == "error":
+                    acc[0] += s.value
+        out: dict[Labels, float] = {}
+        for key, (errors, total) in totals.items():
+            prev = self._last_counts.get(key)
+            self._last_counts[key] = (errors, total)
+            if prev is not None and total > prev[1]:
+                out[key] = (errors - prev[0]) / (total - prev[1])
+        return out
+
+
+def _by_group(rows: Sequence[Mapping[str, Any]], field: str) -> dict[Labels, float]:
+    out: dict[Labels, float] = {}
+    for r in rows:
+        value = r.get(field)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        out[labels_of({"model": r["model"], "version": r["version"], "variant": r["variant"]})] = float(value)
+    return out
+
+
+class Monitor:
+    """One round (:meth:`run_once`) or a loop (:meth:`run`) of drift, quality and alerts."""
+
+    def __init__(self, project: Project, config: MonitoringConfig, *, actions: ActionRegistry | None = None,
+                 exporter: MonitoringExporter | None = None, measure: ProjectMeasure | None = None) -> None:
+        self.project = project
+        self.config = config
+        self.actions = actions
+        self.exporter = exporter
+        self.measure = measure or ProjectMeasure(project, metrics_url=config.metrics_url)
+        self._stop = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"Monitor({self.project!r}, interval={self.config.interval}, window={self.config.window})"
+
+    @property
+    def evaluator(self) -> AlertEvaluator:
+        return AlertEvaluator(self.project, self.config.rules, measure=self.measure, sinks=self.config.sinks,
+                              actions=self.actions)
+
+    def window_drift(self, model: str, version: int, *, start: float, end: float) -> tuple[DriftReport, int] | None:
+        """Drift of the logged features (and outputs) of one model version in [start, end) against its
+        stored reference; None when the version has no reference or no traffic."""
+        refs = ReferenceStore(self.project)
+        if not refs.exists(model, version):
+            log.info("no reference profile for %s@%s; skipping its drift", model, version)
+            return None
+        frame = self.logged_features(model, version, start=start, end=end)
+        if frame is None or len(frame) == 0:
+            return None
+        outputs = frame.pop("__output__").to_numpy(dtype=np.float64)
+        report = refs.load(model, version).compare(frame, predictions=outputs, options=self.config.drift)
+        return report, len(frame)
+
+    def logged_features(self, model: str, version: int, *, start: float, end: float) -> pd.DataFrame | None:
+        """The features (parsed from the log's JSON) and outputs (column ``__output__``) of a window."""
+        if not self.project.offline.exists("predictions"):
+            return None
+        with self.project.offline.connect(["predictions"]) as con:
+            tbl = query_arrow(con, "SELECT features, output FROM predictions WHERE model = ? AND version = ? "
+                              "AND ts >= ? AND ts < ?", [model, version, _utc(start), _utc(end)])
+        if tbl.num_rows == 0:
+            return None
+        records = [orjson.loads(f) if f else {} for f in tbl.column("features").to_pylist()]
+        frame = pd.DataFrame.from_records(records)
+        frame["__output__"] = tbl.column("output").to_numpy(zero_copy_only=False)
+        return frame
+
+    def served_versions(self, *, start: float, end: float) -> list[tuple[str, int]]:
+        if not self.project.offline.exists("predictions"):
+            return []
+        with self.project.offline.connect(["predictions"]) as con:
+            rows = con.execute("SELECT DISTINCT model, version FROM predictions WHERE ts >= ? AND ts < ? "
+                               "ORDER BY model, version", [_utc(start), _utc(end)]).fetchall()
+        return [(m, int(v)) for m, v in rows if not self.config.models or m in self.config.models]
+
+    def run_once(self, now: float | None = None) -> dict[str, Any]:
+        """Drift and quality of the last window for every served version, stored; then the rules."""
+        now = time.time() if now is None else now
+        start = now - self.config.window
+        perf = PerformanceMonitor(self.project)
+        quality: list[dict[str, Any]] = []
+        if self.project.offline.exists("predictions") and self.project.offline.exists("labels"):
+            quality = perf.summary(start=_utc(start), end=_utc(now))
+        windows = []
+        for model, version in self.served_versions(start=start, end=now):
+            result = self.window_drift(model, version, start=start, end=now)
+            metrics = [_jsonable(r) for r in quality if r["model"] == model and int(r["version"]) == version]
+            report, n = result if result is not None else (None, 0)
+            row = {"model": model, "version": version, "at": now, "window_start": start, "window_end": now,
+                   "n_rows": n, "drift_share": report.drift_share if report else None,
+                   "dataset_drift": report.dataset_drift if report else None,
+                   "drift": report.to_dict() if report else {}, "metrics": metrics}
+            with self.project.db.begin() as conn:
+                conn.execute(monitoring_windows.insert().values(**row))
+            windows.append({k: row[k] for k in ("model", "version", "n_rows", "drift_share", "dataset_drift")})
+            if self.exporter is not None and report is not None:
+                self.exporter.set_drift(model, version, report)
+        if self.exporter is not None:
+            self.exporter.set_performance(quality, METRICS)
+        changed = self.evaluator.evaluate(now)
+        active = self.evaluator.active()
+        if self.exporter is not None:
+            self.exporter.set_alerts({a["rule"] for a in active if a["state"] == "firing"},
+                                     [r.name for r in self.config.rules])
+            self.exporter.mark_run(now)
+        return {"at": now, "windows": windows, "quality": [_jsonable(r) for r in quality],
+                "alerts_changed": [{"rule": a.rule, "status": a.status, "labels": a.labels} for a in changed],
+                "alerts_active": [{"rule": a["rule"], "state": a["state"], "labels": a["labels"]} for a in active]}
+
+    def run(self, *, iterations: int | None = None) -> None:
+        """Evaluate every ``interval`` seconds until :meth:`stop` (or ``iterations`` rounds)."""
+        done = 0
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.run_once()
+            except Exception:  # one bad round (a backend hiccup) must not end the monitor
+                log.exception("monitoring round failed")
+            done += 1
+            if iterations is not None and done >= iterations:
+                return
+            self._stop.wait(max(0.0, self.config.interval - (time.monotonic() - started)))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if isinstance(v, dt.datetime):
+            out[k] = v.isoformat()
+        elif isinstance(v, float) and not math.isfinite(v):
+            out[k] = None
+        elif hasattr(v, "item"):
+            out[k] = v.item()
+        else:
+            out[k] = v
+    return out

@@ -1,0 +1,218 @@
+"""Delayed-label performance: labels that arrive later, joined to the prediction log by request id.
+
+The prediction log (offline table ``predictions``: request_id, ts, model,
+version, variant, output, latency_ms, …) and the labels (offline table
+``labels``: request_id, ts, label) are joined in DuckDB; when a request was
+labelled twice the latest label wins. Metrics are then computed per model
+version, variant and time bucket with numpy:
+
+    >>> import numpy as np
+    >>> m = classification_metrics(np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.4, 0.9]))
+    >>> m["accuracy"], m["auc"]
+    (0.5, 0.75)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+from scipy import stats
+
+from modelmill.errors import InputError, NotFoundError
+from modelmill.project import Project
+
+__all__ = [
+    "METRICS",
+    "PerformanceMonitor",
+    "classification_metrics",
+    "parse_duration",
+    "query_arrow",
+]
+
+METRICS = ("accuracy", "precision", "recall", "auc", "log_loss", "brier", "calibration_error")
+_EPS = 1e-15
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str | float | int, *, field: str = "window") -> float:
+    """Seconds in ``"90s"``, ``"15m"``, ``"1h"``, ``"7d"`` or a plain number of seconds.
+
+    >>> parse_duration("15m"), parse_duration(30)
+    (900.0, 30.0)
+    """
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        s = str(text).strip()
+        try:
+            seconds = float(s[:-1]) * _UNITS[s[-1]] if s and s[-1] in _UNITS else float(s)
+        except ValueError:
+            raise InputError(field, "must be a duration such as '90s', '15m', '1h' or '7d'", text) from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise InputError(field, "must be a positive duration", text)
+    return seconds
+
+
+def classification_metrics(y: np.ndarray, p: np.ndarray, *, threshold: float = 0.5, bins: int = 10) -> dict[str, float]:
+    """Accuracy, precision, recall, ROC AUC, log loss, Brier score and calibration of binary predictions.
+
+    ``calibration_error`` is the expected calibration error over ``bins``
+    equal-width probability bins (weighted mean of |mean prediction − positive rate|).
+    Undefined metrics (AUC with one class, precision with no positive prediction) are NaN.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    n = len(y)
+    out: dict[str, float] = {"n": float(n), "positive_rate": float(y.mean()) if n else math.nan,
+                             "mean_prediction": float(p.mean()) if n else math.nan}
+    if n == 0:
+        return out | dict.fromkeys(METRICS, math.nan)
+    pred = p >= threshold
+    pos = y == 1
+    tp = float(np.count_nonzero(pred & pos))
+    out["accuracy"] = float(np.count_nonzero(pred == pos)) / n
+    out["precision"] = tp / np.count_nonzero(pred) if np.any(pred) else math.nan
+    out["recall"] = tp / np.count_nonzero(pos) if np.any(pos) else math.nan
+    n_pos = int(np.count_nonzero(pos))
+    n_neg = n - n_pos
+    if n_pos and n_neg:
+        ranks = stats.rankdata(p)  # ties get their average rank: the Mann-Whitney form of the AUC
+        out["auc"] = float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    else:
+        out["auc"] = math.nan
+    q = np.clip(p, _EPS, 1 - _EPS)
+    out["log_loss"] = float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+    out["brier"] = float(np.mean((p - y) ** 2))
+    idx = np.clip((p * bins).astype(np.int64), 0, bins - 1)
+    count = np.bincount(idx, minlength=bins)
+    gap = np.abs(np.bincount(idx, weights=p, minlength=bins) - np.bincount(idx, weights=y, minlength=bins))
+    out["calibration_error"] = float(gap.sum() / n) if np.any(count) else math.nan
+    return out
+
+
+def query_arrow(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+    """Run ``sql`` on a DuckDB connection and return the result as Arrow."""
+    table = con.sql(sql, params=list(params)).to_arrow_table()
+    if table is None:
+        raise InputError("query", "returned no result set", sql[:80])
+    return table
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Window:
+    start: dt.datetime | None
+    end: dt.datetime | None
+
+    def where(self, column: str) -> tuple[str, list[Any]]:
+        parts, params = [], []
+        if self.start is not None:
+            parts.append(f"{column} >= ?")
+            params.append(self.start)
+        if self.end is not None:
+            parts.append(f"{column} < ?")
+            params.append(self.end)
+        return (" AND ".join(parts) or "TRUE"), params
+
+
+class PerformanceMonitor:
+    """Rolling model quality and latency from the prediction log and the delayed labels."""
+
+    def __init__(self, project: Project, *, predictions_table: str = "predictions", labels_table: str = "labels",
+                 threshold: float = 0.5) -> None:
+        self.project = project
+        self.predictions_table = predictions_table
+        self.labels_table = labels_table
+        self.threshold = threshold
+
+    def __repr__(self) -> str:
+        return f"PerformanceMonitor({self.project!r}, predictions_table={self.predictions_table!r})"
+
+    def _require(self, table: str) -> None:
+        if not self.project.offline.exists(table):
+            raise NotFoundError("offline table", table, "nothing has been logged yet; serve some predictions first")
+
+    def joined(self, *, start: dt.datetime | None = None, end: dt.datetime | None = None,
+               model: str | None = None) -> pa.Table:
+        """Predictions that have a label: model, version, variant, ts, output, label (latest per request)."""
+        self._require(self.predictions_table)
+        self._require(self.labels_table)
+        where, params = _Window(start=start, end=end).where("p.ts")
+        if model is not None:
+            where += " AND p.model = ?"
+            params.append(model)
+        sql = f"""
+            SELECT p.model, p.version, p.variant, p.ts, p.output, l.label
+            FROM {self.predictions_table} p
+            JOIN (SELECT request_id, CAST(arg_max(label, ts) AS DOUBLE) AS label
+                  FROM {self.labels_table} GROUP BY request_id) l USING (request_id)
+            WHERE {where} ORDER BY p.ts"""
+        with self.project.offline.connect([self.predictions_table, self.labels_table]) as con:
+            return query_arrow(con, sql, params)
+
+    def rolling(self, *, window: str | float = "1h", start: dt.datetime | None = None,
+                end: dt.datetime | None = None, model: str | None = None,
+                by: Sequence[str] = ("model", "version", "variant")) -> list[dict[str, Any]]:
+        """One row per group and time bucket of ``window``: the group, ``bucket`` (UTC start) and the metrics."""
+        seconds = parse_duration(window)
+        table = self.joined(start=start, end=end, model=model)
+        return _grouped(table, by, seconds, self.threshold)
+
+    def summary(self, *, start: dt.datetime | None = None, end: dt.datetime | None = None,
+                model: str | None = None, by: Sequence[str] = ("model", "version", "variant")) -> list[dict[str, Any]]:
+        """Metrics per group over the whole span."""
+        table = self.joined(start=start, end=end, model=model)
+        return _grouped(table, by, None, self.threshold)
+
+    def latency(self, *, window: str | float = "1h", start: dt.datetime | None = None,
+                end: dt.datetime | None = None, model: str | None = None) -> list[dict[str, Any]]:
+        """p50/p95/p99 latency (ms) and request count per model, version, variant and time bucket."""
+        self._require(self.predictions_table)
+        seconds = int(parse_duration(window))
+        where, params = _Window(start=start, end=end).where("ts")
+        if model is not None:
+            where += " AND model = ?"
+            params.append(model)
+        sql = f"""
+            SELECT model, version, variant, time_bucket(INTERVAL '{seconds} seconds', ts) AS bucket,
+                   count(*) AS n, quantile_cont(latency_ms, 0.5) AS p50_ms,
+                   quantile_cont(latency_ms, 0.95) AS p95_ms, quantile_cont(latency_ms, 0.99) AS p99_ms
+            FROM {self.predictions_table} WHERE {where}
+            GROUP BY ALL ORDER BY bucket, model, version, variant"""
+        with self.project.offline.connect([self.predictions_table]) as con:
+            return [dict(r) for r in query_arrow(con, sql, params).to_pylist()]
+
+
+def _grouped(table: pa.Table, by: Sequence[str], seconds: float | None, threshold: float) -> list[dict[str, Any]]:
+    if table.num_rows == 0:
+        return []
+    for key in by:
+        if key not in table.column_names:
+            raise InputError("by", f"no column {key!r} in the prediction log", key)
+    frame = table.to_pandas()
+    keys = list(by)
+    if seconds is not None:
+        ts = frame["ts"]
+        epoch = ts.astype("int64") // 10 ** _ts_exponent(ts)
+        frame["bucket"] = (epoch // int(seconds) * int(seconds)).astype("int64")
+        keys.append("bucket")
+    rows = []
+    for group, part in frame.groupby(keys, sort=True, dropna=False):
+        values = group if isinstance(group, tuple) else (group,)
+        row: dict[str, Any] = {k: (v.item() if hasattr(v, "item") else v) for k, v in zip(keys, values, strict=True)}
+        if "bucket" in row:
+            row["bucket"] = dt.datetime.fromtimestamp(row["bucket"], tz=dt.UTC)
+        row.update(classification_metrics(part["label"].to_numpy(), part["output"].to_numpy(), threshold=threshold))
+        rows.append(row)
+    return rows
+
+
+def _ts_exponent(ts: Any) -> int:
+    unit = getattr(ts.dtype, "unit", "us")
+    return {"s": 0, "ms": 3, "us": 6, "ns": 9}.get(unit, 6)

@@ -1,0 +1,140 @@
+"""Guardrails: is the candidate doing worse than production on what was observed in this stage?
+
+Four checks, each on by default and each with a minimum sample below which it
+stays silent (a guardrail that fires on three requests is noise):
+
+- error rate — candidate errors significantly above production's (one-sided
+  pooled z-test) *and* by more than ``max_error_rate_increase``;
+- latency p95 — above ``max_latency_ratio`` × production's p95 plus a slack;
+- prediction shift — two-sample Kolmogorov–Smirnov distance of the outputs;
+- delayed labels — mean loss (error rate for 0/1 labels, absolute error
+  otherwise) significantly worse, when labels have arrived.
+
+    >>> import numpy as np
+    >>> ok = Observation(requests=1000, errors=0, latencies_ms=np.full(1000, 2.0), outputs=np.linspace(0, 1, 1000))
+    >>> bad = Observation(requests=100, errors=12, latencies_ms=np.full(88, 2.0), outputs=np.linspace(0, 1, 88))
+    >>> [b.check for b in evaluate(bad, ok, Guardrails())]
+    ['error_rate']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import stats as st
+
+from modelmill.errors import InputError
+
+__all__ = ["Breach", "Guardrails", "Observation", "evaluate"]
+
+_EMPTY = np.zeros(0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Observation:
+    """What one variant did in the window: requests, errors, latencies, outputs and (optional) label losses."""
+
+    requests: int
+    errors: int = 0
+    latencies_ms: NDArray[np.float64] = dataclasses.field(default_factory=lambda: _EMPTY)
+    outputs: NDArray[np.float64] = dataclasses.field(default_factory=lambda: _EMPTY)
+    label_losses: NDArray[np.float64] = dataclasses.field(default_factory=lambda: _EMPTY)
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def latency_p95(self) -> float:
+        return float(np.percentile(self.latencies_ms, 95)) if self.latencies_ms.size else math.nan
+
+    def summary(self) -> dict[str, Any]:
+        return {"requests": self.requests, "errors": self.errors, "error_rate": self.error_rate,
+                "latency_p95_ms": None if math.isnan(self.latency_p95) else self.latency_p95,
+                "labeled": int(self.label_losses.size),
+                "label_loss": float(self.label_losses.mean()) if self.label_losses.size else None}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Guardrails:
+    """Thresholds of the four checks; ``None`` turns a check off."""
+
+    max_error_rate_increase: float | None = 0.01
+    max_latency_ratio: float | None = 1.5
+    latency_slack_ms: float = 5.0
+    max_output_shift: float | None = 0.2  # KS distance
+    max_label_loss_increase: float | None = 0.02
+    significance: float = 0.05
+    min_errors: int = 3
+    min_samples: int = 50
+
+    def __post_init__(self) -> None:
+        if not 0 < self.significance < 1:
+            raise InputError("guardrails.significance", "must lie strictly between 0 and 1", self.significance)
+        if self.min_samples < 1 or self.min_errors < 1:
+            raise InputError("guardrails.min_samples", "min_samples and min_errors must be at least 1")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Breach:
+    check: str
+    candidate: float
+    baseline: float
+    limit: float
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _one_sided_worse(x_c: int, n_c: int, x_b: int, n_b: int) -> float:
+    """p-value of 'the candidate's rate is higher' by the pooled z-test."""
+    if n_b == 0:
+        return 0.0 if x_c > 0 else 1.0
+    pooled = (x_c + x_b) / (n_c + n_b)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n_c + 1 / n_b))
+    if se == 0:
+        return 1.0
+    return float(st.norm.sf((x_c / n_c - x_b / n_b) / se))
+
+
+def evaluate(candidate: Observation, baseline: Observation, g: Guardrails) -> list[Breach]:
+    """Every guardrail the candidate breaches against the baseline (empty when all pass)."""
+    out: list[Breach] = []
+    if g.max_error_rate_increase is not None and candidate.requests and candidate.errors >= g.min_errors:
+        diff = candidate.error_rate - baseline.error_rate
+        p = _one_sided_worse(candidate.errors, candidate.requests, baseline.errors, baseline.requests)
+        if diff > g.max_error_rate_increase and p < g.significance:
+            out.append(Breach("error_rate", candidate.error_rate, baseline.error_rate,
+                              baseline.error_rate + g.max_error_rate_increase,
+                              f"error rate {candidate.error_rate:.2%} against {baseline.error_rate:.2%} "
+                              f"({candidate.errors}/{candidate.requests}, one-sided p={p:.2g})"))
+    n_c, n_b = candidate.latencies_ms.size, baseline.latencies_ms.size
+    if g.max_latency_ratio is not None and min(n_c, n_b) >= g.min_samples:
+        limit = baseline.latency_p95 * g.max_latency_ratio + g.latency_slack_ms
+        if candidate.latency_p95 > limit:
+            out.append(Breach("latency_p95", candidate.latency_p95, baseline.latency_p95, limit,
+                              f"latency p95 {candidate.latency_p95:.1f} ms above the limit {limit:.1f} ms"))
+    if g.max_output_shift is not None and min(candidate.outputs.size, baseline.outputs.size) >= g.min_samples:
+        ks = st.ks_2samp(candidate.outputs, baseline.outputs)
+        if ks.statistic > g.max_output_shift and ks.pvalue < g.significance:
+            out.append(Breach("output_shift", float(ks.statistic), 0.0, g.max_output_shift,
+                              f"prediction distribution shifted: KS distance {ks.statistic:.3f} "
+                              f"(p={ks.pvalue:.2g})"))
+    lc, lb = candidate.label_losses, baseline.label_losses
+    if g.max_label_loss_increase is not None and min(lc.size, lb.size) >= g.min_samples:
+        diff = float(lc.mean() - lb.mean())
+        se = math.sqrt(lc.var(ddof=1) / lc.size + lb.var(ddof=1) / lb.size)
+        p = float(st.norm.sf(diff / se)) if se > 0 else (0.0 if diff > 0 else 1.0)
+        if diff > g.max_label_loss_increase and p < g.significance:
+            out.append(Breach("label_loss", float(lc.mean()), float(lb.mean()),
+                              float(lb.mean()) + g.max_label_loss_increase,
+                              f"loss on delayed labels {lc.mean():.4f} against {lb.mean():.4f} (p={p:.2g})"))
+    return out

@@ -1,0 +1,154 @@
+"""Prometheus metrics of the server, correct with several worker processes.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set (``modelmill serve`` sets it before the
+workers start), each worker writes its samples to memory-mapped files in
+that folder and ``/metrics`` sums them across workers; otherwise the
+process's default registry is used.
+
+    >>> MODEL_REQUESTS.labels("infer", "m", "1", "default", "200").inc()
+    >>> b"modelmill_requests_total" in render()[0]
+    True
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as _mp
+
+__all__ = [
+    "BATCH_SIZE",
+    "CACHE_HITS",
+    "CACHE_MISSES",
+    "INFLIGHT",
+    "LATENCY",
+    "MODEL_REQUESTS",
+    "SHADOW_ERRORS",
+    "ResourceSampler",
+    "multiprocess_dir",
+    "prepare_multiprocess_dir",
+    "render",
+]
+
+ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+_LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                    1.0, 2.5, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+MODEL_REQUESTS = Counter(
+    "modelmill_requests", "Prediction requests answered, by route, model, version, variant and HTTP status.",
+    ["route", "model", "version", "variant", "status"],
+)
+LATENCY = Histogram(
+    "modelmill_request_latency_seconds", "Time from request to response, by route and model.",
+    ["route", "model"], buckets=_LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "modelmill_batch_size", "Rows per model call after micro-batching.", ["model", "version"],
+    buckets=_BATCH_BUCKETS,
+)
+CACHE_HITS = Counter("modelmill_cache_hits", "Prediction cache hits.", ["model"])
+CACHE_MISSES = Counter("modelmill_cache_misses", "Prediction cache misses.", ["model"])
+SHADOW_ERRORS = Counter(
+    "modelmill_shadow_errors", "Mirrored requests a shadow variant failed on (never answered to a caller).",
+    ["model", "version", "variant"],
+)
+INFLIGHT = Gauge("modelmill_inflight_requests", "Requests being answered now.", multiprocess_mode="livesum")
+PROCESS_CPU = Gauge("modelmill_process_cpu_seconds", "CPU seconds used by the serving processes.",
+                    multiprocess_mode="livesum")
+PROCESS_RSS = Gauge("modelmill_process_resident_memory_bytes", "Resident memory of the serving processes.",
+                    multiprocess_mode="livesum")
+GPU_UTIL = Gauge("modelmill_gpu_utilization_ratio", "GPU utilisation (0-1), when a GPU is present.", ["gpu"],
+                 multiprocess_mode="livemax")
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(ENV) or None
+
+
+def prepare_multiprocess_dir(path: str | os.PathLike[str]) -> str:
+    """Empty (or create) ``path`` and export it as ``PROMETHEUS_MULTIPROC_DIR`` for workers started later."""
+    folder = Path(path)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    os.environ[ENV] = str(folder)
+    return str(folder)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text (summed over workers in multiprocess mode) and its content type."""
+    if multiprocess_dir():
+        registry = CollectorRegistry()
+        _mp.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def mark_dead(pid: int) -> None:
+    """Drop the live gauges of a worker that exited."""
+    if multiprocess_dir():
+        _mp.mark_process_dead(pid)
+
+
+class ResourceSampler:
+    """Samples this process's CPU and memory, and the GPUs' utilisation, into the gauges."""
+
+    def __init__(self, *, gpu: bool = True) -> None:
+        self.gpu = gpu
+        self._nvml: object | None = None
+        self._smi = shutil.which("nvidia-smi") if gpu else None
+        self._gpu_next = 0.0
+
+    def sample(self) -> None:
+        PROCESS_CPU.set(time.process_time())
+        PROCESS_RSS.set(_rss_bytes())
+        if self.gpu and time.monotonic() >= self._gpu_next:
+            self._gpu_next = time.monotonic() + 5.0
+            for i, util in enumerate(self._gpu_utilization()):
+                GPU_UTIL.labels(str(i)).set(util)
+
+    def _gpu_utilization(self) -> list[float]:
+        try:
+            import pynvml  # type: ignore[import-not-found]
+
+            if self._nvml is None:
+                pynvml.nvmlInit()
+                self._nvml = pynvml
+            return [pynvml.nvmlDeviceGetUtilizationRates(pynvml.nvmlDeviceGetHandleByIndex(i)).gpu / 100.0
+                    for i in range(pynvml.nvmlDeviceGetCount())]
+        except Exception:
+            pass
+        if not self._smi:
+            return []
+        try:
+            text = subprocess.run([self._smi, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                                  capture_output=True, text=True, timeout=5, check=True).stdout
+            return [float(line) / 100.0 for line in text.split() if line.strip()]
+        except (OSError, subprocess.SubprocessError, ValueError):
+            self._smi = None  # not usable here; stop trying
+            return []
+
+
+def _rss_bytes() -> float:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0

@@ -1,0 +1,284 @@
+"""The OpenAPI 3 document of the server, written by hand to match :func:`modelmill.serving.app.create_app`.
+
+A test keeps the two honest: every route of the app is here and every path
+here is a route, and schemathesis checks the answers against the schemas.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import modelmill
+
+__all__ = ["openapi_document"]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERR = _ref("Error")
+_ERRORS = {
+    "400": _json(_ERR, "Malformed input; `error` names the field."),
+    "404": _json(_ERR, "No such model or version is being served."),
+}
+_INFER_ERRORS = {
+    **_ERRORS,
+    "408": _json(_ERR, "The request took longer than the request timeout."),
+    "413": _json(_ERR, "The body or the number of rows is over the limit."),
+    "422": _json(_ERR, "The model could not predict on this input."),
+    "503": _json(_ERR, "A backend (feature store) is unavailable."),
+}
+_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+         "description": "Model name."}
+_VERSION = {"name": "version", "in": "path", "required": True,
+            "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"},
+            "description": "Model version number."}
+_ROUTING = {"name": "x-routing-key", "in": "header", "required": False, "schema": {"type": "string"},
+            "description": "Sticky routing key (such as a user id) for A/B and canary variants."}
+
+_TENSOR_IN = {
+    "type": "object",
+    "required": ["name", "shape", "datatype"],
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1, "maxItems": 2},
+        "datatype": {"type": "string", "enum": ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16",
+                                                "INT32", "INT64", "FP16", "FP32", "FP64"]},
+        "parameters": {"type": "object"},
+        "data": {"type": "array", "description": "Row-major values, flat or nested."},
+    },
+}
+_TENSOR_META = {
+    "type": "object",
+    "required": ["name", "datatype", "shape"],
+    "properties": {"name": {"type": "string"}, "datatype": {"type": "string"},
+                   "shape": {"type": "array", "items": {"type": "integer"}}},
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+    "ServerMetadata": {
+        "type": "object", "required": ["name", "version", "extensions"],
+        "properties": {"name": {"type": "string"}, "version": {"type": "string"},
+                       "extensions": {"type": "array", "items": {"type": "string"}}},
+    },
+    "ModelMetadata": {
+        "type": "object", "required": ["name", "platform", "inputs", "outputs"],
+        "properties": {"name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},
+                       "platform": {"type": "string"},
+                       "inputs": {"type": "array", "items": _TENSOR_META},
+                       "outputs": {"type": "array", "items": _TENSOR_META}},
+    },
+    "ModelReady": {"type": "object", "required": ["name", "ready"],
+                   "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}}},
+    "InferRequest": {
+        "type": "object", "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string"},
+            "parameters": {"type": "object"},
+            "inputs": {"type": "array", "minItems": 1, "items": _TENSOR_IN},
+            "outputs": {"type": "array", "items": {
+                "type": "object", "required": ["name"],
+                "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}}}},
+        },
+    },
+    "InferResponse": {
+        "type": "object", "required": ["model_name", "outputs"],
+        "properties": {
+            "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
+            "parameters": {"type": "object"},
+            "outputs": {"type": "array", "items": {
+                "type": "object", "required": ["name", "datatype", "shape"],
+                "properties": {"name": {"type": "string"}, "datatype": {"type": "string"},
+                               "shape": {"type": "array", "items": {"type": "integer"}},
+                               "parameters": {"type": "object"},
+                               "data": {"type": "array", "items": {"type": "number"}}}}},
+        },
+    },
+    "PredictRequest": {
+        "type": "object", "required": ["entities"],
+        "properties": {
+            "entities": {"type": "object", "description": "Entity keys of the model's feature service.",
+                         "additionalProperties": {"oneOf": [{"type": "string"}, {"type": "number"}]}},
+            "features": {"type": "object", "description": "Request-time features.",
+                         "additionalProperties": {"type": "number"}},
+            "routing_key": {"type": "string"},
+        },
+    },
+    "Variant": {
+        "type": "object", "required": ["name", "version"],
+        "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 100},
+                       "version": {"oneOf": [{"type": "integer", "minimum": 1},
+                                             {"type": "string", "minLength": 1, "maxLength": 200}],
+                                   "description": "A version number or an alias."},
+                       "weight": {"type": "number", "minimum": 0, "default": 1},
+                       "shadow": {"type": "boolean", "default": False}},
+    },
+    "Route": {
+        "type": "object", "required": ["model", "salt", "variants"],
+        "properties": {"model": {"type": "string"}, "salt": {"type": "string"},
+                       "variants": {"type": "array", "items": _ref("Variant")}},
+    },
+    "RouteList": {"type": "object", "required": ["routes"],
+                  "properties": {"routes": {"type": "array", "items": _ref("Route")}}},
+    "RouteRequest": {
+        "type": "object", "required": ["variants"],
+        "properties": {"variants": {"type": "array", "minItems": 1, "items": _ref("Variant")},
+                       "salt": {"type": "string", "maxLength": 200}, "reason": {"type": "string", "maxLength": 1000}},
+    },
+    "Aliases": {"type": "object", "required": ["name", "aliases"],
+                "properties": {"name": {"type": "string"},
+                               "aliases": {"type": "object", "additionalProperties": {"type": "integer"}}}},
+    "AliasRequest": {"type": "object", "required": ["version"],
+                     "properties": {"version": {"type": "integer", "minimum": 1},
+                                    "reason": {"type": "string", "maxLength": 1000}}},
+    "AliasSet": {"type": "object", "required": ["name", "alias", "version"],
+                 "properties": {"name": {"type": "string"}, "alias": {"type": "string"},
+                                "version": {"type": "integer"}}},
+    "Deleted": {"type": "object", "required": ["deleted"], "properties": {"deleted": {"type": "boolean"}}},
+    "PredictResponse": {
+        "type": "object", "required": ["prediction", "model", "version", "variant", "request_id"],
+        "properties": {"prediction": {"type": "number"}, "model": {"type": "string"},
+                       "version": {"type": "integer"}, "variant": {"type": "string"},
+                       "request_id": {"type": "string"}},
+    },
+}
+
+
+def _infer(params: list[dict[str, Any]], summary: str) -> dict[str, Any]:
+    return {"post": {
+        "summary": summary,
+        "parameters": [*params, _ROUTING,
+                       {"name": "inference-header-content-length", "in": "header", "required": False,
+                        "schema": {"type": "integer", "minimum": 0},
+                        "description": "Triton binary extension: length of the JSON header before binary "
+                                       "tensors."}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("InferRequest")}}},
+        "responses": {
+            "200": {"description": "Outputs; binary tensors follow the JSON header when requested.",
+                    "content": {"application/json": {"schema": _ref("InferResponse")},
+                                "application/octet-stream": {"schema": {"type": "string",
+                                                                        "format": "binary"}}}},
+            **_INFER_ERRORS,
+        },
+    }}
+
+
+def _get(params: list[dict[str, Any]], summary: str, ok: dict[str, Any], errors: dict[str, Any]) -> dict[str, Any]:
+    return {"get": {"summary": summary, "parameters": params, "responses": {"200": ok, **errors}}}
+
+
+_AUTH_ERRORS = {
+    "401": _json(_ERR, "No API token, or an unknown or revoked one (header `Authorization: Bearer <token>`)."),
+    "403": _json(_ERR, "The token's role does not allow this call."),
+}
+_BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+_ALIAS = {"name": "alias", "in": "path", "required": True,
+          "schema": {"type": "string", "pattern": "^[a-z][a-z0-9_\\-]{0,63}$"},
+          "description": "Alias name (production, canary, ...)."}
+_ADMIN_ERRORS = {
+    "400": _json(_ERR, "Malformed input; `error` names the field."),
+    "404": _json(_ERR, "No such model, version, alias or route."),
+    "413": _json(_ERR, "The body is over the size limit."),
+    "503": _json(_ERR, "The metadata database or registry is unavailable."),
+}
+
+
+def _guarded(op: dict[str, Any]) -> dict[str, Any]:
+    """``op`` (one method's operation) with bearer security and the 401/403 answers."""
+    return {**op, "security": _BEARER, "responses": {**op["responses"], **_AUTH_ERRORS}}
+
+
+def _control(method: str, params: list[dict[str, Any]], summary: str, ok: dict[str, Any],
+             body: str | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "parameters": params, "responses": {"200": ok, **_ADMIN_ERRORS}}
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
+    return {method: _guarded(op)}
+
+
+def _admin_paths() -> dict[str, Any]:
+    name = {**_NAME, "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.\\-]{0,127}$"}}
+    route = _json(_ref("Route"), "The route.")
+    return {
+        "/v1/routes": _control("get", [], "Every stored traffic route (role read)",
+                               _json(_ref("RouteList"), "The routes.")),
+        "/v1/routes/{name}": {
+            **_control("get", [name], "A model's traffic route (role read)", route),
+            **_control("put", [name], "Replace a model's traffic route (role admin)", route, "RouteRequest"),
+            **_control("delete", [name], "Remove a model's route; it falls back to its configured reference "
+                       "(role admin)", _json(_ref("Deleted"), "Removed.")),
+        },
+        "/v1/models/{name}/aliases": _control("get", [name], "A model's aliases (role read)",
+                                              _json(_ref("Aliases"), "Alias to version.")),
+        "/v1/models/{name}/aliases/{alias}": {
+            **_control("put", [name, _ALIAS], "Point an alias at a version (role admin)",
+                       _json(_ref("AliasSet"), "The alias now."), "AliasRequest"),
+            **_control("delete", [name, _ALIAS], "Delete an alias (role admin)",
+                       _json(_ref("Deleted"), "Deleted.")),
+        },
+    }
+
+
+def openapi_document(*, auth_required: bool = False) -> dict[str, Any]:
+    """The document; with ``auth_required`` predictions, metadata and metrics declare bearer security too."""
+    doc = _document()
+    if auth_required:
+        paths = doc["paths"]
+        for path, ops in paths.items():
+            if path in _DATA_PLANE:
+                paths[path] = {m: _guarded(op) for m, op in ops.items()}
+    return doc
+
+
+# Guarded only with auth = "required" (see modelmill.security.auth).
+_DATA_PLANE = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}", "/v2/models/{name}/ready",
+               "/v2/models/{name}/versions/{version}/ready", "/v2/models/{name}/infer",
+               "/v2/models/{name}/versions/{version}/infer", "/v1/models/{name}/predict", "/metrics")
+
+
+def _document() -> dict[str, Any]:
+    both = [_NAME, _VERSION]
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "modelmill serving", "version": modelmill.__version__,
+                 "description": "Open Inference Protocol v2 (REST) and feature-backed predictions."},
+        "paths": {
+            "/v2/health/live": _get([], "Liveness", {"description": "The server is live (empty body)."}, {}),
+            "/v2/health/ready": _get([], "Readiness", {"description": "Every served model is loaded."},
+                                     {"400": {"description": "Not ready yet (empty body)."}}),
+            "/v2": _get([], "Server metadata", _json(_ref("ServerMetadata"), "Server metadata."), {}),
+            "/v2/models/{name}": _get([_NAME], "Model metadata", _json(_ref("ModelMetadata"), "Metadata."),
+                                      _ERRORS),
+            "/v2/models/{name}/versions/{version}": _get(both, "Model version metadata",
+                                                         _json(_ref("ModelMetadata"), "Metadata."), _ERRORS),
+            "/v2/models/{name}/ready": _get([_NAME], "Model readiness", _json(_ref("ModelReady"), "Ready."),
+                                            _ERRORS),
+            "/v2/models/{name}/versions/{version}/ready": _get(both, "Model version readiness",
+                                                               _json(_ref("ModelReady"), "Ready."), _ERRORS),
+            "/v2/models/{name}/infer": _infer([_NAME], "Inference"),
+            "/v2/models/{name}/versions/{version}/infer": _infer(both, "Inference on one version"),
+            "/v1/models/{name}/predict": {"post": {
+                "summary": "Feature-backed prediction from entity keys",
+                "parameters": [_NAME, _ROUTING],
+                "requestBody": {"required": True,
+                                "content": {"application/json": {"schema": _ref("PredictRequest")}}},
+                "responses": {"200": _json(_ref("PredictResponse"), "The prediction."), **_INFER_ERRORS},
+            }},
+            "/metrics": _get([], "Prometheus metrics",
+                             {"description": "Prometheus text format.",
+                              "content": {"text/plain": {"schema": {"type": "string"}}}}, {}),
+            "/openapi.json": _get([], "This document",
+                                  {"description": "OpenAPI 3 document.",
+                                   "content": {"application/json": {"schema": {"type": "object"}}}}, {}),
+            **_admin_paths(),
+        },
+        "components": {"schemas": SCHEMAS,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                                      "description": "An API token from `modelmill token create`."}}},
+    }

@@ -1,0 +1,222 @@
+"""The feature-backed route: ``POST /v1/models/{name}/predict`` with entity keys instead of features.
+
+Request::
+
+    {"entities": {"carrier": "UA", "origin": "EWR"},   # keys of the model's feature service
+     "features": {"dep_hour": 7},                       # request-time features (optional)
+     "routing_key": "user-42"}                          # sticky A/B bucket (optional)
+
+Response::
+
+    {"prediction": 0.18, "model": "flights", "version": 3, "variant": "champion", "request_id": "..."}
+
+The model version's lineage names its feature service; its signature names
+the columns. How each column is filled (from the online store, or from the
+request) is worked out once per version in a :class:`FeaturePlan`, so a
+request costs one online lookup and one array fill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from modelmill.errors import BackendUnavailable, InputError
+from modelmill.serving import metrics
+from modelmill.serving.batching import Batcher
+from modelmill.serving.limits import read_body
+from modelmill.serving.oip import record
+from modelmill.serving.responses import ModelFailed, error_response, json_response
+from modelmill.serving.server import Choice, Deployed, ModelServer, Prediction
+
+__all__ = ["FeaturePlan", "PredictRoute"]
+
+
+class FeaturePlan:
+    """Where each signature column of one model version comes from.
+
+    Column ``c`` is taken from the feature service when a reference equals ``c``,
+    equals ``c`` with ``__`` read as ``:`` (training-set column names), or is the
+    only reference whose feature part is ``c``; any other column is a
+    request-time feature the caller must send.
+
+    >>> plan = FeaturePlan(["carrier_delay", "hour"], ["delays:carrier_delay"], ["carrier"])
+    >>> plan.refs, plan.request_columns
+    (['delays:carrier_delay'], ['hour'])
+    """
+
+    def __init__(self, columns: Sequence[str], service_refs: Sequence[str], entity_keys: Sequence[str] = (),
+                 service: str | None = None, *, features: Any = None, max_batch_size: int = 64,
+                 max_wait_us: int = 500) -> None:
+        self.columns = list(columns)
+        self.service = service
+        self.entity_keys = list(entity_keys)
+        by_feature: dict[str, list[str]] = {}
+        for r in service_refs:
+            by_feature.setdefault(r.split(":", 1)[-1], []).append(r)
+        refs: list[str] = []
+        ref_pos: list[int] = []
+        request: list[str] = []
+        request_pos: list[int] = []
+        for i, col in enumerate(self.columns):
+            ref: str | None = None
+            if col in service_refs:
+                ref = col
+            elif col.replace("__", ":", 1) in service_refs:
+                ref = col.replace("__", ":", 1)
+            elif len(by_feature.get(col, ())) == 1:
+                ref = by_feature[col][0]
+            if ref is None:
+                request.append(col)
+                request_pos.append(i)
+            else:
+                refs.append(ref)
+                ref_pos.append(i)
+        self.refs = refs
+        self.ref_pos = np.asarray(ref_pos, dtype=np.intp)
+        self.request_columns = request
+        self.request_index = dict(zip(request, request_pos, strict=True))
+        # Concurrent requests share one online lookup (one Redis MGET) the way they share a model call.
+        self.lookup: Batcher | None = None
+        if refs and features is not None:
+            self.lookup = Batcher(lambda rows: features.online_vector(rows, refs)[0], flat=False,
+                                  max_batch_size=max_batch_size, max_wait_us=max_wait_us)
+
+    def __repr__(self) -> str:
+        return f"FeaturePlan(service={self.service!r}, refs={self.refs}, request={self.request_columns})"
+
+    @classmethod
+    def for_version(cls, dep: Deployed, features: Any, *, max_batch_size: int = 64,
+                    max_wait_us: int = 500) -> FeaturePlan:
+        service = dep.lineage.get("feature_service")
+        if not service:
+            return cls(dep.columns, [])
+        if features is None:
+            raise BackendUnavailable("feature store", "(not configured)",
+                                     f"model {dep.name} v{dep.version} reads feature service {service!r}")
+        refs = [str(r) for r in features.feature_service(service).features]
+        return cls(dep.columns, refs, _entity_keys(features, refs), service, features=features,
+                   max_batch_size=max_batch_size, max_wait_us=max_wait_us)
+
+    async def build(self, entities: dict[str, Any], given: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
+        """One input row; returns it and the names of features the online store did not have."""
+        missing_keys = [k for k in self.entity_keys if k not in entities]
+        if missing_keys:
+            raise InputError("entities", f"misses the key(s) {', '.join(missing_keys)} of feature service "
+                             f"{self.service}", sorted(entities))
+        X = np.empty((1, len(self.columns)), dtype=np.float64)
+        absent: list[str] = []
+        if self.lookup is not None:
+            row = (await self.lookup.submit([entities])).reshape(-1)
+            X[0, self.ref_pos] = row
+            if np.isnan(row).any():
+                absent = [r for r, v in zip(self.refs, row.tolist(), strict=True) if v != v]
+        index = self.request_index
+        for name, value in given.items():
+            pos = index.get(name)
+            if pos is None:
+                raise InputError(f"features.{name}", "is not a request-time feature of this model; "
+                                 f"those are: {', '.join(self.request_columns) or 'none'}")
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InputError(f"features.{name}", "must be a number", value)
+            X[0, pos] = value
+        if len(given) < len(index):
+            lacking = [c for c in self.request_columns if c not in given]
+            raise InputError("features", f"misses request-time feature(s) {', '.join(lacking)}")
+        return X, absent
+
+
+def _entity_keys(features: Any, refs: Sequence[str]) -> list[str]:
+    """The join keys of the views behind ``refs``: what a request's ``entities`` must hold."""
+    from modelmill.errors import NotFoundError
+
+    keys: dict[str, None] = {}
+    for view in dict.fromkeys(r.split(":", 1)[0] for r in refs):
+        try:
+            source = features.feature_view(view)
+        except NotFoundError:
+            source = features.stream_aggregation(view)
+        for entity in source.entities:
+            keys.update(dict.fromkeys(entity.join_keys))
+    return list(keys)
+
+
+def _parse(body: bytes) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+    try:
+        req = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InputError("body", f"is not valid JSON ({exc})") from None
+    if not isinstance(req, dict):
+        raise InputError("body", "must be a JSON object with 'entities'")
+    entities = req.get("entities")
+    if not isinstance(entities, dict):
+        raise InputError("entities", "is required: an object of entity keys, such as {\"user_id\": 42}")
+    for k, v in entities.items():
+        if isinstance(v, bool) or not isinstance(v, str | int | float):
+            raise InputError(f"entities.{k}", "must be a string or a number", v)
+    given = req.get("features", {})
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        raise InputError("features", "must be an object of request-time features", given)
+    key = req.get("routing_key")
+    if key is not None and not isinstance(key, str):
+        raise InputError("routing_key", "must be a string", key)
+    return entities, given, key
+
+
+class PredictRoute:
+    """``POST /v1/models/{name}/predict`` over one :class:`ModelServer`."""
+
+    def __init__(self, server: ModelServer) -> None:
+        self.server = server
+
+    def plan(self, dep: Deployed) -> FeaturePlan:
+        plan: FeaturePlan | None = dep.feature_plan
+        if plan is None:
+            cfg = self.server.config
+            plan = dep.feature_plan = FeaturePlan.for_version(dep, self.server.features,
+                                                              max_batch_size=cfg.max_batch_size,
+                                                              max_wait_us=cfg.max_wait_us)
+        return plan
+
+    async def predict(self, request: Request) -> Response:
+        t0 = time.perf_counter()
+        server = self.server
+        name = request.path_params["name"]
+        limits = server.config.limits
+        choice: Choice | None = None
+        metrics.INFLIGHT.inc()
+        try:
+            async with asyncio.timeout(limits.request_timeout_s):
+                server.live_route(name)
+                body = await read_body(request.receive, request.headers, limits.max_body_bytes)
+                entities, given, key = _parse(body)
+                key = key if key is not None else request.headers.get("x-routing-key")
+                choice = server.choose(name, routing_key=key)
+                plan = self.plan(choice.deployed)
+                X, absent = await plan.build(entities, given)
+                try:
+                    pred: Prediction = await server.run(choice, X, started=t0, field="features")
+                except ModelFailed as exc:
+                    if absent:
+                        exc.message = (f"the online store has no value of {', '.join(absent)} for entity "
+                                       f"{entities}; materialize the feature view, or check the keys "
+                                       f"({exc.message})")
+                    raise
+                response = json_response({"prediction": float(pred.output[0]), "model": pred.model,
+                                          "version": pred.version, "variant": pred.variant,
+                                          "request_id": pred.request_id})
+        except Exception as exc:
+            response = error_response(exc, timeout_s=limits.request_timeout_s)
+        finally:
+            metrics.INFLIGHT.dec()
+        record(server, name, "predict", choice, response.status_code, t0)
+        return response

@@ -1,0 +1,61 @@
+"""JSON responses and the one mapping from errors to HTTP statuses, shared by every route.
+
+    >>> from modelmill.errors import NotFoundError
+    >>> r = error_response(NotFoundError("model", "nope"))
+    >>> r.status_code, r.body
+    (404, b'{"error":"model \\'nope\\' not found"}')
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+from modelmill.errors import BackendUnavailable, InputError, ModelmillError, NotFoundError
+from modelmill.serving.limits import BodyTooLarge, TooManyRows
+
+__all__ = ["JSON", "ModelFailed", "error_response", "json_response", "status_of"]
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+
+
+class ModelFailed(ModelmillError):
+    """The model raised on this input (HTTP 422): the input is well-formed but the model rejects it."""
+
+
+def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), status, headers, JSON)
+
+
+def status_of(exc: BaseException) -> int:
+    if isinstance(exc, BodyTooLarge | TooManyRows):
+        return 413
+    if isinstance(exc, InputError):
+        return 400
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, ModelFailed):
+        return 422
+    if isinstance(exc, TimeoutError):
+        return 408
+    if isinstance(exc, BackendUnavailable):
+        return 503
+    return 500
+
+
+def error_response(exc: BaseException, *, timeout_s: float | None = None) -> Response:
+    """``{"error": "..."}`` with the status :func:`status_of` gives; unknown errors are logged."""
+    status = status_of(exc)
+    if isinstance(exc, ModelmillError):
+        message = exc.message
+    elif isinstance(exc, TimeoutError):
+        message = f"the request took longer than {timeout_s} s and was abandoned; retry, or send fewer rows"
+    else:
+        log.error("unexpected error while answering a request", exc_info=exc)
+        message = f"internal error: {type(exc).__name__}"
+    return json_response({"error": message}, status)

@@ -1,0 +1,470 @@
+"""The model server's state: deployed versions, live routes, and the one prediction path every route uses.
+
+Everything a request needs is in memory. A background task re-reads the
+routes and re-resolves aliases every ``reload_interval_s``; a version that
+appears is loaded *before* the routes are swapped, and requests already
+running keep the version they started with, so a hot swap drops nothing.
+
+    >>> import asyncio, numpy as np
+    >>> from modelmill.serving.models import FunctionModel, StaticSource
+    >>> src = StaticSource([FunctionModel("m", 1, ["x"], lambda X: X[:, 0] + 1)], aliases={"m@production": 1})
+    >>> server = ModelServer(src, config=ServerConfig(models=["m@production"], log_predictions=False))
+    >>> async def main():
+    ...     await server.start()
+    ...     try:
+    ...         return await server.predict("m", np.array([[1.0]]))
+    ...     finally:
+    ...         await server.stop()
+    >>> asyncio.run(main()).output.tolist()
+    [2.0]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from modelmill.errors import ConfigError, InputError, ModelmillError, NotFoundError
+from modelmill.security.auth import MODES
+from modelmill.serving import metrics
+from modelmill.serving.batching import Batcher
+from modelmill.serving.cache import PredictionCache
+from modelmill.serving.compiled import fast_predict
+from modelmill.serving.limits import Limits
+from modelmill.serving.models import ModelHandle, input_names, parse_ref
+from modelmill.serving.predlog import PredictionLog
+from modelmill.serving.responses import ModelFailed
+from modelmill.serving.routing import Route, RouteTable, Variant, bucket
+
+__all__ = ["Choice", "Deployed", "ModelFailed", "ModelServer", "Prediction", "ServerConfig"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """How the server runs; read from ``[serving]`` in modelmill.toml by :meth:`from_section`.
+
+    ``models``: references served without a stored route (``"flights@production"``);
+    every model with a stored route is served too. ``compile``: evaluate plain linear
+    scikit-learn models with numpy (see :mod:`modelmill.serving.compiled`). ``auth``:
+    ``"control"`` (API tokens for the control plane) or ``"required"`` (for predictions
+    too); see :mod:`modelmill.security`.
+    """
+
+    models: Sequence[str] = ()
+    max_batch_size: int = 64
+    max_wait_us: int = 500
+    offload: bool = False
+    compile: bool = True
+    cache: bool = True
+    cache_items: int = 50_000
+    cache_ttl_s: float = 300.0
+    log_predictions: bool = True
+    log_flush_interval_s: float = 1.0
+    reload_interval_s: float = 0.5
+    max_shadow_inflight: int = 2000
+    auth: str = "control"
+    limits: Limits = dataclasses.field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.models, str):
+            object.__setattr__(self, "models", [self.models])
+        for ref in self.models:
+            parse_ref(ref)
+        if not isinstance(self.max_batch_size, int) or self.max_batch_size < 1:
+            raise ConfigError("serving.max_batch_size", self.max_batch_size, "a whole number of at least 1")
+        if not isinstance(self.max_wait_us, int) or self.max_wait_us < 0:
+            raise ConfigError("serving.max_wait_us", self.max_wait_us, "a whole number of microseconds >= 0")
+        if not self.reload_interval_s > 0:
+            raise ConfigError("serving.reload_interval_s", self.reload_interval_s, "a number of seconds above 0")
+        if self.auth not in MODES:
+            raise ConfigError("serving.auth", self.auth, f"one of {', '.join(repr(m) for m in MODES)}: "
+                              "'control' guards routes and aliases, 'required' predictions too")
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any], **overrides: Any) -> ServerConfig:
+        data = dict(section)
+        limits = Limits.from_section(data)
+        keys = {f.name for f in dataclasses.fields(cls)} - {"limits"}
+        values = {k: v for k, v in data.items() if k in keys}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(limits=limits, **values)
+
+
+class Deployed:
+    """One loaded model version with its batchers; shared by every route that names it."""
+
+    def __init__(self, handle: ModelHandle, lineage: Mapping[str, Any], config: ServerConfig,
+                 executor: concurrent.futures.Executor | None, shadow_executor: concurrent.futures.Executor) -> None:
+        self.handle = handle
+        self.name = str(handle.name)
+        self.version = int(handle.version)
+        self.lineage = dict(lineage or {})
+        self.columns: tuple[str, ...] = tuple(input_names(handle))
+        self.n_features = len(self.columns)
+        self.column_index = {c: i for i, c in enumerate(self.columns)}
+        self.dtypes = [str(getattr(f, "dtype", "float64")) for f in handle.signature.inputs]
+        self.feature_plan: Any = None  # built by the predict route on first use
+        compiled = fast_predict(handle, self.n_features) if config.compile else None
+        self.compiled = compiled is not None
+        predict = compiled or handle.predict
+        observe = metrics.BATCH_SIZE.labels(self.name, str(self.version)).observe
+        self.batcher = Batcher(predict, max_batch_size=config.max_batch_size,
+                               max_wait_us=config.max_wait_us, executor=executor, on_batch=observe)
+        self.shadow_batcher = Batcher(predict, max_batch_size=config.max_batch_size,
+                                      max_wait_us=config.max_wait_us, executor=shadow_executor, on_batch=observe)
+
+    def __repr__(self) -> str:
+        return f"Deployed({self.name!r}, {self.version})"
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveRoute:
+    """A route with every variant resolved to a deployed version."""
+
+    route: Route
+    live: Sequence[tuple[Variant, Deployed]]
+    shadows: Sequence[tuple[Variant, Deployed]]
+
+    def pick(self, routing_key: str | None, request_id: str) -> tuple[Variant, Deployed]:
+        if len(self.live) == 1:
+            return self.live[0]
+        chosen = self.route.pick(bucket(routing_key if routing_key is not None else request_id, self.route.salt))
+        for pair in self.live:
+            if pair[0] is chosen:
+                return pair
+        raise AssertionError("route and its resolution disagree")  # pragma: no cover
+
+    def versions(self) -> list[Deployed]:
+        seen: dict[int, Deployed] = {}
+        for _, d in (*self.live, *self.shadows):
+            seen.setdefault(d.version, d)
+        return [seen[v] for v in sorted(seen)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """The variant picked for one request."""
+
+    live: LiveRoute
+    variant: str
+    deployed: Deployed
+    request_id: str
+    routing_key: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    output: np.ndarray
+    model: str
+    version: int
+    variant: str
+    request_id: str
+    cached: bool
+
+
+class ModelServer:
+    """Serves the models of ``source`` (the registry) along ``routes``; see the module docstring."""
+
+    def __init__(self, source: Any, *, config: ServerConfig | None = None, routes: RouteTable | None = None,
+                 offline: Any = None, cache_store: Any = None, features: Any = None) -> None:
+        self.source = source
+        self.config = config or ServerConfig()
+        self.routes = routes
+        self.offline = offline
+        self.cache_store = cache_store
+        self.features = features
+        self.cache: PredictionCache | None = None
+        self.predlog: PredictionLog | None = None
+        self.started_at = 0.0
+        self.last_error: str | None = None
+        self._live: dict[str, LiveRoute] = {}
+        self._deployed: dict[tuple[str, int], Deployed] = {}
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._shadow_executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._reloader: asyncio.Task[None] | None = None
+        self._sampler_stop = threading.Event()
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self._reload_lock = asyncio.Lock()
+        self._reload_failing = False
+        #: Called (off the event loop) at every reload, e.g. to re-read API tokens; a failing hook
+        #: is logged and leaves what it refreshes as it was.
+        self.reload_hooks: list[Callable[[], None]] = []
+        self._rid_prefix = os.urandom(4).hex()
+        self._rid = 0
+        self.shadow_dropped = 0
+
+    def __repr__(self) -> str:
+        return f"ModelServer(models={sorted(self._live)})"
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> ModelServer:
+        """Load every served model and start the background reload, log and sampling tasks."""
+        cfg = self.config
+        if cfg.offload:
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="modelmill-predict")
+        self._shadow_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="modelmill-shadow")
+        if cfg.cache:
+            self.cache = PredictionCache(max_items=cfg.cache_items, shared=self.cache_store, ttl_s=cfg.cache_ttl_s)
+        if cfg.log_predictions and self.offline is not None:
+            self.predlog = PredictionLog(self.offline, flush_interval_s=cfg.log_flush_interval_s).start()
+        await self.reload(raise_errors=True)
+        self.started_at = time.time()
+        self._reloader = asyncio.get_running_loop().create_task(self._reload_loop())
+        threading.Thread(target=self._sample_loop, name="modelmill-sampler", daemon=True).start()
+        return self
+
+    async def stop(self) -> None:
+        if self._reloader is not None:
+            self._reloader.cancel()
+            try:
+                await self._reloader
+            except asyncio.CancelledError:
+                pass
+            self._reloader = None
+        self._sampler_stop.set()
+        if self._shadow_tasks:
+            await asyncio.wait(list(self._shadow_tasks), timeout=5)
+        if self.predlog is not None:
+            await asyncio.to_thread(self.predlog.stop)
+        for ex in (self._executor, self._shadow_executor):
+            if ex is not None:
+                ex.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def ready(self) -> bool:
+        """Every served model has a loaded version."""
+        return self.started_at > 0 and all(name in self._live for name in self._wanted_names(None))
+
+    def model_names(self) -> list[str]:
+        return sorted(self._live)
+
+    def live_route(self, model: str) -> LiveRoute:
+        live = self._live.get(model)
+        if live is None:
+            raise NotFoundError("model", model, f"served models are: {', '.join(sorted(self._live)) or 'none'}")
+        return live
+
+    def deployed(self, model: str, version: int | None = None) -> Deployed:
+        """The version answering by default (``version`` None) or a specific served version."""
+        live = self.live_route(model)
+        if version is None:
+            return live.live[0][1]
+        for d in live.versions():
+            if d.version == version:
+                return d
+        served = ", ".join(str(d.version) for d in live.versions())
+        raise NotFoundError("model version", f"{model}/{version}", f"versions being served: {served}")
+
+    # ---- reload ----------------------------------------------------------------------------
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reload_interval_s)
+            try:
+                await self.reload()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Once per outage, not every poll: a database restart must not flood the log.
+                if not self._reload_failing:
+                    log.exception("reloading routes failed; keeping the previous ones until it works again")
+                self._reload_failing = True
+            else:
+                if self._reload_failing:
+                    log.warning("reloading routes works again")
+                self._reload_failing = False
+
+    async def reload(self, *, raise_errors: bool = False) -> None:
+        """Re-read routes and aliases now; load new versions, then swap (what the poll does)."""
+        async with self._reload_lock:
+            new_live = await asyncio.to_thread(self._refresh, raise_errors)
+            self._live = new_live
+            keep = {(d.name, d.version) for lr in new_live.values() for d in lr.versions()}
+            for key in [k for k in self._deployed if k not in keep]:
+                del self._deployed[key]  # requests still holding it finish on it
+
+    def _refresh(self, raise_errors: bool) -> dict[str, LiveRoute]:
+        for hook in self.reload_hooks:
+            try:
+                hook()
+            except Exception as exc:
+                if not self._reload_failing:
+                    log.warning("reload hook %s failed: %s", getattr(hook, "__qualname__", hook), exc)
+        return self._resolve_all(raise_errors)
+
+    def _wanted_names(self, stored: Mapping[str, Route] | None) -> list[str]:
+        names = [parse_ref(r)[0] for r in self.config.models]
+        names.extend(n for n in (stored or {}) if n not in names)
+        if stored is None:
+            names.extend(n for n in self._live if n not in names)
+        return names
+
+    def _resolve_all(self, raise_errors: bool) -> dict[str, LiveRoute]:
+        stored = self.routes.all() if self.routes is not None else {}
+        defaults = {parse_ref(r)[0]: parse_ref(r)[1] for r in self.config.models}
+        live: dict[str, LiveRoute] = {}
+        errors: list[str] = []
+        for name in self._wanted_names(stored):
+            route = stored.get(name) or Route(name, [Variant("default", defaults.get(name) or "latest")])
+            try:
+                live[name] = self._resolve(route, defaults.get(name))
+            except ModelmillError as exc:
+                errors.append(f"{name}: {exc.message}")
+                if name in self._live:  # keep serving what worked before
+                    live[name] = self._live[name]
+        self.last_error = "; ".join(errors) or None
+        if errors and raise_errors:
+            log.warning("some served models could not be loaded: %s", self.last_error)
+        return live
+
+    def _resolve(self, route: Route, default_target: str | None) -> LiveRoute:
+        live: list[tuple[Variant, Deployed]] = []
+        shadows: list[tuple[Variant, Deployed]] = []
+        for v in route.variants:
+            target = v.target
+            ref = route.model if (target == "latest" and default_target is None) else f"{route.model}@{target}"
+            mv = self.source.resolve(ref)
+            key = (str(mv.name), int(mv.version))
+            dep = self._deployed.get(key)
+            if dep is None:
+                handle = self.source.load(mv)
+                dep = Deployed(handle, getattr(mv, "lineage", None) or {}, self.config, self._executor,
+                               self._shadow_executor or concurrent.futures.ThreadPoolExecutor(1))
+                self._prepare(dep)
+                self._deployed[key] = dep
+                log.info("loaded %s version %s%s", dep.name, dep.version, " (compiled)" if dep.compiled else "")
+            if v.shadow:
+                shadows.append((v, dep))
+            elif v.weight > 0:
+                live.append((v, dep))
+        return LiveRoute(route, live, shadows)
+
+    def _prepare(self, dep: Deployed) -> None:
+        """Work out the feature plan now, off the request path (it reads feature definitions)."""
+        if self.features is None or not dep.lineage.get("feature_service"):
+            return
+        from modelmill.serving.predict import FeaturePlan
+
+        try:
+            dep.feature_plan = FeaturePlan.for_version(dep, self.features,
+                                                       max_batch_size=self.config.max_batch_size,
+                                                       max_wait_us=self.config.max_wait_us)
+        except ModelmillError as exc:  # the predict route reports it; OIP infer still works
+            log.warning("%s v%s: no feature plan: %s", dep.name, dep.version, exc.message)
+
+    def _sample_loop(self) -> None:
+        sampler = metrics.ResourceSampler()
+        while not self._sampler_stop.is_set():
+            try:
+                sampler.sample()
+            except Exception:  # sampling must never take the server down
+                log.debug("resource sampling failed", exc_info=True)
+            self._sampler_stop.wait(2.0)
+
+    # ---- the prediction path ---------------------------------------------------------------
+
+    def request_id(self) -> str:
+        self._rid += 1
+        return f"{self._rid_prefix}-{self._rid:x}"
+
+    def check_rows(self, field: str, X: np.ndarray, dep: Deployed) -> None:
+        """Refuse input the model cannot take, before it joins a batch with other callers' rows."""
+        from modelmill.serving.limits import TooManyRows
+
+        if X.ndim != 2 or X.shape[1] != dep.n_features:
+            raise InputError(field, f"must have {dep.n_features} columns ({', '.join(dep.columns)})",
+                             f"shape {list(X.shape)}")
+        if len(X) > self.config.limits.max_batch_rows:
+            raise TooManyRows(field, self.config.limits.max_batch_rows, len(X))
+        if len(X) == 0:
+            raise InputError(field, "has no rows")
+
+    def serves(self, model: str) -> bool:
+        return model in self._live
+
+    def choose(self, model: str, *, routing_key: str | None = None, request_id: str | None = None,
+               version: int | None = None) -> Choice:
+        """Pick the variant (and so the version) that answers this request."""
+        rid = request_id or self.request_id()
+        live = self.live_route(model)
+        if version is None:
+            variant, dep = live.pick(routing_key, rid)
+            return Choice(live, variant.name, dep, rid, routing_key)
+        dep = self.deployed(model, version)
+        name = next((v.name for v, d in (*live.live, *live.shadows) if d is dep), "pinned")
+        return Choice(live, name, dep, rid, routing_key)
+
+    async def predict(self, model: str, X: np.ndarray, *, routing_key: str | None = None,
+                      request_id: str | None = None, version: int | None = None) -> Prediction:
+        """Choose a variant and predict ``X`` (``[n, k]`` float64, in signature order)."""
+        choice = self.choose(model, routing_key=routing_key, request_id=request_id, version=version)
+        return await self.run(choice, X)
+
+    async def run(self, choice: Choice, X: np.ndarray, *, started: float | None = None,
+                  field: str = "inputs") -> Prediction:
+        """Check the cache, batch, predict, mirror to shadows and log."""
+        t0 = time.perf_counter() if started is None else started
+        dep = choice.deployed
+        self.check_rows(field, X, dep)
+        out: np.ndarray | None = None
+        key = ""
+        cache = self.cache
+        if cache is not None:
+            key = cache.key(dep.name, dep.version, X)
+            out = cache.get(key)
+            (metrics.CACHE_HITS if out is not None else metrics.CACHE_MISSES).labels(dep.name).inc()
+        cached = out is not None
+        if out is None:
+            try:
+                out = await dep.batcher.submit(X)
+            except Exception as exc:
+                raise ModelFailed(f"model {dep.name} version {dep.version} could not predict on this input: "
+                                  f"{type(exc).__name__}: {exc}", model=dep.name, version=dep.version) from exc
+            if not np.isfinite(out).all():
+                raise ModelFailed(f"model {dep.name} version {dep.version} returned NaN or infinity for this "
+                                  "input", model=dep.name, version=dep.version)
+            if cache is not None:
+                cache.put(key, out)
+        rid, routing_key = choice.request_id, choice.routing_key
+        for sv, sdep in choice.live.shadows:
+            self._mirror(sv.name, sdep, X, rid, routing_key)
+        if self.predlog is not None:
+            self.predlog.append(rid, dep.name, dep.version, choice.variant, routing_key, dep.columns, X, out,
+                                (time.perf_counter() - t0) * 1000.0)
+        return Prediction(out, dep.name, dep.version, choice.variant, rid, cached)
+
+    def _mirror(self, variant: str, dep: Deployed, X: np.ndarray, rid: str, routing_key: str | None) -> None:
+        if len(self._shadow_tasks) >= self.config.max_shadow_inflight:
+            self.shadow_dropped += 1
+            return
+        task = asyncio.get_running_loop().create_task(self._shadow(variant, dep, X, rid, routing_key))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow(self, variant: str, dep: Deployed, X: np.ndarray, rid: str, routing_key: str | None) -> None:
+        t0 = time.perf_counter()
+        try:
+            out = await dep.shadow_batcher.submit(X)
+            if not np.isfinite(out).all():
+                raise ValueError("the model returned NaN or infinity")
+        except Exception as exc:
+            # Nobody waits on a shadow: its failures are counted (and left out of the log, as a
+            # failed live request would be), never raised.
+            metrics.SHADOW_ERRORS.labels(dep.name, str(dep.version), variant).inc()
+            log.debug("shadow %s of %s failed: %s", variant, dep.name, exc)
+            return
+        if self.predlog is not None:
+            self.predlog.append(rid, dep.name, dep.version, variant, routing_key, dep.columns, X, out,
+                                (time.perf_counter() - t0) * 1000.0)

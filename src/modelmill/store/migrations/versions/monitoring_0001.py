@@ -1,0 +1,59 @@
+"""Monitoring: reference statistics per model version, monitoring windows, and alert state."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "monitoring_0001"
+down_revision = "core_0001"
+branch_labels = ("monitoring",)
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "monitoring_references",
+        sa.Column("model", sa.String(200), primary_key=True),
+        sa.Column("version", sa.Integer, primary_key=True),
+        sa.Column("artifact_path", sa.String(1024), nullable=False),
+        sa.Column("sha256", sa.String(64), nullable=False),
+        sa.Column("n_rows", sa.BigInteger, nullable=False),
+        sa.Column("columns", sa.JSON, nullable=False),
+        sa.Column("created_at", sa.Float, nullable=False),
+    )
+    op.create_table(
+        "monitoring_windows",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("model", sa.String(200), nullable=False),
+        sa.Column("version", sa.Integer, nullable=False),
+        sa.Column("at", sa.Float, nullable=False, index=True),
+        sa.Column("window_start", sa.Float, nullable=False),
+        sa.Column("window_end", sa.Float, nullable=False),
+        sa.Column("n_rows", sa.BigInteger, nullable=False),
+        sa.Column("drift_share", sa.Float, nullable=True),
+        sa.Column("dataset_drift", sa.Boolean, nullable=True),
+        sa.Column("drift", sa.JSON, nullable=False),
+        sa.Column("metrics", sa.JSON, nullable=False),
+    )
+    op.create_index("ix_monitoring_windows_model", "monitoring_windows", ["model", "version", "at"])
+    op.create_table(
+        "monitoring_alerts",
+        sa.Column("fingerprint", sa.String(64), primary_key=True),
+        sa.Column("rule", sa.String(200), nullable=False, index=True),
+        sa.Column("labels", sa.JSON, nullable=False),
+        sa.Column("annotations", sa.JSON, nullable=False),
+        sa.Column("state", sa.String(20), nullable=False),
+        sa.Column("value", sa.Float, nullable=True),
+        sa.Column("pending_since", sa.Float, nullable=True),
+        sa.Column("started_at", sa.Float, nullable=True),
+        sa.Column("resolved_at", sa.Float, nullable=True),
+        sa.Column("updated_at", sa.Float, nullable=False),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("monitoring_alerts")
+    op.drop_index("ix_monitoring_windows_model", table_name="monitoring_windows")
+    op.drop_table("monitoring_windows")
+    op.drop_table("monitoring_references")

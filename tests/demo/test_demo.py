@@ -1,0 +1,55 @@
+"""The demo, shortened to one quarter (January–February train, March served), run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run_demo(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELMILL_")}
+    return subprocess.run([sys.executable, "-m", "modelmill", "demo", "--months", "3", "--json", *args], cwd=folder,
+                          env=env, capture_output=True, text=True, timeout=1200)
+
+
+def check_result(out: subprocess.CompletedProcess[str], folder: Path) -> dict:
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    march = result["months"][0]
+    assert march["month"] == "2013-03"
+    # Every March flight was asked for at its departure hour; labels arrived as planes landed.
+    assert march["requests"] > 28_000 and march["errors"] == 0
+    assert march["labelled"] > 0.9 * march["requests"]
+    assert 0.6 < march["auc"] < 0.95
+    assert march["drift_share"] is not None and march["p99_ms"] > 0
+    assert result["versions"][0] == 1 or min(result["versions"]) >= 1
+    html = (folder / "report.html").read_text()
+    assert "<svg" in html and "2013-03" in html and "Month by month" in html
+    return result
+
+
+@pytest.mark.slow
+def test_quarter_on_embedded_defaults(tmp_path: Path) -> None:
+    result = check_result(run_demo(tmp_path), tmp_path)
+    assert (tmp_path / "modelmill.toml").exists()
+    models = subprocess.run([sys.executable, "-m", "modelmill", "models", "list", "--json"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("MODELMILL_")})
+    assert models.returncode == 0, models.stderr
+    listed = json.dumps(json.loads(models.stdout))
+    assert "flights_delay" in listed
+    assert result["timings"]
+
+
+@pytest.mark.slow
+def test_quarter_on_real_servers(tmp_path: Path, pg_url: str, redis_url: str, nats_url: str) -> None:
+    # A Redis database of its own: the demo clears its feature keys (mm:*) at the start.
+    online = redis_url.rsplit("/", 1)[0] + "/7"
+    check_result(run_demo(tmp_path, "--broker", nats_url, "--online", online, "--db", pg_url), tmp_path)
+    toml = (tmp_path / "modelmill.toml").read_text()
+    assert "nats://" in toml and "postgresql://" in toml

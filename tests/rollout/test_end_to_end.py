@@ -1,0 +1,205 @@
+"""Rollouts against a real `modelmill serve` process, real traffic, the real prediction log and /metrics."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from tests.rollout.flaky import FlakyModel
+from tests.serving.conftest import COLUMNS, ServeProcess, make_project, open_project_at, signature, train_lr
+
+from modelmill.errors import NotFoundError
+from modelmill.project import Project
+from modelmill.registry import Registry
+from modelmill.rollout import Guardrails, RolloutController, ServingGuardrails
+from modelmill.serving import RouteTable, Variant
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Traffic:
+    """One client sending requests of random users, one at a time, until stopped (bounded in count and time)."""
+
+    def __init__(self, url: str, *, max_requests: int = 60_000, max_seconds: float = 120.0) -> None:
+        self.url = url
+        self.max_requests = max_requests
+        self.max_seconds = max_seconds
+        self.statuses: list[tuple[float, int, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        rng = np.random.default_rng(0)
+        deadline = time.monotonic() + self.max_seconds
+        with httpx.Client(base_url=self.url, timeout=10) as client:
+            while not self._stop.is_set() and len(self.statuses) < self.max_requests and time.monotonic() < deadline:
+                x = rng.normal(size=len(COLUMNS))
+                body = {"inputs": [{"name": c, "shape": [1], "datatype": "FP64", "data": [float(v)]}
+                                   for c, v in zip(COLUMNS, x, strict=True)],
+                        "parameters": {"routing_key": f"user-{rng.integers(1_000_000)}"}}
+                r = client.post("/v2/models/clf/infer", json=body)
+                version = r.json().get("model_version", "") if r.status_code == 200 else r.text[:200]
+                self.statuses.append((time.time(), r.status_code, version))
+
+    def errors(self, since: float = 0.0) -> tuple[int, int]:
+        rows = [s for s in self.statuses if s[0] >= since]
+        return sum(1 for s in rows if s[1] != 200), len(rows)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Callable[[], tuple[Path, ServeProcess]]]:
+    procs: list[ServeProcess] = []
+
+    def start() -> tuple[Path, ServeProcess]:
+        root = make_project(tmp_path / "proj")  # clf v1 (production) and v2
+        project = open_project_at(root)
+        try:
+            Registry(project).register("clf", FlakyModel(train_lr(1)), flavor="sklearn", signature=signature())
+            RouteTable(project).set("clf", [Variant("stable", "production", 1.0)])  # what serves today
+        finally:
+            project.close()
+        proc = ServeProcess(root, "--no-cache", env={"PYTHONPATH": str(REPO)})
+        procs.append(proc)
+        return root, proc.wait_ready()
+
+    yield start
+    for p in procs:
+        p.stop()
+
+
+def _controller(project: Project, proc: ServeProcess) -> RolloutController:
+    source = ServingGuardrails(project, metrics_url=f"{proc.url}/metrics", settle_s=1.0)
+    return RolloutController(project, source=source)
+
+
+def test_good_candidate_goes_all_the_way(served: Any) -> None:
+    root, proc = served()
+    traffic = Traffic(proc.url).start()
+    project = open_project_at(root)
+    try:
+        ctl = _controller(project, proc)
+        # The machine is shared with other test runs: latency gets a wide margin, the other checks stay strict.
+        ctl.start("clf", 2, plan="shadow,5,10,50,100", min_requests=15, stage_seconds=1.5,
+                  guardrails=Guardrails(latency_slack_ms=100))
+        result = ctl.run("clf", interval_s=0.5, max_seconds=90)
+        events = ctl.events(result.state.id)
+        assert result.action == "complete", result.reason
+        assert [(e["action"], e["to"]) for e in events] == [
+            ("start", "shadow"), ("advance", "5"), ("advance", "10"), ("advance", "50"), ("advance", "100"),
+            ("complete", "done"), ("alias", None)]
+        assert Registry(project).resolve("clf@production").version == 2
+        time.sleep(1.0)  # the server reloads routes every 0.25 s
+        t_after = time.time()
+        time.sleep(1.0)
+    finally:
+        traffic.stop()
+        project.close()
+    errors, total = traffic.errors()
+    assert errors == 0 and total > 200, [s for s in traffic.statuses if s[1] != 200][:3]
+    assert {s[2] for s in traffic.statuses if s[0] > t_after} == {"2"}
+
+
+def test_failing_candidate_is_rolled_back_and_few_users_see_errors(served: Any) -> None:
+    root, proc = served()
+    traffic = Traffic(proc.url).start()
+    project = open_project_at(root)
+    try:
+        ctl = _controller(project, proc)
+        started = time.time()
+        ctl.start("clf", 3, plan="5,50,100", min_requests=15, stage_seconds=3)
+        result = ctl.run("clf", interval_s=0.5, max_seconds=60)
+        rolled_back_at = time.time()
+        assert result.action == "rollback", result.reason
+        assert [b.check for b in result.breaches] == ["error_rate"]
+        assert result.state.current == 5  # caught during the 5% canary
+        time.sleep(1.0)
+        quiet_from = time.time()
+        time.sleep(1.5)
+    finally:
+        traffic.stop()
+        project.close()
+    errors, total = traffic.errors(since=started)
+    share = errors / total
+    print(f"{errors} of {total} user requests failed ({share:.2%}); rollback after {rolled_back_at - started:.1f} s")
+    assert errors >= 3 and share <= 0.05  # within the canary's share of traffic
+    assert traffic.errors(since=quiet_from)[0] == 0
+
+
+@pytest.mark.slow
+def test_shadow_stage_catches_a_failing_candidate_before_any_user_does(served: Any) -> None:
+    root, proc = served()
+    traffic = Traffic(proc.url).start()
+    project = open_project_at(root)
+    try:
+        ctl = _controller(project, proc)
+        ctl.start("clf", 3, plan="shadow,5,100", min_requests=15, stage_seconds=5)
+        result = ctl.run("clf", interval_s=0.5, max_seconds=60)
+    finally:
+        traffic.stop()
+        project.close()
+    assert result.action == "rollback" and result.state.current == "shadow", result.reason
+    assert traffic.errors()[0] == 0
+
+
+def _cli(root: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "modelmill", "rollout", *args], cwd=root, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.mark.slow
+def test_killed_controller_resumes(served: Any) -> None:
+    root, proc = served()
+    traffic = Traffic(proc.url).start()
+    metrics = f"{proc.url}/metrics"
+    try:
+        first = _cli(root, "start", "clf@2", "--latency-slack-ms", "100", "--plan", "shadow,5,10,50,100", "--min-requests", "10",
+                     "--stage-seconds", "1.5", "--interval", "0.3", "--metrics-url", metrics)
+        project = open_project_at(root)
+        try:
+            ctl = RolloutController(project)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    if ctl.get("clf").stage >= 2:
+                        break
+                except NotFoundError:  # the CLI has not written the rollout yet
+                    pass
+                time.sleep(0.1)
+            first.kill()  # SIGKILL mid-rollout: no cleanup runs
+            first.communicate(timeout=10)
+            killed = ctl.get("clf")
+            assert killed.status == "running" and killed.stage >= 2
+        finally:
+            project.close()
+        second = _cli(root, "run", "clf", "--interval", "0.3", "--metrics-url", metrics, "--json")
+        out, err = second.communicate(timeout=120)
+        assert second.returncode == 0, err
+        payload = json.loads(out)
+        assert payload["action"] == "complete" and payload["rollout"]["status"] == "completed"
+        actions = [(e["action"], e["to"]) for e in payload["events"]]
+        assert actions[:3] == [("start", "shadow"), ("advance", "5"), ("advance", "10")]
+        assert actions[-2:] == [("complete", "done"), ("alias", None)]
+        assert [a for a, _ in actions].count("advance") == 4  # nothing repeated, nothing skipped
+        status = subprocess.run([sys.executable, "-m", "modelmill", "rollout", "status", "clf", "--json"],
+                                cwd=root, capture_output=True, text=True, timeout=60)
+        assert json.loads(status.stdout)["rollout"]["status"] == "completed"
+    finally:
+        traffic.stop()
+    assert traffic.errors()[0] == 0

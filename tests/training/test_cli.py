@@ -1,0 +1,105 @@
+"""``modelmill runs|train|pipeline`` with --json: exactly one JSON object on stdout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from modelmill.cli import app
+from modelmill.config import Settings
+from modelmill.project import Project
+from modelmill.training import Runs, start_run
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MODELMILL_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def _invoke(*args: str) -> dict[str, object]:
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, result.stdout  # one JSON object, nothing else
+    out: dict[str, object] = json.loads(lines[0])
+    return out
+
+
+def test_runs_list_show_compare_json(home: Path) -> None:
+    ids = []
+    with Project(Settings.defaults(home=home)) as project:
+        for lr in (0.1, 0.2):
+            with start_run("cli", project=project, data_snapshot="snap-1") as run:
+                run.log_params({"lr": lr, "depth": 3})
+                for step in range(3):
+                    run.log_metric("auc", 0.7 + lr * step, step=step)
+            ids.append(run.run_id)
+    listed = _invoke("runs", "list", "--experiment", "cli")
+    runs = listed["runs"]
+    assert isinstance(runs, list) and [r["run_id"] for r in runs] == ids[::-1]
+    assert runs[0]["metrics"]["auc"] == pytest.approx(1.1) and runs[0]["params"]["lr"] == "0.2"
+
+    shown = _invoke("runs", "show", ids[0][:8], "--metric", "auc")
+    run_info = shown["run"]
+    assert isinstance(run_info, dict) and run_info["run_id"] == ids[0]
+    assert run_info["data_snapshot"] == "snap-1" and run_info["metrics"]["auc"]["count"] == 3
+    assert [p[0] for p in shown["history"]["auc"]] == [0, 1, 2]  # type: ignore[index]
+
+    compared = _invoke("runs", "compare", ids[0], ids[1])
+    assert compared["differs"] == ["lr"]
+    assert compared["metrics"]["auc"] == {ids[0]: pytest.approx(0.9), ids[1]: pytest.approx(1.1)}  # type: ignore[index]
+
+
+def _mm(args: list[str], cwd: Path, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELMILL_")}
+    env |= {"MODELMILL_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "modelmill", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def _csv(path: Path, n: int = 400) -> Path:
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame({"dep_delay": rng.normal(size=n), "distance": rng.normal(size=n)})
+    df["late"] = (df.dep_delay + 0.2 * rng.normal(size=n) > 0).astype(int)
+    df.to_csv(path, index=False)
+    return path
+
+
+def test_train_cli_tracks_and_registers_and_errors_are_json(tmp_path: Path) -> None:
+    data, home = _csv(tmp_path / "flights.csv"), tmp_path / "home"
+    out = _mm(["train", "--trainer", "sklearn-hgb", "--data", str(data), "--label", "late", "-p", "max_iter=20",
+               "--register", "late", "--json"], tmp_path, home)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["metrics"]["auc"] > 0.9 and res["features"] == ["dep_delay", "distance"]
+    assert res["model_version"] == "late@1" and res["data_snapshot"].startswith("file:")
+    with Project(Settings.defaults(home=home)) as project:
+        info = Runs(project).get(res["run_id"])
+        assert info.status == "finished" and "model.joblib" in info.artifacts
+        assert info.data_snapshot == res["data_snapshot"] and info.params["max_iter"] == "20"
+    bad = _mm(["runs", "show", "zzzzzz", "--json"], tmp_path, home)
+    assert bad.returncode == 1 and json.loads(bad.stdout)["type"] == "NotFoundError"
+    assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_train_cli_torch_mlp_on_two_processes(tmp_path: Path) -> None:
+    data, home = _csv(tmp_path / "flights.csv", n=640), tmp_path / "home"
+    out = _mm(["train", "--trainer", "torch-mlp", "--data", str(data), "--label", "late", "--nproc", "2",
+               "-p", "epochs=5", "-p", "batch_size=64", "-p", "hidden=[16]", "--json"], tmp_path, home)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    hashes = res["ddp"]["rank_hashes"]
+    assert len(hashes) == 2 and hashes[0] == hashes[1] and res["metrics"]["auc"] > 0.9
