@@ -111,3 +111,25 @@ def test_model_without_feature_service_takes_request_features(client: tuple[Test
     r = c.post("/v1/models/bare/predict", json={"entities": {}, "features": {"a": 5, "b": 2}})
     assert r.status_code == 200 and r.json()["prediction"] == 3.0
     assert c.post("/v1/models/nope/predict", json={"entities": {}}).status_code == 404
+
+
+def test_instances_are_each_predicted_as_if_sent_alone(client: tuple[TestClient, Project]) -> None:
+    c, _ = client
+    instances = [{"entities": {"user_id": u}, "features": {"amount": 10 * u}, "routing_key": f"u{u}"}
+                 for u in (1, 2, 3)]
+    instances.append({"entities": {"user_id": 1}})  # lacks a request-time feature: its own 400
+    r = c.post("/v1/models/risk/predict", json={"instances": instances})
+    assert r.status_code == 200, r.text
+    out = r.json()["predictions"]
+    assert len(out) == 4
+    for u, got in zip((1, 2), out[:2], strict=True):
+        alone = c.post("/v1/models/risk/predict", json=instances[u - 1]).json()
+        assert got["prediction"] == pytest.approx(alone["prediction"]) and got["version"] == 4
+    assert out[0]["request_id"] != out[1]["request_id"]
+    # user 3 has no score online: that instance fails alone, as it would if sent alone
+    assert out[2]["status"] == 422 and "score" in out[2]["error"]
+    assert out[3]["status"] == 400 and "amount" in out[3]["error"]
+    bad = c.post("/v1/models/risk/predict", json={"instances": []})
+    assert bad.status_code == 400 and "instances" in bad.json()["error"]
+    nested = c.post("/v1/models/risk/predict", json={"instances": [{"entities": {"user_id": True}}]})
+    assert nested.status_code == 400 and "instances[0].entities.user_id" in nested.json()["error"]

@@ -49,7 +49,7 @@ def definitions(aircraft_source: str) -> list[object]:
             Aggregation(column=None, function="count", windows=(timedelta(days=7),)))
     aggregations = [
         StreamAggregation(name=f"{name}_delays", entities=(entity,), stream="arrivals", timestamp_field="arrived_at",
-                          event_id_field="flight_id", aggregations=rate, buckets_per_window=168)
+                          event_id_field="flight_id", aggregations=rate, buckets_per_window=28)
         for name, entity in (("carrier", carrier), ("route", route), ("origin", airport))
     ]
     refs = ([f"weather:{f}" for f in WEATHER_FIELDS] + ["aircraft:age_years", "aircraft:seats"]

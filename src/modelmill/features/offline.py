@@ -52,6 +52,8 @@ def connect(settings: DuckDBSettings) -> duckdb.DuckDBPyConnection:
         config["threads"] = settings.threads
     con = duckdb.connect(config=config)
     con.execute("SET TimeZone = 'UTC'")
+    # No progress bar: DuckDB draws it on stdout, which belongs to a command's --json output.
+    con.execute("SET enable_progress_bar = false")
     return con
 
 

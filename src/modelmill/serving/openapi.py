@@ -100,7 +100,7 @@ SCHEMAS: dict[str, Any] = {
                                "data": {"type": "array", "items": {"type": "number"}}}}},
         },
     },
-    "PredictRequest": {
+    "PredictInstance": {
         "type": "object", "required": ["entities"],
         "properties": {
             "entities": {"type": "object", "description": "Entity keys of the model's feature service.",
@@ -109,6 +109,15 @@ SCHEMAS: dict[str, Any] = {
                          "additionalProperties": {"type": "number"}},
             "routing_key": {"type": "string"},
         },
+    },
+    "PredictRequest": {
+        "description": "One prediction request, or several under 'instances' (each routed and logged on its own).",
+        "anyOf": [
+            _ref("PredictInstance"),
+            {"type": "object", "required": ["instances"],
+             "properties": {"instances": {"type": "array", "minItems": 1, "items": _ref("PredictInstance")},
+                            "routing_key": {"type": "string"}}},
+        ],
     },
     "Variant": {
         "type": "object", "required": ["name", "version"],
@@ -141,11 +150,21 @@ SCHEMAS: dict[str, Any] = {
                  "properties": {"name": {"type": "string"}, "alias": {"type": "string"},
                                 "version": {"type": "integer"}}},
     "Deleted": {"type": "object", "required": ["deleted"], "properties": {"deleted": {"type": "boolean"}}},
-    "PredictResponse": {
+    "Prediction": {
         "type": "object", "required": ["prediction", "model", "version", "variant", "request_id"],
         "properties": {"prediction": {"type": "number"}, "model": {"type": "string"},
                        "version": {"type": "integer"}, "variant": {"type": "string"},
                        "request_id": {"type": "string"}},
+    },
+    "PredictResponse": {
+        "anyOf": [
+            _ref("Prediction"),
+            {"type": "object", "required": ["predictions"],
+             "properties": {"predictions": {"type": "array", "items": {"anyOf": [
+                 _ref("Prediction"),
+                 {"type": "object", "required": ["error", "status"],
+                  "properties": {"error": {"type": "string"}, "status": {"type": "integer"}}}]}}}},
+        ],
     },
 }
 

@@ -28,12 +28,12 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from modelmill.errors import BackendUnavailable, InputError
+from modelmill.errors import BackendUnavailable, InputError, ModelmillError
 from modelmill.serving import metrics
 from modelmill.serving.batching import Batcher
-from modelmill.serving.limits import read_body
+from modelmill.serving.limits import TooManyRows, read_body
 from modelmill.serving.oip import record
-from modelmill.serving.responses import ModelFailed, error_response, json_response
+from modelmill.serving.responses import ModelFailed, error_response, json_response, status_of
 from modelmill.serving.server import Choice, Deployed, ModelServer, Prediction
 
 __all__ = ["FeaturePlan", "PredictRoute"]
@@ -148,27 +148,34 @@ def _entity_keys(features: Any, refs: Sequence[str]) -> list[str]:
     return list(keys)
 
 
-def _parse(body: bytes) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+def _parse(body: bytes) -> dict[str, Any]:
     try:
         req = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InputError("body", f"is not valid JSON ({exc})") from None
     if not isinstance(req, dict):
-        raise InputError("body", "must be a JSON object with 'entities'")
+        raise InputError("body", "must be a JSON object with 'entities' (or 'instances')")
+    return req
+
+
+def _instance(req: Any, prefix: str = "") -> tuple[dict[str, Any], dict[str, Any], str | None]:
+    """Entity keys, request-time features and routing key of one prediction request."""
+    if not isinstance(req, dict):
+        raise InputError(prefix.rstrip(".") or "body", "must be a JSON object with 'entities'")
     entities = req.get("entities")
     if not isinstance(entities, dict):
-        raise InputError("entities", "is required: an object of entity keys, such as {\"user_id\": 42}")
+        raise InputError(f"{prefix}entities", "is required: an object of entity keys, such as {\"user_id\": 42}")
     for k, v in entities.items():
         if isinstance(v, bool) or not isinstance(v, str | int | float):
-            raise InputError(f"entities.{k}", "must be a string or a number", v)
+            raise InputError(f"{prefix}entities.{k}", "must be a string or a number", v)
     given = req.get("features", {})
     if given is None:
         given = {}
     if not isinstance(given, dict):
-        raise InputError("features", "must be an object of request-time features", given)
+        raise InputError(f"{prefix}features", "must be an object of request-time features", given)
     key = req.get("routing_key")
     if key is not None and not isinstance(key, str):
-        raise InputError("routing_key", "must be a string", key)
+        raise InputError(f"{prefix}routing_key", "must be a string", key)
     return entities, given, key
 
 
@@ -187,36 +194,81 @@ class PredictRoute:
                                                               max_wait_us=cfg.max_wait_us)
         return plan
 
+    async def _one(self, name: str, entities: dict[str, Any], given: dict[str, Any], key: str | None,
+                   t0: float, chosen: list[Choice]) -> dict[str, Any]:
+        """One prediction; the variant chosen is appended to ``chosen`` before anything can fail."""
+        server = self.server
+        choice = server.choose(name, routing_key=key)
+        chosen.append(choice)
+        plan = self.plan(choice.deployed)
+        X, absent = await plan.build(entities, given)
+        try:
+            pred: Prediction = await server.run(choice, X, started=t0, field="features")
+        except ModelFailed as exc:
+            if absent:
+                exc.message = (f"the online store has no value of {', '.join(absent)} for entity "
+                               f"{entities}; materialize the feature view, or check the keys "
+                               f"({exc.message})")
+            raise
+        return {"prediction": float(pred.output[0]), "model": pred.model, "version": pred.version,
+                "variant": pred.variant, "request_id": pred.request_id}
+
+    async def _many(self, name: str, instances: Any, key: str | None, t0: float) -> list[dict[str, Any]]:
+        """``{"instances": [...]}``: each instance is routed, looked up, predicted, logged and counted as if
+        it came alone (concurrent instances share the online lookup and the model call); an instance that
+        fails gets ``{"error", "status"}`` in its place."""
+        limit = self.server.config.limits.max_batch_rows
+        if not isinstance(instances, list) or not instances:
+            raise InputError("instances", "must be a non-empty list of prediction requests")
+        if len(instances) > limit:
+            raise TooManyRows("instances", limit, len(instances))
+        parsed = [_instance(item, f"instances[{i}].") for i, item in enumerate(instances)]
+
+        async def guarded(entities: dict[str, Any], given: dict[str, Any], k: str | None) -> dict[str, Any]:
+            chosen: list[Choice] = []
+            try:
+                out = await self._one(name, entities, given, k if k is not None else key, t0, chosen)
+                status = 200
+            except Exception as exc:
+                status = status_of(exc)
+                out = {"error": exc.message if isinstance(exc, ModelmillError) else f"internal error: "
+                       f"{type(exc).__name__}", "status": status}
+            record(self.server, name, "predict", chosen[0] if chosen else None, status, t0)
+            return out
+
+        return list(await asyncio.gather(*(guarded(*p) for p in parsed)))
+
     async def predict(self, request: Request) -> Response:
         t0 = time.perf_counter()
         server = self.server
         name = request.path_params["name"]
         limits = server.config.limits
-        choice: Choice | None = None
+        chosen: list[Choice] = []
+        batch = False
         metrics.INFLIGHT.inc()
         try:
             async with asyncio.timeout(limits.request_timeout_s):
                 server.live_route(name)
                 body = await read_body(request.receive, request.headers, limits.max_body_bytes)
-                entities, given, key = _parse(body)
-                key = key if key is not None else request.headers.get("x-routing-key")
-                choice = server.choose(name, routing_key=key)
-                plan = self.plan(choice.deployed)
-                X, absent = await plan.build(entities, given)
-                try:
-                    pred: Prediction = await server.run(choice, X, started=t0, field="features")
-                except ModelFailed as exc:
-                    if absent:
-                        exc.message = (f"the online store has no value of {', '.join(absent)} for entity "
-                                       f"{entities}; materialize the feature view, or check the keys "
-                                       f"({exc.message})")
-                    raise
-                response = json_response({"prediction": float(pred.output[0]), "model": pred.model,
-                                          "version": pred.version, "variant": pred.variant,
-                                          "request_id": pred.request_id})
+                req = _parse(body)
+                header_key = request.headers.get("x-routing-key")
+                if "instances" in req:
+                    key = req.get("routing_key")
+                    if key is not None and not isinstance(key, str):
+                        raise InputError("routing_key", "must be a string", key)
+                    batch = True
+                    results = await self._many(name, req["instances"], key if key is not None else header_key, t0)
+                    response = json_response({"predictions": results})
+                else:
+                    entities, given, key = _instance(req)
+                    result = await self._one(name, entities, given, key if key is not None else header_key, t0,
+                                             chosen)
+                    response = json_response(result)
         except Exception as exc:
+            batch = False  # the request as a whole was refused: count it once
             response = error_response(exc, timeout_s=limits.request_timeout_s)
         finally:
             metrics.INFLIGHT.dec()
-        record(server, name, "predict", choice, response.status_code, t0)
+        if not batch:
+            record(server, name, "predict", chosen[0] if chosen else None, response.status_code, t0)
         return response

@@ -37,6 +37,14 @@ _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 PARTITION = "event_date"
 
 
+
+def quiet_duckdb() -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection without the progress bar it would draw on stdout (a command's --json output)."""
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    return con
+
+
 def check_table_name(table: str) -> str:
     if not isinstance(table, str) or not _TABLE.match(table):
         raise InputError("table", "must be a letter or '_' followed by letters, digits or '_'", table)
@@ -101,7 +109,7 @@ class OfflineStore:
 
     def connect(self, tables: Sequence[str] | None = None) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with one view per (existing) table, named after it."""
-        con = duckdb.connect()
+        con = quiet_duckdb()
         for table in tables if tables is not None else self.tables():
             if self.exists(table):
                 con.execute(
@@ -117,5 +125,5 @@ class OfflineStore:
         cols = ", ".join(f'"{c}"' for c in columns) if columns else "*"
         query = (f"SELECT {cols} FROM read_parquet('{self.glob(table)}', hive_partitioning = true, "
                  "union_by_name = true)" + (f" WHERE {where}" if where else ""))
-        with duckdb.connect() as con:
+        with quiet_duckdb() as con:
             return con.sql(query).to_arrow_table()
