@@ -136,3 +136,23 @@ def test_plans_are_cached_and_refreshed_after_apply(store: FeatureStore, project
     assert store._plans[("profile:age",)] is plan
     store.apply([FeatureService(name="model_b", features=["profile:age"])])
     assert not store._plans
+
+
+def test_partition_pruning_reads_only_the_range_and_changes_nothing(project: Project) -> None:
+    days = [T0 + dt.timedelta(days=d, hours=h) for d in range(5) for h in (1, 13)]
+    project.offline.write("obs", pa.table({"site": ["a", "b"] * 5, "ts": days, "v": [float(i) for i in range(10)]}),
+                          time_column="ts")
+    site = Entity(name="site", join_keys=["site"])
+    results = {}
+    for pruned in (False, True):
+        store = FeatureStore(project, online=None)
+        name = f"obs_{int(pruned)}"
+        store.apply([FeatureView(name=name, entities=[site], source="obs", timestamp_field="ts",
+                                 fields=[Field("v", "float64")], partitioned_by_timestamp=pruned)])
+        [res] = store.materialize(T0 + dt.timedelta(days=1), T0 + dt.timedelta(days=2, hours=12), views=[name])
+        vals = store.get_online_features([{"site": "a"}, {"site": "b"}], [f"{name}:v"],
+                                         at=T0 + dt.timedelta(days=3)).values
+        results[pruned] = (res.rows, vals)
+        store.close()
+    # days 1 and 2: a at 01:00 of day 2 (v=4), b at 13:00 of day 1 (v=3); day 2's 13:00 row is past the end
+    assert results[True] == results[False] == (2, [[4.0], [3.0]])

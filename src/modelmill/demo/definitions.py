@@ -42,7 +42,8 @@ def definitions(aircraft_source: str) -> list[object]:
     route = Entity(name="route", join_keys=("route",))
     plane = Entity(name="plane", join_keys=("tailnum",))
     weather = FeatureView(name="weather", entities=(airport,), source="weather", timestamp_field="event_time",
-                          ttl=timedelta(hours=3), fields=tuple(Field(f, "float64") for f in WEATHER_FIELDS))
+                          ttl=timedelta(hours=3), fields=tuple(Field(f, "float64") for f in WEATHER_FIELDS),
+                          partitioned_by_timestamp=True)
     aircraft = FeatureView(name="aircraft", entities=(plane,), source=aircraft_source, timestamp_field="registered",
                            fields=(Field("age_years", "float64"), Field("seats", "float64")))
     rate = (Aggregation(column="late", function="mean", windows=(timedelta(days=7),)),

@@ -139,6 +139,10 @@ class FeatureView:
     (``None``: forever). The source has one column per join key, the
     ``timestamp_field`` and one column per field. ``created_timestamp_field``,
     when given, breaks ties between rows with equal event times (latest wins).
+    ``partitioned_by_timestamp``: the source is an offline-store table whose
+    ``event_date`` partitions are the dates of ``timestamp_field`` (true when it
+    is the event time of the ingested stream); materialising a time range then
+    reads only the partitions of that range instead of the whole table.
     """
 
     name: str
@@ -149,6 +153,7 @@ class FeatureView:
     ttl: timedelta | None = None
     created_timestamp_field: str | None = None
     description: str = ""
+    partitioned_by_timestamp: bool = False
 
     def __post_init__(self) -> None:
         _check_name("feature_view.name", self.name)

@@ -57,7 +57,7 @@ def connect(settings: DuckDBSettings) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _quote(value: str) -> str:
+def quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
@@ -69,14 +69,14 @@ def source_sql(source: str, offline: OfflineStore) -> str:
     """A DuckDB table expression for a view's source: an offline table, or a Parquet/CSV file or glob."""
     if _FILE.search(source):
         if re.search(r"\.(csv|tsv)$", source, re.IGNORECASE):
-            return f"read_csv_auto({_quote(source)})"
+            return f"read_csv_auto({quote(source)})"
         if "*" not in source and "://" not in source and not os.path.exists(source):
             raise NotFoundError("feature source file", source, "check the path in the feature view's source")
-        return f"read_parquet({_quote(source)}, union_by_name = true)"
+        return f"read_parquet({quote(source)}, union_by_name = true)"
     if not offline.exists(source):
         raise NotFoundError("offline table", source,
                             f"ingest events into it first (looked under {offline.table_path(source)})")
-    return f"read_parquet({_quote(offline.glob(source))}, hive_partitioning = true, union_by_name = true)"
+    return f"read_parquet({quote(offline.glob(source))}, hive_partitioning = true, union_by_name = true)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,7 +214,7 @@ def training_set(
     sql = (f"WITH {', '.join(ctes)}\nSELECT {select} FROM __e {' '.join(joins)} ORDER BY __e.__row")
     try:
         if output is not None:
-            con.execute(f"COPY ({sql}) TO {_quote(output)} (FORMAT parquet, COMPRESSION zstd)")
+            con.execute(f"COPY ({sql}) TO {quote(output)} (FORMAT parquet, COMPRESSION zstd)")
             return output
         return con.sql(sql).to_arrow_table()
     except duckdb.Error as exc:  # type mismatches between entity and source columns, bad files …
@@ -229,7 +229,7 @@ def training_set(
 def _register_entity(con: duckdb.DuckDBPyConnection, entity: pd.DataFrame | pa.Table | str) -> tuple[str, list[str]]:
     """Make the entity rows visible to DuckDB with a ``__row`` column that records their order."""
     if isinstance(entity, str):
-        rel = f"read_parquet({_quote(entity)}, filename = true, file_row_number = true)"
+        rel = f"read_parquet({quote(entity)}, filename = true, file_row_number = true)"
         cols = [r[0] for r in con.sql(f"DESCRIBE SELECT * FROM {rel}").fetchall()]
         user = [c for c in cols if c not in ("filename", "file_row_number")]
         sel = ", ".join(ident(c) for c in user)

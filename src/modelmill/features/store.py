@@ -469,6 +469,20 @@ class FeatureStore:
                 view=view.name, store=self._store_id(), version=version, start_us=start_us, end_us=end_us,
                 rows=rows, at=time.time()))
 
+    def _partitions_sql(self, view: FeatureView, start_us: int, end_us: int) -> str | None:
+        offline = self.project.offline
+        first, last = _utc(start_us).date().isoformat(), _utc(end_us).date().isoformat()
+        root = offline.table_path(view.source)
+        if not offline.fs.exists(root):
+            return None
+        folders = sorted(str(p).rstrip("/").rsplit("/", 1)[-1] for p in offline.fs.ls(root, detail=False))
+        wanted = [f"{root}/{name}/*.parquet" for name in folders
+                  if name.startswith("event_date=") and first <= name.split("=", 1)[1] <= last]
+        if not wanted:
+            return None
+        files = ", ".join(off.quote(w) for w in wanted)
+        return f"read_parquet([{files}], hive_partitioning = true, union_by_name = true)"
+
     def _materialize_view(self, view: FeatureView, start_us: int, end_us: int) -> int:
         q = off.ident
         keys = ", ".join(q(k) for k in view.join_keys)
@@ -476,7 +490,14 @@ class FeatureStore:
         ts = f"epoch_us({q(view.timestamp_field)})"
         order = f"{ts} DESC" + (f", {q(view.created_timestamp_field)} DESC NULLS LAST"
                                 if view.created_timestamp_field else "")
-        sql = (f"SELECT {keys}, {ts} AS __ts, {feats} FROM {off.source_sql(view.source, self.project.offline)} "
+        source: str | None = off.source_sql(view.source, self.project.offline)
+        if view.partitioned_by_timestamp:
+            # Partition pruning: read only the event_date folders of the range (an hourly incremental run
+            # reads one or two files instead of every file's schema).
+            source = self._partitions_sql(view, start_us, end_us)
+        if source is None:
+            return 0
+        sql = (f"SELECT {keys}, {ts} AS __ts, {feats} FROM {source} "
                f"WHERE {ts} BETWEEN {start_us} AND {end_us} "
                f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {order}) = 1")
         con = off.connect(self.duckdb_settings())
