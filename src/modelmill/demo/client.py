@@ -16,6 +16,10 @@ from urllib.parse import urlsplit
 __all__ = ["KeepAliveClient", "Response"]
 
 
+class _Closed(Exception):
+    """The server closed the connection before answering."""
+
+
 class Response:
     __slots__ = ("body", "seconds", "status")
 
@@ -44,19 +48,27 @@ class KeepAliveClient:
             writer.close()
         self._pool.clear()
 
-    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self._pool:
-            return self._pool.pop()
-        return await asyncio.open_connection(self.host, self.port)
-
     async def post(self, path: str, body: bytes) -> Response:
         head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n").encode()
         started = time.perf_counter()
-        reader, writer = await self._connection()
+        # A kept-alive connection may have been closed by the server while idle (uvicorn closes after
+        # 5 s): such a request is sent again once on a new connection.
+        if self._pool:
+            try:
+                return await self._exchange(self._pool.pop(), head + body, started)
+            except (ConnectionError, asyncio.IncompleteReadError, _Closed):
+                started = time.perf_counter()
+        return await self._exchange(await asyncio.open_connection(self.host, self.port), head + body, started)
+
+    async def _exchange(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], request: bytes,
+                        started: float) -> Response:
+        reader, writer = conn
         try:
-            writer.write(head + body)
+            writer.write(request)
             status_line = await asyncio.wait_for(reader.readline(), self.timeout)
+            if not status_line:
+                raise _Closed
             status = int(status_line.split(b" ", 2)[1])
             length = 0
             while (line := await reader.readline()) not in (b"\r\n", b""):
@@ -67,7 +79,7 @@ class KeepAliveClient:
         except BaseException:
             writer.close()
             raise
-        self._pool.append((reader, writer))
+        self._pool.append(conn)
         return Response(status, data, time.perf_counter() - started)
 
     async def post_many(self, path: str, bodies: Sequence[bytes]) -> list[Response]:
