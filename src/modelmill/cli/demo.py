@@ -40,10 +40,14 @@ def demo(
     if as_json:
         emit_json(result.as_dict())
         return
-    table("modelmill demo: 2013, month by month", MONTH_COLUMNS, month_table(result.months))
+    # The drifted columns are listed in report.html; the terminal table keeps to 80 columns.
+    keep = [i for i, c in enumerate(MONTH_COLUMNS) if c != "drifted"]
+    table("modelmill demo: 2013, month by month", [MONTH_COLUMNS[i] for i in keep],
+          [[r[i] for i in keep] for r in month_table(result.months)])
     if result.ab:
-        console.print(f"A/B test {result.ab.get('month')}: v{result.ab['control']} vs v{result.ab['treatment']}: "
-                      f"{result.ab.get('decision')} — {result.ab.get('reason')}")
+        console.print(f"A/B test {result.ab['month']}: v{result.ab['control_version']} (control) vs "
+                      f"v{result.ab['treatment_version']} (treatment), log loss: {result.ab['decision']} — "
+                      f"{result.ab['reason']}")
     if result.broken:
         console.print(f"broken candidate v{result.broken['version']}: {result.broken.get('status')} — "
                       f"{result.broken.get('reason')}")

@@ -144,6 +144,7 @@ class FlightsDemo:
         self.ab: dict[str, Any] | None = None
         self.broken: dict[str, Any] | None = None
         self._ab_route: dict[str, Any] | None = None
+        self._ab_pending: tuple[int, MonthRow] | None = None
         self.last_drift: tuple[Any, Any, Any] | None = None  # report, reference summaries, current summaries
         self._retrain: dict[str, Any] | None = None
         self._labels: list[dict[str, Any]] = []
@@ -342,6 +343,10 @@ class FlightsDemo:
             self._labels = []
         assert self.controller is not None
         state = self.controller.get(self.options.model) if self._has_rollout() else None
+        if self._ab_pending is not None and (state is None or not state.active):
+            month, row = self._ab_pending
+            self._ab_pending = None
+            self._maybe_start_ab(month, row)
         if state is not None and state.active:
             before = state.current
             step = self.controller.step(self.options.model)
@@ -373,7 +378,7 @@ class FlightsDemo:
         row.p50_ms = float(np.percentile(log["latency_ms"], 50))
         row.p95_ms = float(np.percentile(log["latency_ms"], 95))
         row.p99_ms = float(np.percentile(log["latency_ms"], 99))
-        row.versions = {str(k): int(v) for k, v in ok["version"].value_counts().sort_index().items()}
+        row.versions = {str(int(k)): int(v) for k, v in ok["version"].value_counts().sort_index().items()}
         row.production = self.registry.aliases(self.options.model).get("production")
         labelled = ok[ok["label"].notna() & ok["flight_id"].isin(self._landed_before(now))]
         row.labelled = len(labelled)
@@ -381,7 +386,7 @@ class FlightsDemo:
             row.auc = classification_metrics(labelled["label"].to_numpy(), labelled["prediction"].to_numpy())["auc"]
         row.drift_share, row.drifted = self._drift(ok, row)
         self._evaluate_alerts(row, now)
-        if self._ab_route is not None and self._ab_route["month"] == month:
+        if self._ab_route is not None and self._ab_route["month_number"] == month:
             self._finish_ab(ok, row)
         self._maybe_start_ab(month + 1, row)
         if self.options.broken_candidate and month + 1 == self.options.months and self.broken is None:
@@ -493,10 +498,15 @@ class FlightsDemo:
     def _maybe_start_ab(self, month: int, row: MonthRow) -> None:
         if not self.options.ab_test or self.ab is not None or self._ab_route is not None or month > self.options.months:
             return
+        if self.options.broken_candidate and month == self.options.months and self.broken is None \
+                and self._ab_pending is None:
+            self._ab_pending = (month, row)  # after the rollback drill that opens the last month
+            return
         aliases = self.registry.aliases(self.options.model)
         production = aliases.get("production")
+        # A challenger is a version the gate accepted (the planted broken candidate never went through it).
         earlier = [v.version for v in self.registry.versions(self.options.model)
-                   if v.version != production and v.flavor != "faulty" and (v.gate or {}).get("accepted", True)]
+                   if v.version != production and (v.gate or {}).get("accepted") is True]
         if production is None or not earlier or (self._has_rollout() and self.controller is not None
                                                  and self.controller.get(self.options.model).active):
             return
@@ -504,7 +514,8 @@ class FlightsDemo:
         RouteTable(self.project).set(self.options.model, [Variant("control", production, 0.5),
                                                           Variant("treatment", challenger, 0.5)],
                                      salt=f"ab-{month}", actor="demo", reason="A/B test")
-        self._ab_route = {"month": month, "control": production, "treatment": challenger}
+        self._ab_route = {"month": f"2013-{month:02d}", "month_number": month, "control_version": production,
+                          "treatment_version": challenger}
         self.note(f"{row.month}: A/B test for 2013-{month:02d}: v{production} (control) vs v{challenger} "
                   f"(treatment), 50/50 by flight", row)
         time.sleep(0.8)
@@ -517,7 +528,8 @@ class FlightsDemo:
         analysis = analyze_frame(scored, variant_column="variant", metric="log_loss", control="control",
                                  higher_is_better=False, weights={"control": 0.5, "treatment": 0.5})
         data = analysis.as_dict()
-        self.ab = {**self._ab_route, **data}
+        self.ab = {**self._ab_route, "metric": "log_loss (lower is better)", "analysis": data,
+                   "decision": data.get("decision"), "reason": data.get("reason")}
         self.note(f"{row.month}: A/B decision: {data.get('decision')} ({data.get('reason')})", row)
         self._end_ab_route()
 
@@ -577,16 +589,21 @@ class FlightsDemo:
                   f"({100 * errors / max(len(month), 1):.2f}%)")
 
 
+def short(column: str) -> str:
+    """``carrier_delays__late_mean_7d`` → ``carrier_delays.late_mean_7d``; ``__prediction__`` → ``prediction``."""
+    return column.strip("_").replace("__", ".")
+
+
 def month_table(rows: list[MonthRow]) -> list[list[str]]:
     """Rows of the summary table, as text."""
     def fmt(v: float | None, spec: str) -> str:
         return "n/a" if v is None else format(v, spec)
 
     return [[r.month, f"{r.requests:,}", fmt(r.auc, ".3f"), f"{r.labelled:,}", fmt(r.drift_share, ".2f"),
-             ", ".join(c.split("__")[-1] for c in r.drifted[:4]) + ("…" if len(r.drifted) > 4 else ""),
+             ", ".join(short(c) for c in r.drifted[:4]) + ("…" if len(r.drifted) > 4 else ""),
              fmt(r.p50_ms, ".1f"), fmt(r.p99_ms, ".1f"), str(r.production or ""),
              " ".join(f"v{k}:{v}" for k, v in r.versions.items())] for r in rows]
 
 
-MONTH_COLUMNS = ["month", "predictions", "AUC", "labels", "drift share", "drifted", "p50 ms", "p99 ms",
-                 "production", "served by"]
+MONTH_COLUMNS = ["month", "predictions", "AUC", "labels", "drift", "drifted", "p50 ms", "p99 ms",
+                 "prod", "served by"]

@@ -46,8 +46,8 @@ def _summary(result: DemoResult) -> str:
     events = "".join(f"<li>{html.escape(e)}</li>" for e in result.events)
     extra = ""
     if result.ab:
-        extra += (f"<p><b>A/B test</b> ({html.escape(str(result.ab.get('month')))}): "
-                  f"v{result.ab['control']} vs v{result.ab['treatment']}: "
+        extra += (f"<p><b>A/B test</b> ({html.escape(str(result.ab['month']))}, log loss): "
+                  f"v{result.ab['control_version']} (control) vs v{result.ab['treatment_version']} (treatment): "
                   f"{html.escape(str(result.ab.get('decision')))} — {html.escape(str(result.ab.get('reason')))}</p>")
     if result.broken:
         extra += (f"<p><b>Broken candidate</b> v{result.broken['version']}: "
