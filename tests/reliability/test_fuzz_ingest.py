@@ -181,3 +181,13 @@ def test_an_out_of_range_epoch_is_dead_lettered(ts: bytes) -> None:
                          event_time="ts")
     good, bad = Validator(schema).validate([b'{"id": "a", "ts": 1}', b'{"id": "b", "ts": ' + ts + b"}"])
     assert good.num_rows == 1 and [(r.reason, r.field) for r in bad] == [("wrong_type", "ts")]
+
+
+def test_non_json_literals_get_the_same_verdict_alone_and_in_a_batch() -> None:
+    """Found by the fuzzer: pyarrow's reader took ``Infinity`` that the strict path refuses."""
+    schema = EventSchema(name="e", fields=[Field("id", "string"), Field("ts", "timestamp")], event_id="id",
+                         event_time="ts")
+    odd = b'{"id": "e1", "ts": "2000-01-01T00:00:00", "x": [Infinity]}'
+    for batch in ([odd], [b"", odd]):
+        good, bad = Validator(schema).validate(batch)
+        assert good.num_rows == 0 and {r.reason for r in bad} == {"invalid_json"}

@@ -92,6 +92,8 @@ class Validator:
         joined = b"\n".join(payloads)
         if joined.count(b"\n") != len(payloads) - 1:  # a payload with a raw newline: no line framing
             return None
+        if b"Infinity" in joined or b"NaN" in joined:
+            return None  # pyarrow's reader accepts these non-JSON literals; the strict slow path rejects them
         if b"null" in joined and any(p.lstrip(b" \t\r\n")[:4] == b"null" for p in payloads):
             return None  # pyarrow 26's JSON reader crashes the process on a top-level null: the slow path rejects it
         try:
