@@ -187,7 +187,9 @@ class FlightsDemo:
         source = open_source(broker, stream=schema.name, group="demo", schema=schema)
         ingestor = Ingestor(self.project, schema, source, processors=processors, batch_seconds=0.2)
         update = self._task(f"ingest {schema.name}", len(records)) if show else (lambda _n: None)
-        stats = ingestor.run(idle_timeout=0.5 if show else 0.0, on_progress=lambda s: update(s.polled))
+        # Stop as soon as every event just published has been consumed: a broker over the network (NATS,
+        # Kafka) may answer a poll before the events are deliverable, so "idle" is not "done".
+        stats = ingestor.run(max_events=len(records), idle_timeout=10.0, on_progress=lambda s: update(s.polled))
         if stats.dead_letters:
             self.note(f"{stats.dead_letters} {schema.name} events failed validation and went to dead letters")
         return int(stats.written)

@@ -47,9 +47,37 @@ def prepare_project(folder: Path, *, model: str, fresh: bool = True, **backends:
             if base.online.startswith("sqlite"):
                 (home / "online.db").unlink(missing_ok=True)
         _clear_online(base.online)
+        _clear_streams(chosen.get("broker") or base.broker)
     lines = "".join(f'{k} = "{v}"\n' for k, v in chosen.items())
     (folder / CONFIG_FILE).write_text(TOML.format(home=".modelmill", backends=lines, model=model))
     return load_settings(cwd=folder)
+
+
+STREAMS = ("weather", "flights", "arrivals")
+
+
+def _clear_streams(url: str) -> None:
+    """Delete the demo's streams on a server broker: a durable consumer of an earlier run would otherwise
+    hand this run that run's unconsumed events (from months ahead)."""
+    scheme = url.split("://", 1)[0]
+    if scheme == "nats":
+        from modelmill.ingest.jetstream import delete_stream
+
+        for stream in STREAMS:
+            delete_stream(url, stream)
+    elif scheme == "kafka":
+        from modelmill.ingest.kafka import delete_topic
+
+        for stream in STREAMS:
+            delete_topic(url, stream)
+    elif scheme in ("redis", "rediss"):
+        from modelmill.store import open_kv
+
+        kv = open_kv(url)
+        try:
+            kv.delete(*STREAMS)
+        finally:
+            kv.close()
 
 
 def _clear_online(url: str) -> None:
