@@ -344,7 +344,7 @@ class FlightsDemo:
             self.project.offline.write("labels", table, time_column="ts")
             self._labels = []
         assert self.controller is not None
-        state = self.controller.get(self.options.model) if self._has_rollout() else None
+        state = self._rollout()
         if self._ab_pending is not None and (state is None or not state.active):
             month, row = self._ab_pending
             self._ab_pending = None
@@ -359,13 +359,17 @@ class FlightsDemo:
                           f"{step.reason}", month)
                 time.sleep(0.8)  # routes are re-read by the server every 0.5 s
 
-    def _has_rollout(self) -> bool:
+    def _rollout(self) -> Any:
+        """The model's latest rollout state, or None when it never had one (one query)."""
         assert self.controller is not None
         try:
-            self.controller.get(self.options.model)
+            return self.controller.get(self.options.model)
         except ModelmillError:
-            return False
-        return True
+            return None
+
+    def _rollout_active(self) -> bool:
+        state = self._rollout()
+        return state is not None and bool(state.active)
 
     # ---- monthly monitoring ---------------------------------------------------------------------
 
@@ -472,7 +476,7 @@ class FlightsDemo:
     def _retrain_and_roll_out(self, row: MonthRow, now: pd.Timestamp) -> None:
         assert self.controller is not None
         self._retrain = None
-        if self._has_rollout() and self.controller.get(self.options.model).active:
+        if self._rollout_active():
             self.note(f"{row.month}: retraining skipped: a rollout is still running", row)
             return
         ran = [t for t in Scheduler(self.project).run(once=True) if t.pipeline == RETRAIN.name]
@@ -509,8 +513,7 @@ class FlightsDemo:
         # A challenger is a version the gate accepted (the planted broken candidate never went through it).
         earlier = [v.version for v in self.registry.versions(self.options.model)
                    if v.version != production and (v.gate or {}).get("accepted") is True]
-        if production is None or not earlier or (self._has_rollout() and self.controller is not None
-                                                 and self.controller.get(self.options.model).active):
+        if production is None or not earlier or self._rollout_active():
             return
         challenger = max(earlier)
         RouteTable(self.project).set(self.options.model, [Variant("control", production, 0.5),
@@ -545,7 +548,7 @@ class FlightsDemo:
         from modelmill.demo.faulty import FaultyModel
 
         assert self.controller is not None
-        if self._has_rollout() and self.controller.get(self.options.model).active:
+        if self._rollout_active():
             return
         self._end_ab_route()
         production = self.registry.resolve(f"{self.options.model}@production")
