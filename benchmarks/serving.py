@@ -275,7 +275,7 @@ def main() -> None:
     bench = Benchmark("serving", f"Online prediction on {os.cpu_count()} cores, wrk closed loop {SECONDS:.0f} s "
                                  f"per row, open loop {OPEN_RATE}/s")
     if shutil.which("wrk") is None:
-        raise SystemExit("wrk is needed: apt-get install -y wrk")
+        raise SystemExit("wrk is needed: bash scripts/install-wrk.sh (Debian's wrk)")
     bench.versions(uvicorn=package_version("uvicorn"), starlette=package_version("starlette"),
                    scikit_learn=package_version("scikit-learn"))
     tmp = Path(tempfile.mkdtemp(prefix="mm-bench-serving-"))

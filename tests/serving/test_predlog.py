@@ -80,3 +80,27 @@ def test_buffer_is_bounded(tmp_path: Path) -> None:
         log.append(f"r{i}", "m", 1, "default", None, ("x",), np.array([[1.0]]), np.array([0.1]), 0.1)
     assert log.dropped == 5
     assert log.flush() == 10
+
+
+def test_many_requests_grow_the_buffer_and_keep_every_row_in_order(tmp_path: Path) -> None:
+    store = OfflineStore(str(tmp_path))
+    log = PredictionLog(store)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 3))
+    for i in range(0, 3000, 3):  # one request of 1 row, then one of 2 rows, ...
+        log.append(f"a{i}", "m", 1, "default", None, ("a", "b", "c"), X[i:i + 1], X[i:i + 1, 0], 0.1)
+        log.append(f"b{i}", "m", 1, "default", None, ("a", "b", "c"), X[i + 1:i + 3], X[i + 1:i + 3, 0], 0.1)
+    assert log.flush() == 3000
+    rows = store.read("predictions").to_pylist()
+    by_id = {r["request_id"]: r for r in rows}
+    assert len(by_id) == 3000
+    assert by_id["b3/1"]["output"] == X[5, 0]
+    assert json.loads(by_id["a2997"]["features"]) == dict(zip("abc", X[2997].tolist(), strict=True))
+
+
+def test_a_row_of_the_wrong_width_is_refused_whole(tmp_path: Path) -> None:
+    log = PredictionLog(OfflineStore(str(tmp_path)))
+    log.append("ok", "m", 1, "default", None, ("a", "b"), np.array([[1.0, 2.0]]), np.array([0.1]), 0.1)
+    with pytest.raises(ValueError):
+        log.append("bad", "m", 1, "default", None, ("a", "b"), np.array([[1.0, 2.0, 3.0]]), np.array([0.1]), 0.1)
+    assert log.flush() == 1

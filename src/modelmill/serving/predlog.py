@@ -1,9 +1,10 @@
 """The prediction log: every prediction, appended in memory and written to the offline store in batches.
 
-The hot path only appends references to a list; a background thread turns
-them into Arrow and writes offline table ``predictions`` (columns request_id,
-ts, model, version, variant, routing_key, features, output, latency_ms), read
-by monitoring, A/B analysis and the training/serving skew check.
+The hot path appends to per-column lists and copies the rows into one
+growing matrix; a background thread turns them into Arrow with vectorised
+calls only and writes offline table ``predictions`` (columns request_id, ts,
+model, version, variant, routing_key, features, output, latency_ms), read by
+monitoring, A/B analysis and the training/serving skew check.
 
     >>> import tempfile, numpy as np
     >>> from modelmill.store import OfflineStore
@@ -45,8 +46,64 @@ PREDICTIONS_SCHEMA = pa.schema([
     ("latency_ms", pa.float64()),
 ])
 
-# One entry per request: (request_id, ts, model, version, variant, routing_key, columns, X, out, latency_ms).
-_Entry = tuple[str, float, str, int, str, "str | None", Sequence[str], np.ndarray, np.ndarray, float]
+class _Columns:
+    """The buffered requests of one input layout, column by column (appending is a few list appends)."""
+
+    __slots__ = ("X", "columns", "counts", "latency", "model", "multi", "out", "rid", "routing_key", "rows", "ts",
+                 "variant", "version")
+
+    def __init__(self, columns: Sequence[str], capacity: int = 1024) -> None:
+        self.columns = tuple(columns)
+        self.rid: list[str] = []
+        self.ts: list[float] = []
+        self.model: list[str] = []
+        self.version: list[int] = []
+        self.variant: list[str] = []
+        self.routing_key: list[str | None] = []
+        # Rows are copied into one growing matrix as they come: the writer then slices it instead of
+        # concatenating thousands of small arrays (which holds the GIL for milliseconds).
+        self.X = np.empty((capacity, len(self.columns)), dtype=np.float64)
+        self.out = np.empty(capacity, dtype=np.float64)
+        self.rows = 0
+        self.latency: list[float] = []
+        self.counts: list[int] = []
+        self.multi = False  # some request had several rows
+
+    def add(self, X: np.ndarray, out: np.ndarray) -> None:
+        n, end = len(X), self.rows + len(X)
+        if end > len(self.out):
+            size = max(end, 2 * len(self.out))
+            self.X = np.concatenate([self.X[:self.rows], np.empty((size - self.rows, self.X.shape[1]))])
+            self.out = np.concatenate([self.out[:self.rows], np.empty(size - self.rows)])
+        self.X[self.rows:end] = X if X.ndim == 2 else np.reshape(X, (n, -1))
+        self.out[self.rows:end] = np.reshape(out, n)
+        self.rows = end
+
+    def to_arrow(self) -> pa.Table:
+        """One table in :data:`PREDICTIONS_SCHEMA`; every per-request loop runs in numpy or Arrow."""
+        counts = np.asarray(self.counts, dtype=np.int64)
+        if self.multi:
+            rid = [r if n == 1 else f"{r}/{i}" for r, n in zip(self.rid, self.counts, strict=True) for i in range(n)]
+            take = pa.array(np.repeat(np.arange(len(counts)), counts))
+        else:
+            rid, take = self.rid, None
+
+        def per_request(values: Any, kind: pa.DataType) -> pa.Array:
+            arr = pa.array(values, kind)
+            return arr if take is None else arr.take(take)
+
+        ts = (np.asarray(self.ts, dtype=np.float64) * 1e6).astype(np.int64)
+        return pa.table([
+            pa.array(rid, pa.string()),
+            per_request(ts, pa.timestamp("us", tz="UTC")),
+            per_request(self.model, pa.string()),
+            per_request(self.version, pa.int64()),
+            per_request(self.variant, pa.string()),
+            per_request(self.routing_key, pa.string()),
+            _features_json(self.columns, self.X[:self.rows]),
+            pa.array(self.out[:self.rows]),
+            per_request(self.latency, pa.float64()),
+        ], schema=PREDICTIONS_SCHEMA)
 
 
 class PredictionLog:
@@ -54,6 +111,9 @@ class PredictionLog:
 
     ``max_buffer_rows`` bounds memory when the store is slow: past it, new
     entries are dropped and counted in ``dropped`` (serving must not stall).
+    The hot path appends to per-column lists; the writer thread turns them
+    into Arrow with vectorised calls only, so it holds the GIL (and delays the
+    event loop) for as little time as possible.
     """
 
     def __init__(self, offline: Any, *, table: str = "predictions", flush_interval_s: float = 1.0,
@@ -65,9 +125,12 @@ class PredictionLog:
         self.max_buffer_rows = max_buffer_rows
         self.written = 0
         self.dropped = 0
-        self._buf: list[_Entry] = []
+        self._bufs: dict[tuple[str, ...], _Columns] = {}
+        self._unwritten: list[pa.Table] = []  # built but not yet written (a failed write), oldest first
         self._rows = 0
+        self._held = 0  # rows in _unwritten
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -80,11 +143,23 @@ class PredictionLog:
         """Record one request (``X`` rows and their outputs); cheap, never blocks on I/O."""
         n = len(X)
         with self._lock:
-            if self._rows + n > self.max_buffer_rows:
+            if self._rows + self._held + n > self.max_buffer_rows:
                 self.dropped += n
                 return
-            self._buf.append((request_id, time.time(), model, version, variant, routing_key, columns, X, out,
-                              latency_ms))
+            buf = self._bufs.get(columns)  # type: ignore[call-overload]
+            if buf is None:
+                buf = self._bufs[tuple(columns)] = _Columns(columns)
+            buf.add(X, out)  # first: a row of the wrong width is refused before anything is recorded
+            buf.rid.append(request_id)
+            buf.ts.append(time.time())
+            buf.model.append(model)
+            buf.version.append(version)
+            buf.variant.append(variant)
+            buf.routing_key.append(routing_key)
+            buf.latency.append(latency_ms)
+            buf.counts.append(n)
+            if n != 1:
+                buf.multi = True
             self._rows += n
             full = self._rows >= self.flush_rows
         if full:
@@ -116,21 +191,24 @@ class PredictionLog:
                 log.exception("writing the prediction log failed; retrying at the next flush")
 
     def flush(self) -> int:
-        """Write what is buffered now; returns the number of rows written."""
-        with self._lock:
-            buf, self._buf, self._rows = self._buf, [], 0
-        if not buf:
-            return 0
-        table = _to_arrow(buf)
-        try:
+        """Write what is buffered now; returns the number of rows written.
+
+        A failed write keeps its rows (in order, in front of newer ones) for the next flush.
+        """
+        with self._write_lock:
+            with self._lock:
+                bufs, self._bufs, self._rows = self._bufs, {}, 0
+            built = [buf.to_arrow() for buf in bufs.values()]
+            self._unwritten.extend(built)
+            self._held += sum(t.num_rows for t in built)
+            if not self._unwritten:
+                return 0
+            tables = self._unwritten
+            table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
             self.offline.write(self.table, table, time_column="ts")
-        except Exception:
-            with self._lock:  # put it back, in front, so order is kept and nothing is lost
-                self._buf[:0] = buf
-                self._rows += table.num_rows
-            raise
-        self.written += table.num_rows
-        return table.num_rows
+            self._unwritten, self._held = [], 0
+            self.written += table.num_rows
+            return table.num_rows
 
 
 def _features_json(columns: Sequence[str], X: np.ndarray) -> pa.Array:
@@ -144,36 +222,3 @@ def _features_json(columns: Sequence[str], X: np.ndarray) -> pa.Array:
         return pa.array(["{}"] * len(X), pa.string())
     parts.append(pa.scalar("}"))
     return pc.binary_join_element_wise(*parts, "")
-
-
-def _to_arrow(buf: list[_Entry]) -> pa.Table:
-    groups: dict[tuple[str, ...], list[_Entry]] = {}
-    for entry in buf:
-        groups.setdefault(tuple(entry[6]), []).append(entry)
-    tables = []
-    for columns, entries in groups.items():
-        counts = np.fromiter((len(e[7]) for e in entries), dtype=np.int64, count=len(entries))
-        rid: list[str] = []
-        for e, n in zip(entries, counts.tolist(), strict=True):
-            if n == 1:
-                rid.append(e[0])
-            else:
-                rid.extend(f"{e[0]}/{i}" for i in range(n))
-        X = np.concatenate([np.asarray(e[7], dtype=np.float64).reshape(len(e[7]), -1) for e in entries])
-        ts = np.repeat(np.fromiter((int(e[1] * 1e6) for e in entries), dtype=np.int64, count=len(entries)), counts)
-
-        def rep(i: int, entries: list[_Entry] = entries, counts: np.ndarray = counts) -> list[Any]:
-            return [v for e, n in zip(entries, counts.tolist(), strict=True) for v in [e[i]] * n]
-
-        tables.append(pa.table([
-            pa.array(rid, pa.string()),
-            pa.array(ts, pa.timestamp("us", tz="UTC")),
-            pa.array(rep(2), pa.string()),
-            pa.array(rep(3), pa.int64()),
-            pa.array(rep(4), pa.string()),
-            pa.array(rep(5), pa.string()),
-            _features_json(columns, X),
-            pa.array(np.concatenate([np.asarray(e[8], dtype=np.float64).reshape(-1) for e in entries])),
-            pa.array(np.repeat(np.fromiter((e[9] for e in entries), dtype=np.float64, count=len(entries)), counts)),
-        ], schema=PREDICTIONS_SCHEMA))
-    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
