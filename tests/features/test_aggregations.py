@@ -143,3 +143,30 @@ def test_training_set_aggregates_equal_online_aggregates(store: FeatureStore, pr
     want = [brute_force(CLICKS, raw, str(u), "count_24h", int(t.timestamp() * 1e6))
             for u, t in zip(early["user_id"], early["event_timestamp"], strict=True)]
     assert got["count_24h"].tolist() == want
+
+
+def test_training_set_aggregates_equal_raw_events_at_every_kind_of_time(store: FeatureStore, project: Project) -> None:
+    """Rows at random times, at exact event times (ties) and at bucket edges, for every function and window."""
+    store.apply([CLICKS])
+    events = make_events(700, seed=7)
+    events = pa.concat_tables([events, events.slice(0, 40).set_column(  # same timestamps, other ids: ties
+        0, "event_id", pa.array([f"tie-{i}" for i in range(40)]))])
+    project.offline.write("clicks", events, time_column="ts")
+    raw = events_from_batch(CLICKS, events)
+    rng = np.random.default_rng(11)
+    stamps = list(rng.integers(0, 3 * 86400, 120))  # seconds after T0, past the last event too
+    stamps += [int((t - T0).total_seconds()) for t in events.column("ts").to_pylist()[::25]]
+    stamps += [3600 * h for h in range(0, 50, 5)]  # bucket edges (5 min, 2 h and 14 h buckets all divide an hour)
+    rows = pd.DataFrame({"user_id": rng.integers(0, 7, len(stamps)),
+                         "event_timestamp": [T0 + dt.timedelta(seconds=int(s)) for s in stamps]})
+    got = store.get_training_set(rows, [f"click_stats:{f}" for f in CLICKS.feature_names])
+    assert len(got) == len(rows)
+    for i, (u, t) in enumerate(zip(rows["user_id"], rows["event_timestamp"], strict=True)):
+        at_us = int(t.timestamp() * 1_000_000)
+        for f in CLICKS.feature_names:
+            want = brute_force(CLICKS, raw, str(u), f, at_us)
+            value = got[f].iloc[i]
+            if want is None:
+                assert pd.isna(value), (i, f)
+            else:
+                assert value == pytest.approx(want), (i, u, t, f)

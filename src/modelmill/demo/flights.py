@@ -148,6 +148,7 @@ class FlightsDemo:
         self.last_drift: tuple[Any, Any, Any] | None = None  # report, reference summaries, current summaries
         self._retrain: dict[str, Any] | None = None
         self._labels: list[dict[str, Any]] = []
+        self._streams: dict[str, tuple[Any, Ingestor]] = {}
         flights = load_flights()
         self.end = YEAR_START + pd.DateOffset(months=options.months)
         self.train_end = YEAR_START + pd.DateOffset(months=options.train_months)
@@ -176,23 +177,42 @@ class FlightsDemo:
 
     def _ingest(self, schema: EventSchema, rows: pa.Table | list[dict[str, Any]], *, processors: Any = (),
                 show: bool = True) -> int:
-        """Publish events to the broker and consume them into the offline store; returns events written."""
+        """Publish events to the broker and consume them into the offline store; returns events written.
+
+        One publisher and one ingestor per stream serve every call: a sink opened once keeps its index
+        of stored event ids, where reopening it each hour would reload every id stored so far.
+        """
         records = rows.to_pylist() if isinstance(rows, pa.Table) else rows
         if not records:
             return 0
-        broker = self.project.settings.broker
-        with open_publisher(broker, stream=schema.name) as pub:
-            for i in range(0, len(records), 20_000):
-                pub.publish([orjson.dumps(r, option=orjson.OPT_NAIVE_UTC) for r in records[i:i + 20_000]])
-        source = open_source(broker, stream=schema.name, group="demo", schema=schema)
-        ingestor = Ingestor(self.project, schema, source, processors=processors, batch_seconds=0.2)
+        pub, ingestor = self._stream(schema, processors)
+        for i in range(0, len(records), 20_000):
+            pub.publish([orjson.dumps(r, option=orjson.OPT_NAIVE_UTC) for r in records[i:i + 20_000]])
         update = self._task(f"ingest {schema.name}", len(records)) if show else (lambda _n: None)
         # Stop as soon as every event just published has been consumed: a broker over the network (NATS,
         # Kafka) may answer a poll before the events are deliverable, so "idle" is not "done".
-        stats = ingestor.run(max_events=len(records), idle_timeout=10.0, on_progress=lambda s: update(s.polled))
-        if stats.dead_letters:
-            self.note(f"{stats.dead_letters} {schema.name} events failed validation and went to dead letters")
-        return int(stats.written)
+        before = ingestor.stats.polled, ingestor.stats.written, ingestor.stats.dead_letters
+        stats = ingestor.run(max_events=before[0] + len(records), idle_timeout=10.0,
+                             on_progress=lambda s: update(s.polled - before[0]))
+        if stats.dead_letters > before[2]:
+            self.note(f"{stats.dead_letters - before[2]} {schema.name} events failed validation and went to "
+                      "dead letters")
+        return int(stats.written - before[1])
+
+    def _stream(self, schema: EventSchema, processors: Any) -> tuple[Any, Ingestor]:
+        got = self._streams.get(schema.name)
+        if got is None:
+            broker = self.project.settings.broker
+            source = open_source(broker, stream=schema.name, group="demo", schema=schema)
+            got = self._streams[schema.name] = (
+                open_publisher(broker, stream=schema.name).open(),
+                Ingestor(self.project, schema, source, processors=processors, batch_seconds=0.2))
+        return got
+
+    def _close_streams(self) -> None:
+        for pub, _ in self._streams.values():
+            pub.close()
+        self._streams.clear()
 
     # ---- phases ---------------------------------------------------------------------------------
 
@@ -570,10 +590,13 @@ class FlightsDemo:
 
     def run(self) -> DemoResult:
         started = time.perf_counter()
-        self.ingest()
-        self.define_features()
-        self.train_first()
-        self.serve()
+        try:
+            self.ingest()
+            self.define_features()
+            self.train_first()
+            self.serve()
+        finally:
+            self._close_streams()
         if self.broken is not None:
             self._settle_broken()
         versions = [v.version for v in self.registry.versions(self.options.model)]

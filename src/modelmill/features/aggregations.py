@@ -160,7 +160,19 @@ class AggregateStore(abc.ABC):
 
     def values(self, agg: StreamAggregation, entities: Sequence[str], features: Sequence[str],
                at_us: int) -> list[list[Any] | None]:
-        return [None if b is None else window_values(agg, features, b, at_us) for b in self.read(agg, entities)]
+        # A batch of lookups names the same entity many times (every flight of one carrier): fold its
+        # buckets once.
+        done: dict[str, list[Any]] = {}
+        out: list[list[Any] | None] = []
+        for entity, buckets in zip(entities, self.read(agg, entities), strict=True):
+            if buckets is None:
+                out.append(None)
+                continue
+            values = done.get(entity)
+            if values is None:
+                values = done[entity] = window_values(agg, features, buckets, at_us)
+            out.append(list(values))
+        return out
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

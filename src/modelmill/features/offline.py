@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from modelmill.errors import InputError, NotFoundError
 from modelmill.features.definitions import FeatureView, StreamAggregation
-from modelmill.store.offline import OfflineStore
+from modelmill.store.offline import OfflineStore, quiet_duckdb
 
 __all__ = ["DuckDBSettings", "ViewRequest", "connect", "source_sql", "training_set"]
 
@@ -43,18 +43,14 @@ class DuckDBSettings:
 
 
 def connect(settings: DuckDBSettings) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection that spills to disk instead of failing past its memory limit."""
+    """A DuckDB connection that spills to disk instead of failing past its memory limit (UTC, no progress bar)."""
     Path(settings.temp_directory).mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = {"temp_directory": settings.temp_directory}
     if settings.memory_limit:
         config["memory_limit"] = settings.memory_limit
     if settings.threads:
         config["threads"] = settings.threads
-    con = duckdb.connect(config=config)
-    con.execute("SET TimeZone = 'UTC'")
-    # No progress bar: DuckDB draws it on stdout, which belongs to a command's --json output.
-    con.execute("SET enable_progress_bar = false")
-    return con
+    return quiet_duckdb(config)
 
 
 def quote(value: str) -> str:
@@ -119,12 +115,18 @@ def _view_cte(i: int, req: ViewRequest, offline: OfflineStore, row_ts: str) -> t
 
 
 def _aggregation_cte(i: int, req: ViewRequest, offline: OfflineStore, row_ts: str) -> tuple[str, str, list[str]]:
-    """Window aggregates per entity row, over the same buckets the online store keeps."""
+    """Window aggregates per entity row, over the same buckets the online store keeps.
+
+    A row at time t in bucket B = floor(t / b) sees the whole of buckets B-n+1 … B-1 and the part
+    of bucket B up to t. Events are folded per (entity, bucket) once; each row then joins at most
+    n-1 bucket totals, plus (ASOF) the running total of its own bucket at t. This costs rows x n,
+    where joining every row to every event of its window costs rows x events per window.
+    """
     agg = req.view
     assert isinstance(agg, StreamAggregation)
     alias = f"__a{i}"
-    keys = list(agg.join_keys)
-    key_sel = ", ".join(ident(k) for k in keys)
+    keys = [ident(k) for k in agg.join_keys]
+    key_sel = ", ".join(keys)
     cols = [c for c in agg.columns if c]
     events = (f"{alias}_ev AS (SELECT {key_sel}, epoch_us({ident(agg.timestamp_field)}) AS __ts, "
               f"CAST({ident(agg.event_id_field)} AS VARCHAR) AS __eid"
@@ -134,7 +136,6 @@ def _aggregation_cte(i: int, req: ViewRequest, offline: OfflineStore, row_ts: st
     ctes = [events]
     joins: list[str] = []
     outs: list[str] = []
-    on_keys = " AND ".join(f"__e.{ident(k)} = __s.{ident(k)}" for k in keys)
     by_window: dict[int, list[tuple[int, str]]] = {}
     for j, feature in enumerate(req.features):
         _, window = agg.feature(feature)
@@ -143,35 +144,64 @@ def _aggregation_cte(i: int, req: ViewRequest, offline: OfflineStore, row_ts: st
         b_us = w // agg.buckets_per_window * 1_000_000
         n = agg.buckets_per_window
         name = f"{alias}_w{w}"
-        exprs = []
-        for j, feature in items:
-            a, _ = agg.feature(feature)
-            exprs.append(f"{_agg_expr(a.function, a.column)} AS {ident(f'{name}_{j}')}")
+        used = sorted({a.column for a, _ in (agg.feature(f) for _, f in items) if a.column})
+        stats = [("cnt", "count(*)", "sum", "sum")]  # (name, fold events, sum buckets, running total)
+        for k, c in enumerate(used):
+            v = ident(c)
+            stats += [(f"n{k}", f"count({v})", "sum", "sum"), (f"s{k}", f"sum({v})", "sum", "sum"),
+                      (f"lo{k}", f"min({v})", "min", "min"), (f"hi{k}", f"max({v})", "max", "max")]
+        fold = ", ".join(f"{expr} AS {st}" for st, expr, _, _ in stats)
+        lasts = [k for k, c in enumerate(used) if any(agg.feature(f)[0].column == c
+                                                     and agg.feature(f)[0].function == "last" for _, f in items)]
+        fold_last = "".join(f", last({ident(used[k])} ORDER BY __ts, __eid) FILTER (WHERE {ident(used[k])} IS NOT NULL)"
+                            f" AS la{k}" for k in lasts)
+        bucket = f"floor(__ts / {b_us})::BIGINT"
+        ctes.append(f"{name}_bk AS (SELECT {key_sel}, {bucket} AS __b, {fold}{fold_last} FROM {alias}_ev "
+                    f"GROUP BY ALL)")
+        running = ", ".join(f"{run}({st}) OVER __w AS {st}" for st, _, _, run in stats)
+        running_last = "".join(f", last_value(la{k} IGNORE NULLS) OVER __w AS la{k}" for k in lasts)
         ctes.append(
-            f"{name} AS (SELECT __e.__row, count(__s.__ts) AS __n, {', '.join(exprs)} FROM __e JOIN {alias}_ev __s "
-            f"ON {on_keys} AND __s.__ts <= __e.__ts "
-            f"AND __s.__ts >= (floor(__e.__ts / {b_us})::BIGINT - {n - 1}) * {b_us} GROUP BY __e.__row)"
-        )
-        joins.append(f"LEFT JOIN {name} ON {name}.__row = __e.__row")
+            f"{name}_ts AS (SELECT {key_sel}, __b, __ts, {running}{running_last} FROM "
+            f"(SELECT {key_sel}, {bucket} AS __b, __ts, {fold}"
+            + "".join(f", last({ident(used[k])} ORDER BY __eid) FILTER (WHERE {ident(used[k])} IS NOT NULL) AS la{k}"
+                      for k in lasts)
+            + f" FROM {alias}_ev GROUP BY ALL) WINDOW __w AS (PARTITION BY {key_sel}, __b ORDER BY __ts "
+            "ROWS UNBOUNDED PRECEDING))")
+        ctes.append(f"{name}_r AS (SELECT __row, {key_sel}, __ts, floor(__ts / {b_us})::BIGINT AS __cb FROM __e)")
+        on_keys = " AND ".join(f"__r.{k} = __k.{k}" for k in keys)
+        prev = ", ".join(f"{fold_}(__k.{st}) AS {st}" for st, _, fold_, _ in stats)
+        prev_last = "".join(f", arg_max(__k.la{k}, __k.__b) FILTER (WHERE __k.la{k} IS NOT NULL) AS la{k}"
+                            for k in lasts)
+        ctes.append(f"{name}_p AS (SELECT __r.__row, {prev}{prev_last} FROM {name}_r __r JOIN {name}_bk __k "
+                    f"ON {on_keys} AND __k.__b BETWEEN __r.__cb - {n - 1} AND __r.__cb - 1 GROUP BY __r.__row)")
+        cur_cols = ", ".join(f"__k.{st}" for st, _, _, _ in stats) + "".join(f", __k.la{k}" for k in lasts)
+        ctes.append(f"{name}_c AS (SELECT __r.__row, {cur_cols} FROM {name}_r __r ASOF LEFT JOIN {name}_ts __k "
+                    f"ON {on_keys} AND __r.__cb = __k.__b AND __r.__ts >= __k.__ts)")
+        joins.append(f"LEFT JOIN {name}_p ON {name}_p.__row = __e.__row LEFT JOIN {name}_c ON {name}_c.__row = __e.__row")
+        p_, c_ = f"{name}_p", f"{name}_c"
+
+        def total(st: str, p_: str = p_, c_: str = c_) -> str:
+            return f"(coalesce({p_}.{st}, 0) + coalesce({c_}.{st}, 0))"
+
         for j, feature in items:
             a, _ = agg.feature(feature)
-            value = f"{name}.{ident(f'{name}_{j}')}"
-            if a.function in ("count", "sum"):
-                value = f"coalesce({value}, 0)"
+            k = used.index(a.column) if a.column else -1
+            if a.column is None:
+                value = f"CAST({total('cnt')} AS BIGINT)"
+            elif a.function == "count":
+                value = f"CAST({total(f'n{k}')} AS BIGINT)"
+            elif a.function == "sum":
+                value = f"CAST({total(f's{k}')} AS DOUBLE)"
+            elif a.function == "mean":
+                value = f"CAST({total(f's{k}')} AS DOUBLE) / nullif({total(f'n{k}')}, 0)"
+            elif a.function == "min":
+                value = f"least({p_}.lo{k}, {c_}.lo{k})"
+            elif a.function == "max":
+                value = f"greatest({p_}.hi{k}, {c_}.hi{k})"
+            else:  # last: the current bucket's newest value, else the newest earlier bucket's
+                value = f"coalesce({c_}.la{k}, {p_}.la{k})"
             outs.append(f"{value} AS {ident(req.columns[j])}")
     return ",\n".join(ctes), " ".join(joins), outs
-
-
-def _agg_expr(function: str, column: str | None) -> str:
-    if column is None:
-        return "count(*)"
-    c = f"__s.{ident(column)}"
-    if function == "count":
-        return f"count({c})"
-    if function == "last":
-        return f"last({c} ORDER BY __s.__ts, __s.__eid) FILTER (WHERE {c} IS NOT NULL)"
-    sql = {"sum": "sum", "mean": "avg", "min": "min", "max": "max"}[function]
-    return f"{sql}({c})"
 
 
 def training_set(

@@ -490,11 +490,10 @@ class FeatureStore:
         ts = f"epoch_us({q(view.timestamp_field)})"
         order = f"{ts} DESC" + (f", {q(view.created_timestamp_field)} DESC NULLS LAST"
                                 if view.created_timestamp_field else "")
-        source: str | None = off.source_sql(view.source, self.project.offline)
-        if view.partitioned_by_timestamp:
-            # Partition pruning: read only the event_date folders of the range (an hourly incremental run
-            # reads one or two files instead of every file's schema).
-            source = self._partitions_sql(view, start_us, end_us)
+        # Partition pruning: read only the event_date folders of the range (an hourly incremental run
+        # reads one or two files instead of every file's schema).
+        source = (self._partitions_sql(view, start_us, end_us) if view.partitioned_by_timestamp
+                  else off.source_sql(view.source, self.project.offline))
         if source is None:
             return 0
         sql = (f"SELECT {keys}, {ts} AS __ts, {feats} FROM {source} "

@@ -18,16 +18,20 @@ half a file and a crash never leaves one behind.
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from modelmill.errors import InputError, NotFoundError
 
@@ -38,9 +42,25 @@ PARTITION = "event_date"
 
 
 
-def quiet_duckdb() -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection without the progress bar it would draw on stdout (a command's --json output)."""
-    con = duckdb.connect()
+_DATABASES: dict[tuple[int, tuple[tuple[str, Any], ...]], duckdb.DuckDBPyConnection] = {}
+_DATABASES_LOCK = threading.Lock()
+
+
+def quiet_duckdb(config: Mapping[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection (UTC, no progress bar) to this process's in-memory database for ``config``.
+
+    Starting a DuckDB database costs about 15 ms; a connection to a running one (``cursor()``)
+    about 0.3 ms, which matters to callers that query once per micro-batch or per hour. Each
+    caller still gets its own connection (close it when done). No progress bar: DuckDB draws it
+    on stdout, which belongs to a command's --json output.
+    """
+    key = (os.getpid(), tuple(sorted((config or {}).items())))
+    with _DATABASES_LOCK:
+        base = _DATABASES.get(key)
+        if base is None:
+            base = _DATABASES[key] = duckdb.connect(config=dict(config or {}))
+    con = base.cursor()
+    con.execute("SET TimeZone = 'UTC'")
     con.execute("SET enable_progress_bar = false")
     return con
 
@@ -69,7 +89,11 @@ class OfflineStore:
         return f"{self.table_path(table)}/**/*.parquet"
 
     def exists(self, table: str) -> bool:
-        return bool(self.fs.glob(f"{self._root}/{check_table_name(table)}/**/*.parquet"))
+        """Whether the table holds at least one Parquet file (on a local disk: stops at the first one)."""
+        path = f"{self._root}/{check_table_name(table)}"
+        if isinstance(self.fs, LocalFileSystem):
+            return any(name.endswith(".parquet") for _, _, names in os.walk(path) for name in names)
+        return bool(self.fs.glob(f"{path}/**/*.parquet"))
 
     def tables(self) -> list[str]:
         if not self.fs.exists(self._root):
@@ -113,7 +137,7 @@ class OfflineStore:
         for table in tables if tables is not None else self.tables():
             if self.exists(table):
                 con.execute(
-                    f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{self.glob(table)}', "
+                    f"CREATE TEMP VIEW {table} AS SELECT * FROM read_parquet('{self.glob(table)}', "
                     "hive_partitioning = true, union_by_name = true)"
                 )
         return con
