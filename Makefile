@@ -4,9 +4,9 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.modelmill-installed
 EXTRAS  ?= all,dev
 PYTEST_ARGS ?= -m "not slow"
-# January–June: train on two months, then four months served, monitored, retrained and rolled out
-# (about 6 minutes on 2 cores). `make demo DEMO_MONTHS=12` replays the whole year (roughly 12-15 minutes).
-DEMO_MONTHS ?= 6
+# The whole of 2013: train on January-February, then ten months served, monitored, retrained and rolled
+# out (about 6.5 minutes on 2 cores). `make demo DEMO_MONTHS=6` stops after June.
+DEMO_MONTHS ?= 12
 
 .PHONY: demo test lint typecheck pytest bench services clean
 

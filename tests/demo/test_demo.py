@@ -6,9 +6,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
+
+from modelmill.demo.server import free_port
 
 
 def run_demo(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -41,9 +45,36 @@ def test_quarter_on_embedded_defaults(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=120,
                             env={k: v for k, v in os.environ.items() if not k.startswith("MODELMILL_")})
     assert models.returncode == 0, models.stderr
-    listed = json.dumps(json.loads(models.stdout))
-    assert "flights_delay" in listed
+    [listed] = json.loads(models.stdout)["models"]
+    assert listed["name"] == "flights_delay" and listed["versions"] == result["versions"]
     assert result["timings"]
+    # `modelmill serve` started in the same folder serves the production version over the OIP.
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "modelmill", "serve", "--port", str(port)], cwd=tmp_path,
+                              env={k: v for k, v in os.environ.items() if not k.startswith("MODELMILL_")},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                meta = httpx.get(f"http://127.0.0.1:{port}/v2/models/flights_delay", timeout=2)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline and server.poll() is None, "modelmill serve did not start"
+                time.sleep(0.3)
+        assert meta.status_code == 200, meta.text
+        production = listed["aliases"]["production"]
+        assert str(production) in meta.json()["versions"]  # beside it, a rollout's candidate may still run
+        inputs = [i["name"] for i in meta.json()["inputs"]]
+        assert "weather__temp" in inputs and "carrier_delays__late_mean_7d" in inputs and "distance" in inputs
+        body = {"inputs": [{"name": "input", "shape": [1, len(inputs)], "datatype": "FP64",
+                            "data": [[1.0] * len(inputs)]}]}
+        answer = httpx.post(f"http://127.0.0.1:{port}/v2/models/flights_delay/infer", json=body, timeout=10)
+        assert answer.status_code == 200, answer.text
+        assert 0.0 <= answer.json()["outputs"][0]["data"][0] <= 1.0
+    finally:
+        server.terminate()
+        server.wait(20)
 
 
 @pytest.mark.slow

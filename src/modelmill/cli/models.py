@@ -38,7 +38,8 @@ def list_models(
         if name is None:
             models = registry.models()
             if as_json:
-                emit_json({"models": [m.to_dict() for m in models]})
+                emit_json({"models": [{**m.to_dict(), "versions": [v.version for v in registry.versions(m.name)]}
+                                      for m in models]})
                 return
             table("models", ["name", "latest", "aliases", "updated"],
                   [[m.name, m.latest_version, ", ".join(f"{a}->{v}" for a, v in m.aliases.items()),
