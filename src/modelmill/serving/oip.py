@@ -10,7 +10,6 @@ columns in signature order is accepted too. The output is ``output``,
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -250,7 +249,7 @@ class OipRoutes:
         choice: Choice | None = None
         metrics.INFLIGHT.inc()
         try:
-            async with asyncio.timeout(limits.request_timeout_s):
+            async with server.deadlines:
                 version = _version(request)
                 server.live_route(name)  # an unknown model is refused before its body is read
                 headers = request.headers

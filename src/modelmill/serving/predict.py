@@ -247,7 +247,7 @@ class PredictRoute:
         batch = False
         metrics.INFLIGHT.inc()
         try:
-            async with asyncio.timeout(limits.request_timeout_s):
+            async with server.deadlines:
                 server.live_route(name)
                 body = await read_body(request.receive, request.headers, limits.max_body_bytes)
                 req = _parse(body)

@@ -39,7 +39,7 @@ from modelmill.serving import metrics
 from modelmill.serving.batching import Batcher
 from modelmill.serving.cache import PredictionCache
 from modelmill.serving.compiled import fast_predict
-from modelmill.serving.limits import Limits
+from modelmill.serving.limits import Deadlines, Limits
 from modelmill.serving.models import ModelHandle, input_names, parse_ref
 from modelmill.serving.predlog import PredictionLog
 from modelmill.serving.responses import ModelFailed
@@ -180,6 +180,7 @@ class ModelServer:
                  offline: Any = None, cache_store: Any = None, features: Any = None) -> None:
         self.source = source
         self.config = config or ServerConfig()
+        self.deadlines = Deadlines(self.config.limits.request_timeout_s)
         self.routes = routes
         self.offline = offline
         self.cache_store = cache_store
