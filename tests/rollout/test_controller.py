@@ -184,3 +184,34 @@ def test_guardrail_checks() -> None:
     assert evaluate(worse, base, Guardrails(max_label_loss_increase=None)) == []
     few = Observation(requests=10, errors=2)  # below min_errors: not enough evidence yet
     assert evaluate(few, base, g) == []
+
+
+def test_latency_is_not_compared_while_one_side_is_a_shadow(project: Project) -> None:
+    """At 100% production runs as a shadow whose logged latency is the model call alone: not comparable."""
+    clock, routes, source = Clock(), MemoryRoutes(), MemorySource()
+    ctl = _controller(project, clock, routes, source)
+    ctl.start("m", 2, baseline=1, plan="50,100", min_requests=10, stage_seconds=10)
+    source.n, source.slow = 200, 10.0
+    assert [b.check for b in ctl.step("m").breaches] == ["latency_p95"]  # both live at 50%: compared
+    ctl.start("m", 3, baseline=1, plan="50,100", min_requests=10, stage_seconds=10)
+    source.slow = 1.0
+    clock.now += 11
+    assert ctl.step("m").action == "advance" and ctl.get("m").current == 100
+    source.slow = 10.0
+    clock.now += 11
+    assert ctl.step("m").action == "complete"
+
+
+def test_label_loss_of_probabilities_is_log_loss() -> None:
+    import pandas as pd
+
+    from modelmill.rollout.sources import _losses
+
+    rows = pd.DataFrame({"label": [1.0, 0.0, None, 0.0], "output": [0.8, 0.6, 0.5, 0.1]})
+    np.testing.assert_allclose(_losses(rows), -np.log([0.8, 0.4, 0.9]))
+    # A model that says 0.6 for a flight that was on time is a little wrong, not as wrong as a miss.
+    assert _losses(rows)[1] < 1.0
+    scores = pd.DataFrame({"label": [1.0, 0.0], "output": [3.0, -1.0]})  # not probabilities: 0/1 error
+    assert _losses(scores).tolist() == [0.0, 0.0]
+    regression = pd.DataFrame({"label": [2.5, 4.0], "output": [3.0, 3.0]})
+    assert _losses(regression).tolist() == [0.5, 1.0]

@@ -57,9 +57,10 @@ __all__ = ["DemoOptions", "DemoResult", "FlightsDemo", "MonthRow"]
 
 YEAR_START = pd.Timestamp("2013-01-01", tz="UTC")
 # A model retrained on newer months is expected to score differently from the one it replaces (that is
-# why it was retrained): the prediction-shift guardrail is loosened from KS 0.2 to 0.35 for it, and the
-# delayed-label loss, error rate and latency guardrails judge it as they judge anything else.
-RETRAINED_GUARDRAILS = Guardrails(max_output_shift=0.35)
+# why it was retrained), so the prediction-shift guardrail, a proxy for "broken" while no labels are in, is
+# off for it: its delayed-label loss judges it instead, with the error rate and latency guardrails. The
+# planted broken candidate keeps every guardrail.
+RETRAINED_GUARDRAILS = Guardrails(max_output_shift=None)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

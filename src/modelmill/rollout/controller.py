@@ -272,9 +272,11 @@ class RolloutController:
         base = seen.get(STABLE, Observation(requests=0))
         observed = {CANDIDATE: cand.summary(), STABLE: base.summary()}
         g = state.guardrails
-        if state.current == "shadow":
-            # A shadow runs on its own low-priority executor after the answer is sent: its latency is not what
-            # users would see, so only errors, the prediction shift and labels are compared.
+        if shadows:
+            # A shadow runs on its own low-priority executor after the answer is sent, and its logged latency is
+            # the model call alone: it is not comparable with what users of the live variant see. So while one
+            # side is a shadow (the candidate in the shadow stage, production at 100%), only errors, the
+            # prediction shift and labels are compared; latency was judged at the stages in between.
             g = dataclasses.replace(g, max_latency_ratio=None)
         breaches = tuple(evaluate(cand, base, g))
         if breaches:

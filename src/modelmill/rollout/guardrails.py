@@ -7,8 +7,8 @@ stays silent (a guardrail that fires on three requests is noise):
   pooled z-test) *and* by more than ``max_error_rate_increase``;
 - latency p95 — above ``max_latency_ratio`` × production's p95 plus a slack;
 - prediction shift — two-sample Kolmogorov–Smirnov distance of the outputs;
-- delayed labels — mean loss (error rate for 0/1 labels, absolute error
-  otherwise) significantly worse, when labels have arrived.
+- delayed labels — mean loss (log loss for probabilities of 0/1 labels,
+  absolute error otherwise) significantly worse, when labels have arrived.
 
     >>> import numpy as np
     >>> ok = Observation(requests=1000, errors=0, latencies_ms=np.full(1000, 2.0), outputs=np.linspace(0, 1, 1000))
