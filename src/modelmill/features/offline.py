@@ -144,37 +144,35 @@ def _aggregation_cte(i: int, req: ViewRequest, offline: OfflineStore, row_ts: st
         b_us = w // agg.buckets_per_window * 1_000_000
         n = agg.buckets_per_window
         name = f"{alias}_w{w}"
-        used = sorted({a.column for a, _ in (agg.feature(f) for _, f in items) if a.column})
-        stats = [("cnt", "count(*)", "sum", "sum")]  # (name, fold events, sum buckets, running total)
+        parsed = [agg.feature(f)[0] for _, f in items]
+        used = sorted({a.column for a in parsed if a.column})
+        # (name, how events fold into it, how two folds combine: across buckets and as a running total)
+        stats = [("cnt", "count(*)", "sum")]
         for k, c in enumerate(used):
             v = ident(c)
-            stats += [(f"n{k}", f"count({v})", "sum", "sum"), (f"s{k}", f"sum({v})", "sum", "sum"),
-                      (f"lo{k}", f"min({v})", "min", "min"), (f"hi{k}", f"max({v})", "max", "max")]
-        fold = ", ".join(f"{expr} AS {st}" for st, expr, _, _ in stats)
-        lasts = [k for k, c in enumerate(used) if any(agg.feature(f)[0].column == c
-                                                     and agg.feature(f)[0].function == "last" for _, f in items)]
-        fold_last = "".join(f", last({ident(used[k])} ORDER BY __ts, __eid) FILTER (WHERE {ident(used[k])} IS NOT NULL)"
-                            f" AS la{k}" for k in lasts)
+            stats += [(f"n{k}", f"count({v})", "sum"), (f"s{k}", f"sum({v})", "sum"),
+                      (f"lo{k}", f"min({v})", "min"), (f"hi{k}", f"max({v})", "max")]
+        lasts = sorted({used.index(a.column) for a in parsed if a.column and a.function == "last"})
+        # The newest non-null value by (time, event id); within one timestamp that is by event id.
+        fold = ", ".join(f"{expr} AS {st}" for st, expr, _ in stats) + "".join(
+            f", last({ident(used[k])} ORDER BY __ts, __eid) FILTER (WHERE {ident(used[k])} IS NOT NULL) AS la{k}"
+            for k in lasts)
         bucket = f"floor(__ts / {b_us})::BIGINT"
-        ctes.append(f"{name}_bk AS (SELECT {key_sel}, {bucket} AS __b, {fold}{fold_last} FROM {alias}_ev "
-                    f"GROUP BY ALL)")
-        running = ", ".join(f"{run}({st}) OVER __w AS {st}" for st, _, _, run in stats)
-        running_last = "".join(f", last_value(la{k} IGNORE NULLS) OVER __w AS la{k}" for k in lasts)
+        ctes.append(f"{name}_bk AS (SELECT {key_sel}, {bucket} AS __b, {fold} FROM {alias}_ev GROUP BY ALL)")
+        running = ", ".join(f"{combine}({st}) OVER __w AS {st}" for st, _, combine in stats) + "".join(
+            f", last_value(la{k} IGNORE NULLS) OVER __w AS la{k}" for k in lasts)
         ctes.append(
-            f"{name}_ts AS (SELECT {key_sel}, __b, __ts, {running}{running_last} FROM "
-            f"(SELECT {key_sel}, {bucket} AS __b, __ts, {fold}"
-            + "".join(f", last({ident(used[k])} ORDER BY __eid) FILTER (WHERE {ident(used[k])} IS NOT NULL) AS la{k}"
-                      for k in lasts)
-            + f" FROM {alias}_ev GROUP BY ALL) WINDOW __w AS (PARTITION BY {key_sel}, __b ORDER BY __ts "
-            "ROWS UNBOUNDED PRECEDING))")
-        ctes.append(f"{name}_r AS (SELECT __row, {key_sel}, __ts, floor(__ts / {b_us})::BIGINT AS __cb FROM __e)")
+            f"{name}_ts AS (SELECT {key_sel}, __b, __ts, {running} FROM "
+            f"(SELECT {key_sel}, {bucket} AS __b, __ts, {fold} FROM {alias}_ev GROUP BY ALL) "
+            f"WINDOW __w AS (PARTITION BY {key_sel}, __b ORDER BY __ts ROWS UNBOUNDED PRECEDING))")
+        ctes.append(f"{name}_r AS (SELECT __row, {key_sel}, __ts, {bucket} AS __cb FROM __e)")
         on_keys = " AND ".join(f"__r.{k} = __k.{k}" for k in keys)
-        prev = ", ".join(f"{fold_}(__k.{st}) AS {st}" for st, _, fold_, _ in stats)
+        prev = ", ".join(f"{combine}(__k.{st}) AS {st}" for st, _, combine in stats)
         prev_last = "".join(f", arg_max(__k.la{k}, __k.__b) FILTER (WHERE __k.la{k} IS NOT NULL) AS la{k}"
                             for k in lasts)
         ctes.append(f"{name}_p AS (SELECT __r.__row, {prev}{prev_last} FROM {name}_r __r JOIN {name}_bk __k "
                     f"ON {on_keys} AND __k.__b BETWEEN __r.__cb - {n - 1} AND __r.__cb - 1 GROUP BY __r.__row)")
-        cur_cols = ", ".join(f"__k.{st}" for st, _, _, _ in stats) + "".join(f", __k.la{k}" for k in lasts)
+        cur_cols = ", ".join(f"__k.{st}" for st, _, _ in stats) + "".join(f", __k.la{k}" for k in lasts)
         ctes.append(f"{name}_c AS (SELECT __r.__row, {cur_cols} FROM {name}_r __r ASOF LEFT JOIN {name}_ts __k "
                     f"ON {on_keys} AND __r.__cb = __k.__b AND __r.__ts >= __k.__ts)")
         joins.append(f"LEFT JOIN {name}_p ON {name}_p.__row = __e.__row LEFT JOIN {name}_c ON {name}_c.__row = __e.__row")
@@ -183,8 +181,7 @@ def _aggregation_cte(i: int, req: ViewRequest, offline: OfflineStore, row_ts: st
         def total(st: str, p_: str = p_, c_: str = c_) -> str:
             return f"(coalesce({p_}.{st}, 0) + coalesce({c_}.{st}, 0))"
 
-        for j, feature in items:
-            a, _ = agg.feature(feature)
+        for (j, _), a in zip(items, parsed, strict=True):
             k = used.index(a.column) if a.column else -1
             if a.column is None:
                 value = f"CAST({total('cnt')} AS BIGINT)"
