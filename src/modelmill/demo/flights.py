@@ -45,6 +45,7 @@ from modelmill.monitoring import (
     ReferenceStore,
     Rule,
     classification_metrics,
+    log_losses,
     summarize,
 )
 from modelmill.project import Project
@@ -549,8 +550,7 @@ class FlightsDemo:
     def _finish_ab(self, ok: pd.DataFrame, row: MonthRow) -> None:
         assert self._ab_route is not None
         scored = ok[ok["label"].notna() & ok["variant"].isin(["control", "treatment"])].copy()
-        p = scored["prediction"].clip(1e-6, 1 - 1e-6)
-        scored["log_loss"] = -(scored["label"] * np.log(p) + (1 - scored["label"]) * np.log(1 - p))
+        scored["log_loss"] = log_losses(scored["label"].to_numpy(), scored["prediction"].to_numpy(), eps=1e-6)
         analysis = analyze_frame(scored, variant_column="variant", metric="log_loss", control="control",
                                  higher_is_better=False, weights={"control": 0.5, "treatment": 0.5})
         data = analysis.as_dict()

@@ -32,7 +32,7 @@ from modelmill.monitoring.drift import (
 )
 from modelmill.monitoring.exporter import MonitoringExporter
 from modelmill.monitoring.monitor import Monitor, MonitoringConfig, ProjectMeasure
-from modelmill.monitoring.performance import PerformanceMonitor, classification_metrics
+from modelmill.monitoring.performance import PerformanceMonitor, classification_metrics, log_losses
 from modelmill.monitoring.reference import ReferenceProfile, ReferenceStore
 from modelmill.monitoring.report import render_report, write_report
 
@@ -61,6 +61,7 @@ __all__ = [
     "compare",
     "default_actions",
     "detect_drift",
+    "log_losses",
     "register_test",
     "render_report",
     "summarize",

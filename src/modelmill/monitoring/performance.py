@@ -32,6 +32,7 @@ __all__ = [
     "METRICS",
     "PerformanceMonitor",
     "classification_metrics",
+    "log_losses",
     "parse_duration",
     "query_arrow",
 ]
@@ -58,6 +59,17 @@ def parse_duration(text: str | float | int, *, field: str = "window") -> float:
     if not math.isfinite(seconds) or seconds <= 0:
         raise InputError(field, "must be a positive duration", text)
     return seconds
+
+
+def log_losses(y: np.ndarray, p: np.ndarray, *, eps: float = _EPS) -> np.ndarray:
+    """Per-row log loss of probabilities ``p`` for 0/1 labels ``y``, with ``p`` clipped to [eps, 1 - eps].
+
+        >>> log_losses(np.array([1.0, 0.0]), np.array([0.5, 0.0])).round(4).tolist()
+        [0.6931, 0.0]
+    """
+    y = np.asarray(y, dtype=np.float64)
+    q = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
+    return -(y * np.log(q) + (1 - y) * np.log(1 - q))
 
 
 def classification_metrics(y: np.ndarray, p: np.ndarray, *, threshold: float = 0.5, bins: int = 10) -> dict[str, float]:
@@ -87,8 +99,7 @@ def classification_metrics(y: np.ndarray, p: np.ndarray, *, threshold: float = 0
         out["auc"] = float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
     else:
         out["auc"] = math.nan
-    q = np.clip(p, _EPS, 1 - _EPS)
-    out["log_loss"] = float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+    out["log_loss"] = float(np.mean(log_losses(y, p)))
     out["brier"] = float(np.mean((p - y) ** 2))
     idx = np.clip((p * bins).astype(np.int64), 0, bins - 1)
     count = np.bincount(idx, minlength=bins)

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from modelmill.monitoring.performance import log_losses
 from modelmill.rollout.guardrails import Observation
 
 __all__ = ["GuardrailSource", "RouteSink", "ServingGuardrails", "ServingRoutes", "Target"]
@@ -197,7 +198,6 @@ def _losses(rows: Any) -> np.ndarray:
     p = labeled["output"].to_numpy(dtype=np.float64)
     if np.isin(y, (0.0, 1.0)).all():
         if ((p >= 0.0) & (p <= 1.0)).all():
-            q = np.clip(p, 1e-6, 1 - 1e-6)
-            return -(y * np.log(q) + (1.0 - y) * np.log(1.0 - q))
+            return log_losses(y, p, eps=1e-6)
         return ((p >= 0.5).astype(np.float64) != y).astype(np.float64)
     return np.abs(p - y)
