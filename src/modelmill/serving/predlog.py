@@ -49,8 +49,8 @@ PREDICTIONS_SCHEMA = pa.schema([
 class _Columns:
     """The buffered requests of one input layout, column by column (appending is a few list appends)."""
 
-    __slots__ = ("X", "columns", "counts", "latency", "model", "multi", "out", "rid", "routing_key", "rows", "ts",
-                 "variant", "version")
+    __slots__ = ("X", "columns", "counts", "latency", "model", "out", "rid", "routing_key", "rows", "ts", "variant",
+                 "version")
 
     def __init__(self, columns: Sequence[str], capacity: int = 1024) -> None:
         self.columns = tuple(columns)
@@ -66,8 +66,7 @@ class _Columns:
         self.out = np.empty(capacity, dtype=np.float64)
         self.rows = 0
         self.latency: list[float] = []
-        self.counts: list[int] = []
-        self.multi = False  # some request had several rows
+        self.counts: list[int] = []  # rows per request
 
     def add(self, X: np.ndarray, out: np.ndarray) -> None:
         n, end = len(X), self.rows + len(X)
@@ -82,7 +81,7 @@ class _Columns:
     def to_arrow(self) -> pa.Table:
         """One table in :data:`PREDICTIONS_SCHEMA`; every per-request loop runs in numpy or Arrow."""
         counts = np.asarray(self.counts, dtype=np.int64)
-        if self.multi:
+        if self.rows != len(counts):  # some request had several rows
             rid = [r if n == 1 else f"{r}/{i}" for r, n in zip(self.rid, self.counts, strict=True) for i in range(n)]
             take = pa.array(np.repeat(np.arange(len(counts)), counts))
         else:
@@ -158,8 +157,6 @@ class PredictionLog:
             buf.routing_key.append(routing_key)
             buf.latency.append(latency_ms)
             buf.counts.append(n)
-            if n != 1:
-                buf.multi = True
             self._rows += n
             full = self._rows >= self.flush_rows
         if full:
