@@ -193,13 +193,13 @@ class FlightsDemo:
         update = self._task(f"ingest {schema.name}", len(records)) if show else (lambda _n: None)
         # Stop as soon as every event just published has been consumed: a broker over the network (NATS,
         # Kafka) may answer a poll before the events are deliverable, so "idle" is not "done".
-        before = ingestor.stats.polled, ingestor.stats.written, ingestor.stats.dead_letters
-        stats = ingestor.run(max_events=before[0] + len(records), idle_timeout=10.0,
-                             on_progress=lambda s: update(s.polled - before[0]))
-        if stats.dead_letters > before[2]:
-            self.note(f"{stats.dead_letters - before[2]} {schema.name} events failed validation and went to "
-                      "dead letters")
-        return int(stats.written - before[1])
+        # The ingestor's counts run over every call: this call's share is the difference.
+        polled, written, dead = ingestor.stats.polled, ingestor.stats.written, ingestor.stats.dead_letters
+        stats = ingestor.run(max_events=polled + len(records), idle_timeout=10.0,
+                             on_progress=lambda s: update(s.polled - polled))
+        if stats.dead_letters > dead:
+            self.note(f"{stats.dead_letters - dead} {schema.name} events failed validation and went to dead letters")
+        return int(stats.written - written)
 
     def _stream(self, schema: EventSchema, processors: Any) -> tuple[Any, Ingestor]:
         got = self._streams.get(schema.name)
