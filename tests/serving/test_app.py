@@ -8,7 +8,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import positive_data_acceptance
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from modelmill.security import TokenStore
 from modelmill.serving import FunctionModel, ModelServer, StaticSource, create_app
@@ -27,6 +27,24 @@ def test_openapi_document_matches_the_routes_exactly() -> None:
         for op in ops.values():
             declared = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
             assert declared == {seg[1:-1] for seg in path.split("/") if seg.startswith("{")}, path
+
+
+@pytest.mark.parametrize("path", [
+    "/v2/models/m/infer", "/v2/models/m/versions/3/infer", "/v1/models/m/predict", "/v2/models/versions/infer",
+    "/v2/models/m/infer/", "/v2/models//infer", "/v2/models/m/versions//infer", "/v1/models/m/infer",
+    "/v2/models/m/predict", "/v3/models/m/infer", "/v2/model/m/infer", "v2/models/m/infer", "/v2/models/m",
+    "/v2/models/a b/versions/x/infer", "/v2/models/m/versions/3/ready", "//v2/models/m/infer", "/metrics",
+])
+def test_direct_dispatch_matches_what_starlette_would_route(path: str) -> None:
+    server = ModelServer(StaticSource([FunctionModel("m", 1, ["x"], lambda X: X[:, 0])]))
+    app = create_app(server)
+    assert app.direct
+    endpoint, params = app._match(path)
+    scope = {"type": "http", "method": "POST", "path": path, "root_path": ""}
+    routed = [(r.endpoint, child["path_params"]) for r in app.routes
+              for match, child in [r.matches(scope)] if match is Match.FULL]
+    expected = routed[0] if routed and routed[0][0].__name__ in ("infer", "predict") else (None, {})
+    assert (endpoint, params) == expected
 
 
 @pytest.fixture(scope="module")

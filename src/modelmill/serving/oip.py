@@ -22,7 +22,7 @@ import modelmill
 from modelmill.errors import InputError
 from modelmill.serving import metrics
 from modelmill.serving.limits import read_body
-from modelmill.serving.responses import error_response, json_response
+from modelmill.serving.responses import Incoming, error_response, json_response
 from modelmill.serving.server import Choice, Deployed, ModelServer, Prediction
 
 __all__ = ["DATATYPES", "OipRoutes", "decode_inputs", "parse_infer_request", "record"]
@@ -202,7 +202,7 @@ def model_metadata(server: ModelServer, name: str, version: int | None) -> dict[
     }
 
 
-def _version(request: Request) -> int | None:
+def _version(request: Incoming) -> int | None:
     raw = request.path_params.get("version")
     if raw is None:
         return None
@@ -241,7 +241,7 @@ class OipRoutes:
         except Exception as exc:
             return error_response(exc)
 
-    async def infer(self, request: Request) -> Response:
+    async def infer(self, request: Incoming) -> Response:
         t0 = time.perf_counter()
         server = self.server
         name = request.path_params["name"]

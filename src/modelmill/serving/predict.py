@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-from starlette.requests import Request
 from starlette.responses import Response
 
 from modelmill.errors import BackendUnavailable, InputError, ModelmillError
@@ -33,7 +32,7 @@ from modelmill.serving import metrics
 from modelmill.serving.batching import Batcher
 from modelmill.serving.limits import TooManyRows, read_body
 from modelmill.serving.oip import record
-from modelmill.serving.responses import ModelFailed, error_response, json_response, status_of
+from modelmill.serving.responses import Incoming, ModelFailed, error_response, json_response, status_of
 from modelmill.serving.server import Choice, Deployed, ModelServer, Prediction
 
 __all__ = ["FeaturePlan", "PredictRoute"]
@@ -238,7 +237,7 @@ class PredictRoute:
 
         return list(await asyncio.gather(*(guarded(*p) for p in parsed)))
 
-    async def predict(self, request: Request) -> Response:
+    async def predict(self, request: Incoming) -> Response:
         t0 = time.perf_counter()
         server = self.server
         name = request.path_params["name"]

@@ -9,19 +9,34 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import orjson
 from starlette.responses import Response
+from starlette.types import Receive
 
 from modelmill.errors import BackendUnavailable, InputError, ModelmillError, NotFoundError
 from modelmill.serving.limits import BodyTooLarge, TooManyRows
 
-__all__ = ["JSON", "ModelFailed", "error_response", "json_response", "status_of"]
+__all__ = ["JSON", "Incoming", "ModelFailed", "error_response", "json_response", "status_of"]
 
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
+
+
+class Incoming(Protocol):
+    """What a prediction endpoint reads of a request: a Starlette ``Request`` or the direct dispatch's own."""
+
+    @property
+    def path_params(self) -> Mapping[str, Any]: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def receive(self) -> Receive: ...
 
 
 class ModelFailed(ModelmillError):
