@@ -83,7 +83,7 @@ def test_predict_reads_the_online_store(client: tuple[TestClient, Project]) -> N
     logged = project.offline.read("predictions", where="model = 'risk'").to_pylist()
     by_key = {row["routing_key"]: row for row in logged}
     assert by_key["u2"]["request_id"] == doc["request_id"]
-    assert __import__("json").loads(by_key["u2"]["features"]) == {"profile__age": 40.0, "score": 0.25,
+    assert dict(by_key["u2"]["features"]) == {"profile__age": 40.0, "score": 0.25,
                                                                   "amount": 100.0}
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ def test_rows_have_the_agreed_columns(tmp_path: Path) -> None:
     rows = sorted(table.to_pylist(), key=lambda r: r["request_id"])
     assert [r["request_id"] for r in rows] == ["r1", "r2/0", "r2/1"]
     assert [r["output"] for r in rows] == [0.25, 0.5, 0.75]
-    assert json.loads(rows[2]["features"]) == {"a": 5.0, "b": 6.0}
+    assert dict(rows[2]["features"]) == {"a": 5.0, "b": 6.0}
     assert rows[0]["routing_key"] == "u1" and rows[1]["routing_key"] is None
     assert rows[0]["ts"].tzinfo is not None and rows[0]["version"] == 3
 
@@ -95,7 +94,7 @@ def test_many_requests_grow_the_buffer_and_keep_every_row_in_order(tmp_path: Pat
     by_id = {r["request_id"]: r for r in rows}
     assert len(by_id) == 3000
     assert by_id["b3/1"]["output"] == X[5, 0]
-    assert json.loads(by_id["a2997"]["features"]) == dict(zip("abc", X[2997].tolist(), strict=True))
+    assert dict(by_id["a2997"]["features"]) == dict(zip("abc", X[2997].tolist(), strict=True))
 
 
 def test_a_row_of_the_wrong_width_is_refused_whole(tmp_path: Path) -> None:

@@ -48,10 +48,12 @@ from modelmill.monitoring import (
     log_losses,
     summarize,
 )
+from modelmill.monitoring.performance import query_arrow
 from modelmill.project import Project
 from modelmill.registry import Registry
 from modelmill.rollout import Guardrails, RolloutController, ServingGuardrails
 from modelmill.serving import RouteTable, Variant
+from modelmill.store.maps import map_frame
 from modelmill.training import Scheduler, trigger
 
 __all__ = ["DemoOptions", "DemoResult", "FlightsDemo", "MonthRow"]
@@ -435,13 +437,13 @@ class FlightsDemo:
         ids = pa.array(ok["request_id"].dropna().tolist(), pa.string())
         con = self.project.offline.connect(["predictions"])
         con.register("ids", pa.table({"request_id": ids}))
-        logged = con.execute(
-            "SELECT p.features, p.output FROM predictions p JOIN ids USING (request_id) WHERE p.version = ? "
-            "AND p.variant NOT LIKE 'shadow%'", [production]).fetchall()
-        if len(logged) < 100:
+        logged = query_arrow(
+            con, "SELECT p.features, p.output FROM predictions p JOIN ids USING (request_id) WHERE p.version = ? "
+            "AND p.variant NOT LIKE 'shadow%'", [production])
+        if logged.num_rows < 100:
             return None, []
-        current = pd.DataFrame([orjson.loads(f) for f, _ in logged], dtype="float64")
-        outputs = np.array([o for _, o in logged], dtype="float64")
+        current = map_frame(logged.column("features"))
+        outputs = logged.column("output").to_numpy(zero_copy_only=False).astype("float64")
         profile = ReferenceStore(self.project).load(self.options.model, production)
         report = profile.compare(current, predictions=outputs)
         row.drift = report.to_dict()

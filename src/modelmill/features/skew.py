@@ -19,11 +19,11 @@ import math
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import pandas as pd
 
 from modelmill.errors import InputError, NotFoundError
 from modelmill.features.definitions import parse_ref
+from modelmill.store.maps import map_records
 
 if TYPE_CHECKING:
     from modelmill.features.store import FeatureStore
@@ -102,13 +102,8 @@ def skew_report(
     # Group rows by the set of features they logged: one point-in-time join per group.
     groups: dict[tuple[str, ...], list[tuple[Any, dict[str, Any]]]] = defaultdict(list)
     skipped = 0
-    for ts, raw in zip(log.column("ts").to_pylist(), log.column("features").to_pylist(), strict=True):
-        try:
-            vec = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            skipped += 1
-            continue
-        if not isinstance(vec, dict):
+    for ts, vec in zip(log.column("ts").to_pylist(), map_records(log.column("features")), strict=True):
+        if vec is None:
             skipped += 1
             continue
         refs = tuple(sorted(k for k in vec if ":" in k))

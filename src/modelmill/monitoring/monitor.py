@@ -31,7 +31,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import orjson
 import pandas as pd
 import sqlalchemy as sa
 
@@ -51,6 +50,7 @@ from modelmill.monitoring.exporter import MonitoringExporter
 from modelmill.monitoring.performance import METRICS, PerformanceMonitor, parse_duration, query_arrow
 from modelmill.monitoring.reference import ReferenceStore
 from modelmill.project import Project
+from modelmill.store.maps import map_frame
 from modelmill.store.tables.monitoring import monitoring_windows
 
 __all__ = ["Monitor", "MonitoringConfig", "ProjectMeasure"]
@@ -253,7 +253,7 @@ class Monitor:
         return report, len(frame)
 
     def logged_features(self, model: str, version: int, *, start: float, end: float) -> pd.DataFrame | None:
-        """The features (parsed from the log's JSON) and outputs (column ``__output__``) of a window."""
+        """The logged features (one column each) and outputs (column ``__output__``) of a window."""
         if not self.project.offline.exists("predictions"):
             return None
         with self.project.offline.connect(["predictions"]) as con:
@@ -261,8 +261,7 @@ class Monitor:
                               "AND ts >= ? AND ts < ?", [model, version, _utc(start), _utc(end)])
         if tbl.num_rows == 0:
             return None
-        records = [orjson.loads(f) if f else {} for f in tbl.column("features").to_pylist()]
-        frame = pd.DataFrame.from_records(records)
+        frame = map_frame(tbl.column("features"))
         frame["__output__"] = tbl.column("output").to_numpy(zero_copy_only=False)
         return frame
 

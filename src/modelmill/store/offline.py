@@ -71,6 +71,20 @@ def check_table_name(table: str) -> str:
     return table
 
 
+def _by_day(data: pa.Table, ts: pa.ChunkedArray, time_column: str) -> list[tuple[str, pa.Table]]:
+    """``data`` split by event date (in the column's time zone); a batch within one day is not copied."""
+    if ts.null_count == 0:
+        bounds = pc.min_max(ts)
+        first, last = (bounds[k].as_py().strftime("%Y-%m-%d") for k in ("min", "max"))
+        if first == last:  # the usual case (a prediction log flush, a stream's micro-batch)
+            return [(first, data)]
+    dates = pc.strftime(ts, format="%Y-%m-%d")
+    days = pc.unique(dates).to_pylist()
+    if None in days:
+        raise InputError(time_column, "has null event times")
+    return [(day, data.filter(pc.equal(dates, day))) for day in days]
+
+
 class OfflineStore:
     """Append-only Parquet tables under ``root`` (a folder or an fsspec URL)."""
 
@@ -100,11 +114,15 @@ class OfflineStore:
             return []
         return sorted(Path(p).name for p in self.fs.ls(self._root, detail=False) if self.fs.isdir(p))
 
-    def write(self, table: str, data: pa.Table, *, time_column: str, batch_id: str | None = None) -> list[str]:
+    def write(self, table: str, data: pa.Table, *, time_column: str, batch_id: str | None = None,
+              dictionary: Sequence[str] | None = None) -> list[str]:
         """Append ``data``, one file per event date. Returns the files written.
 
         ``batch_id`` names the files; writing the same batch id again replaces
         those files instead of adding rows, which makes a retried write idempotent.
+        ``dictionary``: the (Parquet) columns worth dictionary-encoding, when the
+        writer knows; by default every column is tried, which costs time on
+        columns of distinct values.
         """
         check_table_name(table)
         if data.num_rows == 0:
@@ -114,19 +132,16 @@ class OfflineStore:
         ts = data.column(time_column)
         if not pa.types.is_timestamp(ts.type):
             raise InputError(time_column, f"must be a timestamp column, got {ts.type}")
-        dates = pc.strftime(ts, format="%Y-%m-%d")
         name = batch_id or uuid.uuid4().hex
         written = []
-        for day in pc.unique(dates).to_pylist():
-            if day is None:
-                raise InputError(time_column, "has null event times")
-            part = data.filter(pc.equal(dates, day))
+        for day, part in _by_day(data, ts, time_column):
             folder = f"{self._root}/{table}/{PARTITION}={day}"
             self.fs.makedirs(folder, exist_ok=True)
             final = f"{folder}/{name}.parquet"
             tmp = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
             with self.fs.open(tmp, "wb") as fh:
-                pq.write_table(part, fh, compression="zstd")
+                pq.write_table(part, fh, compression="zstd",
+                               use_dictionary=True if dictionary is None else list(dictionary))
             self.fs.mv(tmp, final)
             written.append(final)
         return written
