@@ -74,6 +74,7 @@ def create_app(server: ModelServer, *, auth: Authenticator | None = None) -> Ser
         return Response(spec, 200, media_type=JSON)
 
     async def prometheus(request: Request) -> Response:
+        metrics.REQUESTS.publish()
         body, content_type = metrics.render()
         return Response(body, 200, headers={"Content-Type": content_type})
 

@@ -12,11 +12,13 @@ process's default registry is used.
 
 from __future__ import annotations
 
+import bisect
 import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -36,7 +38,9 @@ __all__ = [
     "INFLIGHT",
     "LATENCY",
     "MODEL_REQUESTS",
+    "REQUESTS",
     "SHADOW_ERRORS",
+    "RequestStats",
     "ResourceSampler",
     "multiprocess_dir",
     "prepare_multiprocess_dir",
@@ -74,6 +78,54 @@ PROCESS_RSS = Gauge("modelmill_process_resident_memory_bytes", "Resident memory 
                     multiprocess_mode="livesum")
 GPU_UTIL = Gauge("modelmill_gpu_utilization_ratio", "GPU utilisation (0-1), when a GPU is present.", ["gpu"],
                  multiprocess_mode="livemax")
+
+
+class RequestStats:
+    """Request counts, latencies and in-flight requests, kept as plain numbers on the hot path.
+
+    A Prometheus value takes a lock on every change, and in multiprocess mode
+    writes a memory-mapped file too: the three per-request updates cost about
+    4 us, a tenth of an OIP request. Here a request costs a few dict updates;
+    :meth:`publish` moves the totals into the Prometheus metrics, before each
+    scrape and every half second (the server's flush task), so another
+    worker's figures in a scrape are at most that old. Only the event loop's
+    thread touches an instance.
+    """
+
+    def __init__(self) -> None:
+        self.inflight = 0
+        self._counts: dict[tuple[str, str, str, str, str], int] = {}
+        self._latency: dict[tuple[str, str], list[float]] = {}  # per-bucket counts, then the sum
+
+    def __repr__(self) -> str:
+        return f"RequestStats(inflight={self.inflight}, pending={sum(self._counts.values())})"
+
+    def answered(self, route: str, model: str, version: str, variant: str, status: str, seconds: float) -> None:
+        key = (route, model, version, variant, status)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        hist = self._latency.get((route, model))
+        if hist is None:
+            hist = self._latency[(route, model)] = [0.0] * (len(_LATENCY_BUCKETS) + 2)
+        hist[bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1  # the first bucket with seconds <= le
+        hist[-1] += seconds
+
+    def publish(self) -> None:
+        """Add what was counted since the last call to the Prometheus metrics."""
+        counts, self._counts = self._counts, {}
+        latency, self._latency = self._latency, {}
+        for labels, n in counts.items():
+            MODEL_REQUESTS.labels(*labels).inc(n)
+        for pair, hist in latency.items():
+            child: Any = LATENCY.labels(*pair)
+            for bucket, observed in zip(child._buckets, hist[:-1], strict=True):  # what observe() updates, in bulk
+                if observed:
+                    bucket.inc(observed)
+            child._sum.inc(hist[-1])
+        INFLIGHT.set(self.inflight)
+
+
+#: The process's request statistics (see :class:`RequestStats`).
+REQUESTS = RequestStats()
 
 
 def multiprocess_dir() -> str | None:

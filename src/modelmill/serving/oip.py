@@ -247,7 +247,8 @@ class OipRoutes:
         name = request.path_params["name"]
         limits = server.config.limits
         choice: Choice | None = None
-        metrics.INFLIGHT.inc()
+        stats = metrics.REQUESTS
+        stats.inflight += 1
         try:
             async with server.deadlines:
                 version = _version(request)
@@ -270,32 +271,19 @@ class OipRoutes:
         except Exception as exc:
             response = error_response(exc, timeout_s=limits.request_timeout_s)
         finally:
-            metrics.INFLIGHT.dec()
+            stats.inflight -= 1
         record(server, name, "infer", choice, response.status_code, t0)
         return response
 
 
-_COUNTERS: dict[tuple[str, str, int, str, int], Any] = {}
-_LATENCIES: dict[tuple[str, str], Any] = {}
-
-
 def record(server: ModelServer, model: str, route: str, choice: Choice | None, status: int, t0: float) -> None:
-    """Count one answered request and observe its latency (unknown model names share one label).
+    """Count one answered request and its latency (unknown model names share one label).
 
     A request is labelled with the variant and version chosen for it, whether it succeeded or
     failed, so a failing canary's errors are charged to the canary; only a request refused
     before a variant was chosen (unknown model, malformed body) has empty labels.
     """
-    version, variant = (choice.deployed.version, choice.variant) if choice is not None else (0, "")
+    version, variant = (str(choice.deployed.version), choice.variant) if choice is not None else ("", "")
     if choice is None and not server.serves(model):
         model = "(unknown)"
-    key = (route, model, version, variant, status)
-    counter = _COUNTERS.get(key)
-    if counter is None:  # label lookups cost more than the increment: keep the children
-        counter = _COUNTERS[key] = metrics.MODEL_REQUESTS.labels(route, model, str(version or ""), variant,
-                                                                 str(status))
-    counter.inc()
-    latency = _LATENCIES.get((route, model))
-    if latency is None:
-        latency = _LATENCIES[(route, model)] = metrics.LATENCY.labels(route, model)
-    latency.observe(time.perf_counter() - t0)
+    metrics.REQUESTS.answered(route, model, version, variant, str(status), time.perf_counter() - t0)

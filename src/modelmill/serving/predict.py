@@ -244,7 +244,7 @@ class PredictRoute:
         limits = server.config.limits
         chosen: list[Choice] = []
         batch = False
-        metrics.INFLIGHT.inc()
+        metrics.REQUESTS.inflight += 1
         try:
             async with server.deadlines:
                 server.live_route(name)
@@ -267,7 +267,7 @@ class PredictRoute:
             batch = False  # the request as a whole was refused: count it once
             response = error_response(exc, timeout_s=limits.request_timeout_s)
         finally:
-            metrics.INFLIGHT.dec()
+            metrics.REQUESTS.inflight -= 1
         if not batch:
             record(server, name, "predict", chosen[0] if chosen else None, response.status_code, t0)
         return response

@@ -194,6 +194,7 @@ class ModelServer:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._shadow_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._reloader: asyncio.Task[None] | None = None
+        self._publisher: asyncio.Task[None] | None = None
         self._sampler_stop = threading.Event()
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self._reload_lock = asyncio.Lock()
@@ -223,17 +224,20 @@ class ModelServer:
         await self.reload(raise_errors=True)
         self.started_at = time.time()
         self._reloader = asyncio.get_running_loop().create_task(self._reload_loop())
+        self._publisher = asyncio.get_running_loop().create_task(self._publish_loop())
         threading.Thread(target=self._sample_loop, name="modelmill-sampler", daemon=True).start()
         return self
 
     async def stop(self) -> None:
-        if self._reloader is not None:
-            self._reloader.cancel()
-            try:
-                await self._reloader
-            except asyncio.CancelledError:
-                pass
-            self._reloader = None
+        for task in (self._reloader, self._publisher):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        self._reloader = self._publisher = None
+        metrics.REQUESTS.publish()
         self._sampler_stop.set()
         if self._shadow_tasks:
             await asyncio.wait(list(self._shadow_tasks), timeout=5)
@@ -364,6 +368,12 @@ class ModelServer:
                                                        max_wait_us=self.config.max_wait_us)
         except ModelmillError as exc:  # the predict route reports it; OIP infer still works
             log.warning("%s v%s: no feature plan: %s", dep.name, dep.version, exc.message)
+
+    async def _publish_loop(self) -> None:
+        """Move the request statistics into the Prometheus metrics twice a second (see RequestStats)."""
+        while True:
+            await asyncio.sleep(0.5)
+            metrics.REQUESTS.publish()
 
     def _sample_loop(self) -> None:
         sampler = metrics.ResourceSampler()
