@@ -81,7 +81,7 @@ def test_train_cli_tracks_and_registers_and_errors_are_json(tmp_path: Path) -> N
     data, home = _csv(tmp_path / "flights.csv"), tmp_path / "home"
     out = _mm(["train", "--trainer", "sklearn-hgb", "--data", str(data), "--label", "late", "-p", "max_iter=20",
                "--register", "late", "--json"], tmp_path, home)
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 0, out.stderr + out.stdout[-3000:]
     res = json.loads(out.stdout)
     assert res["metrics"]["auc"] > 0.9 and res["features"] == ["dep_delay", "distance"]
     assert res["model_version"] == "late@1" and res["data_snapshot"].startswith("file:")
@@ -99,7 +99,7 @@ def test_train_cli_torch_mlp_on_two_processes(tmp_path: Path) -> None:
     data, home = _csv(tmp_path / "flights.csv", n=640), tmp_path / "home"
     out = _mm(["train", "--trainer", "torch-mlp", "--data", str(data), "--label", "late", "--nproc", "2",
                "-p", "epochs=5", "-p", "batch_size=64", "-p", "hidden=[16]", "--json"], tmp_path, home)
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 0, out.stderr + out.stdout[-3000:]
     res = json.loads(out.stdout)
     hashes = res["ddp"]["rank_hashes"]
     assert len(hashes) == 2 and hashes[0] == hashes[1] and res["metrics"]["auc"] > 0.9

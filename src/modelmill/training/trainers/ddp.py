@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -29,6 +30,8 @@ import numpy as np
 
 from modelmill.errors import ConflictError, ModelmillError
 from modelmill.training.trainers.torch_mlp import MLP, MLPConfig, build_module, fit_module, state_hash
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DDPOutcome", "launch", "main"]
 
@@ -57,6 +60,9 @@ def launch(X: np.ndarray, y: np.ndarray, cfg: MLPConfig, *, nproc: int = 2, time
     env["OMP_NUM_THREADS"] = str(cfg.threads)
     src = str(Path(__file__).resolve().parents[3])
     env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
+    results = [work / f"rank{r}.json" for r in range(nproc)]
+    for path in (*results, work / "model.pt"):  # what a rank writes when it is done; nothing left from before
+        path.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            "-m", "modelmill.training.trainers.ddp", "--data", str(data), "--config", str(work / "config.json"),
            "--out", str(work)]
@@ -66,8 +72,14 @@ def launch(X: np.ndarray, y: np.ndarray, cfg: MLPConfig, *, nproc: int = 2, time
         raise ModelmillError(f"torchrun did not finish within {timeout:.0f} s", command=" ".join(cmd)) from exc
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout)[-2000:]
-        raise ModelmillError(f"torchrun exited with {proc.returncode}: {tail}", command=" ".join(cmd))
-    ranks = [json.loads((work / f"rank{r}.json").read_text()) for r in range(nproc)]
+        if not all(path.exists() for path in (*results, work / "model.pt")):
+            raise ModelmillError(f"torchrun exited with {proc.returncode}: {tail}", command=" ".join(cmd))
+        # Every rank wrote its result after the last collective: what failed was the group's teardown
+        # (gloo can lose the race between one rank's destroy_process_group and another's barrier).
+        # The weights are checked below like any other run's.
+        log.warning("torchrun exited with %s after every rank had finished; using their results: %s",
+                    proc.returncode, tail[-500:])
+    ranks = [json.loads(path.read_text()) for path in results]
     hashes = [r["sha256"] for r in ranks]
     if len(set(hashes)) != 1:
         raise ConflictError("DDP ranks ended with different weights", rank_hashes=hashes)
