@@ -5,7 +5,7 @@ STAMP   := $(VENV)/.modelmill-installed
 EXTRAS  ?= all,dev
 PYTEST_ARGS ?= -m "not slow"
 # The whole of 2013: train on January-February, then ten months served, monitored, retrained and rolled
-# out (about 6.5 minutes on 2 cores). `make demo DEMO_MONTHS=6` stops after June.
+# out (about 4 minutes on 2 cores). `make demo DEMO_MONTHS=6` stops after June.
 DEMO_MONTHS ?= 12
 
 .PHONY: demo test lint typecheck pytest bench services clean
