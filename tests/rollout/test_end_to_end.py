@@ -95,9 +95,10 @@ def test_good_candidate_goes_all_the_way(served: Any) -> None:
     project = open_project_at(root)
     try:
         ctl = _controller(project, proc)
-        # The machine is shared with other test runs: latency gets a wide margin, the other checks stay strict.
+        # The machine is shared with other test runs: latency gets a wide margin, and so does the output
+        # shift between two honest but different models; errors and labels stay strict.
         ctl.start("clf", 2, plan="shadow,5,10,50,100", min_requests=15, stage_seconds=1.5,
-                  guardrails=Guardrails(latency_slack_ms=100))
+                  guardrails=Guardrails(latency_slack_ms=100, max_output_shift=0.4))  # see the test below
         result = ctl.run("clf", interval_s=0.5, max_seconds=90)
         events = ctl.events(result.state.id)
         assert result.action == "complete", result.reason
@@ -169,8 +170,11 @@ def test_killed_controller_resumes(served: Any) -> None:
     traffic = Traffic(proc.url).start()
     metrics = f"{proc.url}/metrics"
     try:
-        # This test is about resuming, not latency: a loaded CI machine must not trip the latency guardrail.
-        first = _cli(root, "start", "clf@2", "--latency-slack-ms", "1000", "--plan", "shadow,5,10,50,100", "--min-requests", "10",
+        # This test is about resuming, not the guardrails' margins: a loaded CI machine must not trip the
+        # latency guardrail, and v1 and v2 are different models whose outputs lie about 0.2 apart in KS
+        # distance, the default limit (a breach seen once in CI: KS 0.202, p=0.02).
+        first = _cli(root, "start", "clf@2", "--latency-slack-ms", "1000", "--max-output-shift", "0.4",
+                     "--plan", "shadow,5,10,50,100", "--min-requests", "10",
                      "--stage-seconds", "1.5", "--interval", "0.3", "--metrics-url", metrics)
         project = open_project_at(root)
         try:
@@ -193,7 +197,7 @@ def test_killed_controller_resumes(served: Any) -> None:
         out, err = second.communicate(timeout=120)
         assert second.returncode == 0, err
         payload = json.loads(out)
-        assert payload["action"] == "complete" and payload["rollout"]["status"] == "completed"
+        assert payload["action"] == "complete" and payload["rollout"]["status"] == "completed", payload.get("reason")
         actions = [(e["action"], e["to"]) for e in payload["events"]]
         assert actions[:3] == [("start", "shadow"), ("advance", "5"), ("advance", "10")]
         assert actions[-2:] == [("complete", "done"), ("alias", None)]
