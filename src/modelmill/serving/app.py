@@ -121,7 +121,7 @@ def create_app(server: ModelServer, *, auth: Authenticator | None = None) -> Ser
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.server = server
-    return ServingApp(app, {"infer": oip.infer, "predict": predict.predict}, direct=not auth.required)
+    return ServingApp(app, infer=oip.infer, predict=predict.predict, direct=not auth.required)
 
 
 class _Incoming:
@@ -147,11 +147,11 @@ class ServingApp:
     (``direct=False``), goes through Starlette unchanged.
     """
 
-    def __init__(self, app: Starlette, endpoints: dict[str, Any], *, direct: bool) -> None:
+    def __init__(self, app: Starlette, *, infer: Any, predict: Any, direct: bool) -> None:
         self.app = app
         self.direct = direct
-        self._infer = endpoints["infer"]
-        self._predict = endpoints["predict"]
+        self._infer = infer
+        self._predict = predict
 
     def __repr__(self) -> str:
         return f"ServingApp(direct={self.direct})"
