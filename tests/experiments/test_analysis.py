@@ -10,9 +10,10 @@ import pytest
 
 from modelmill.errors import InputError
 from modelmill.experiments import Sample, analyze_frame, decide, sequential_test, ztest
+from modelmill.experiments.metrics import direction_of
 
 OBD = Path(__file__).resolve().parent.parent / "data" / "obd" / "clicks.csv.gz"
-KEYS = ["test", "control", "treatment", "statistic", "p_value", "lift_abs", "lift_rel", "ci_abs", "alpha",
+KEYS = ["test", "metric", "direction", "control", "treatment", "statistic", "p_value", "lift_abs", "lift_rel", "ci_abs", "alpha",
         "srm_p_value", "decision", "reason"]
 
 
@@ -47,6 +48,32 @@ def test_decisions() -> None:
     lower = analyze_frame(_frame({"A": (1000, 10_000), "B": (1200, 10_000)}), variant_column="arm",
                           metric="click", min_sample_size=5000, higher_is_better=False).as_dict()
     assert lower["decision"] == "keep_control"
+
+
+def test_the_direction_decides_which_way_is_better() -> None:
+    # An error rate that rises in the treatment: lower is better by the name, so the control is kept.
+    df = _frame({"A": (1000, 10_000), "B": (1200, 10_000)}).rename(columns={"click": "error"})
+    rising = analyze_frame(df, variant_column="arm", metric="error", min_sample_size=5000).as_dict()
+    assert rising["direction"] == "lower" and rising["lift_abs"] > 0
+    assert rising["decision"] == "keep_control" and "B is worse" in rising["reason"]
+    assert "lower is better" in rising["reason"]
+    told = analyze_frame(df, variant_column="arm", metric="error", min_sample_size=5000, direction="higher")
+    assert told.as_dict()["decision"] == "switch_to_treatment" and told.direction == "higher"
+    falling = analyze_frame(_frame({"A": (1200, 10_000), "B": (1000, 10_000)}).rename(columns={"click": "error"}),
+                            variant_column="arm", metric="error", min_sample_size=5000).as_dict()
+    assert falling["decision"] == "switch_to_treatment" and "B is better" in falling["reason"]
+    with pytest.raises(InputError, match="direction"):
+        analyze_frame(df, variant_column="arm", metric="error", direction="up")
+    with pytest.raises(InputError, match="direction"):
+        analyze_frame(df, variant_column="arm", metric="error", direction="higher", higher_is_better=False)
+
+
+@pytest.mark.parametrize(("metric", "direction"), [
+    ("log_loss", "lower"), ("brier", "lower"), ("latency_ms", "lower"), ("val_loss", "lower"),
+    ("TrainError", "lower"), ("p99_latency", "lower"), ("auc", "higher"), ("click", "higher"), ("label", "higher"),
+    ("output", "higher"), ("lossless_rate", "higher")])
+def test_default_direction_by_metric_name(metric: str, direction: str) -> None:
+    assert direction_of(metric) == direction
 
 
 def test_sequential_may_stop_early_but_srm_blocks() -> None:

@@ -58,3 +58,70 @@ def test_create_status_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert run("experiment", "stop", "ranker", "--json")["status"] == "stopped"
     again = mm(tmp_path, "experiment", "stop", "ranker", "--json")
     assert again.returncode == 1 and "already stopped" in json.loads(again.stdout)["error"]
+
+
+def _worse_treatment_log(n: int = 4000) -> list[tuple[str, str, int, str, float, float | None]]:
+    """Labels 30% positive; the control predicts 0.3 (log loss 0.61), the treatment 0.7 (log loss 0.95)."""
+    rows: list[tuple[str, str, int, str, float, float | None]] = []
+    for i in range(n):
+        v = "control" if i % 2 == 0 else "treatment"
+        label = 1.0 if (i * 7919) % 10 < 3 else 0.0
+        rows.append((f"r{i}", v, 1 if v == "control" else 2, f"u{i}", 0.3 if v == "control" else 0.7, label))
+    return rows
+
+
+def test_analyze_a_lower_is_better_metric_from_a_served_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The regression: treatment's log loss is 0.34 higher, and analyze used to switch to it."""
+    from modelmill.monitoring import log_losses
+    from modelmill.project import open_project
+
+    from .conftest import log_served
+
+    (tmp_path / "modelmill.toml").write_text('home = ".modelmill"\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MODELMILL_HOME", raising=False)
+    with open_project() as project:
+        log_served(project.offline, "m", _worse_treatment_log())
+        preds = project.offline.read("predictions").to_pandas()
+        labels = project.offline.read("labels").to_pandas()[["request_id", "label"]]
+    log = preds.merge(labels, on="request_id")
+    log["log_loss"] = log_losses(log["label"].to_numpy(), log["output"].to_numpy())
+    path = tmp_path / "log.parquet"
+    log[["request_id", "variant", "log_loss"]].to_parquet(path)
+    args = ("experiment", "analyze", "--input", str(path), "--metric", "log_loss", "--min-sample-size", "100")
+
+    out = run(*args, "--json")
+    assert out["direction"] == "lower" and out["lift_abs"] == pytest.approx(0.34, abs=0.01)
+    assert out["decision"] == "keep_control" and out["reason"].startswith("treatment is worse"), out["reason"]
+    text = CliRunner().invoke(app, list(args))
+    assert text.exit_code == 0 and "keep_control: treatment is worse" in text.stdout, text.stdout
+    assert "log_loss: lower is better" in text.stdout
+    assert run(*args, "--direction", "lower", "--json")["decision"] == "keep_control"
+    higher = run(*args, "--direction", "higher", "--json")
+    assert higher["direction"] == "higher" and higher["decision"] == "switch_to_treatment"
+    bad = mm(tmp_path, *args, "--direction", "sideways", "--json")
+    assert bad.returncode == 2 and "direction" in json.loads(bad.stdout)["error"] and "Traceback" not in bad.stderr
+
+    # The same decision from the stored experiment, read from the prediction log and the labels.
+    made = run("experiment", "create", "ll", "--model", "m", "--variant", "control=1:50", "--variant",
+               "treatment=2:50", "--metric", "log_loss", "--min-sample-size", "100", "--json")
+    assert made["direction"] == "lower"
+    with open_project() as project:
+        log_served(project.offline, "m", _worse_treatment_log())  # after the start: the analysis reads from there
+    stored = run("experiment", "analyze", "ll", "--json")
+    assert stored["direction"] == "lower" and stored["decision"] == "keep_control", stored["reason"]
+    assert 0.3 < stored["treatment"]["mean"] - stored["control"]["mean"] < 0.4
+    assert run("experiment", "analyze", "ll", "--direction", "higher", "--json")["decision"] == "switch_to_treatment"
+
+
+def test_create_refuses_a_metric_the_served_model_cannot_give(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MODELMILL_HOME", raising=False)
+    (tmp_path / "modelmill.toml").write_text('home = ".modelmill"\n')
+    bad = mm(tmp_path, "experiment", "create", "rev", "--model", "m", "--variant", "control=1:50", "--variant",
+             "treatment=2:50", "--metric", "revenue", "--json")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    err = json.loads(bad.stdout)
+    assert "primary_metric" in err["error"] and "log_loss" in err["error"], err
+    listed = mm(tmp_path, "experiment", "status", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout)["experiments"] == []

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
-import pyarrow as pa
 import pytest
 
 from modelmill.config import Settings
@@ -12,6 +9,8 @@ from modelmill.errors import ConflictError, InputError, NotFoundError
 from modelmill.experiments import Arm, Assigner, Experiment, Experiments, parse_arms
 from modelmill.project import Project
 from modelmill.serving import RouteTable, bucket
+
+from .conftest import log_served
 
 
 def test_assignment_is_sticky_weighted_and_matches_the_router() -> None:
@@ -85,27 +84,67 @@ def test_exposures_and_analysis_from_the_prediction_log(project: Project) -> Non
     exp = store.create(Experiment(name="ab", model="m", primary_metric="label", min_sample_size=100,
                                   variants=(Arm("control", 50, 1), Arm("treatment", 50, 2))))
     assigner = exp.assigner()
-    ts = dt.datetime.now(dt.UTC)
-    rids, variants, keys, labels = [], [], [], []
+    rows = []
     for i in range(3000):
         user = f"user-{i % 1000}"
         v = assigner.assign(user)
-        rids.append(f"r{i}")
-        variants.append(v)
-        keys.append(user)
         # The treatment's users convert more: 30% against 20% (deterministic pattern).
-        labels.append(1.0 if (i * 7919) % 100 < (30 if v == "treatment" else 20) else 0.0)
-    n = len(rids)
-    preds = pa.table({"request_id": rids, "ts": pa.array([ts] * n, pa.timestamp("us", tz="UTC")),
-                      "model": ["m"] * n, "version": [1 if v == "control" else 2 for v in variants],
-                      "variant": variants, "routing_key": keys, "features": ["{}"] * n, "output": [0.5] * n,
-                      "latency_ms": [1.0] * n})
-    project.offline.write("predictions", preds, time_column="ts")
-    project.offline.write("labels", pa.table({"request_id": rids, "ts": preds.column("ts"), "label": labels}),
-                          time_column="ts")
+        label = 1.0 if (i * 7919) % 100 < (30 if v == "treatment" else 20) else 0.0
+        rows.append((f"r{i}", v, 1 if v == "control" else 2, user, 0.5, label))
+    log_served(project.offline, "m", rows)
     assert store.sync_exposures("ab") == 1000
     assert store.sync_exposures("ab") == 0
     out = store.analyze("ab").as_dict()
     assert out["test"] == "delta" and out["control"]["n"] + out["treatment"]["n"] == 1000
     assert out["decision"] == "switch_to_treatment", out["reason"]
     assert out["lift_abs"] == pytest.approx(0.10, abs=0.03)
+    assert out["direction"] == "higher"
+
+
+def _worse_treatment_rows(exp: Experiment, n: int = 4000) -> list[tuple[str, str, int, str, float, float | None]]:
+    """Labels 30% positive; the control predicts 0.3 (log loss 0.61), the treatment 0.7 (log loss 0.95)."""
+    assigner = exp.assigner()
+    rows: list[tuple[str, str, int, str, float, float | None]] = []
+    for i in range(n):
+        user = f"user-{i % 1000}"
+        v = assigner.assign(user)
+        label = 1.0 if (i * 7919) % 10 < 3 else 0.0
+        rows.append((f"r{i}", v, 1 if v == "control" else 2, user, 0.3 if v == "control" else 0.7, label))
+    return rows
+
+
+def test_a_lower_is_better_metric_keeps_the_control_when_the_treatment_is_worse(project: Project) -> None:
+    store = Experiments(project)
+    exp = store.create(Experiment(name="ll", model="m", primary_metric="log_loss", min_sample_size=100,
+                                  variants=(Arm("control", 50, 1), Arm("treatment", 50, 2))))
+    assert exp.direction == "lower" and store.get("ll").direction == "lower"
+    log_served(project.offline, "m", _worse_treatment_rows(exp))
+    out = store.analyze("ll").as_dict()
+    assert out["metric"] == "log_loss" and out["direction"] == "lower"
+    assert out["treatment"]["mean"] - out["control"]["mean"] == pytest.approx(0.34, abs=0.03)
+    assert out["decision"] == "keep_control" and "treatment is worse" in out["reason"], out["reason"]
+    # Told that higher is better, the same log switches: the direction alone decides.
+    flipped = store.analyze("ll", direction="higher").as_dict()
+    assert flipped["decision"] == "switch_to_treatment" and "treatment is better" in flipped["reason"]
+    # The Brier score is lower-is-better too, by default.
+    brier = store.create(Experiment(name="br", model="m", primary_metric="brier", min_sample_size=100,
+                                    variants=(Arm("control", 50, 1), Arm("treatment", 50, 2))))
+    assert brier.direction == "lower"
+
+
+def test_a_served_experiment_on_a_metric_the_log_cannot_give_is_refused_when_created(project: Project) -> None:
+    store = Experiments(project)
+    arms = (Arm("control", 50, 1), Arm("treatment", 50, 2))
+    with pytest.raises(InputError, match="primary_metric") as info:
+        store.create(Experiment(name="rev", model="m", primary_metric="revenue", variants=arms))
+    assert "log_loss" in info.value.message
+    with pytest.raises(InputError, match="guardrails"):
+        store.create(Experiment(name="rev", model="m", primary_metric="label", guardrails=("p99",), variants=arms))
+    assert store.list() == []
+    with pytest.raises(NotFoundError):
+        RouteTable(project).get("m")  # nothing was routed either
+    with pytest.raises(InputError, match="direction"):
+        Experiment(name="x", primary_metric="click", direction="sideways", variants=(Arm("a", 1), Arm("b", 1)))
+    # Without a served model the metric is a column of the user's own log: anything goes.
+    assert store.create(Experiment(name="rev", primary_metric="revenue", variants=(Arm("a", 1), Arm("b", 1)))
+                        ).direction == "higher"

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from modelmill.cli.output import JsonOption, console, emit_json, table
 from modelmill.errors import InputError
@@ -13,6 +14,9 @@ from modelmill.experiments import Analysis, Experiment, Experiments, analyze_fra
 from modelmill.project import open_project
 
 app = typer.Typer(help="A/B tests: create, watch, analyse and stop experiments.", no_args_is_help=True)
+
+_DIRECTION_HELP = ("Which way the metric is better: higher or lower (default: lower for names ending in loss, "
+                   "error or latency and for log_loss, brier, latency_ms; higher otherwise).")
 
 
 def register(root: typer.Typer) -> None:
@@ -25,6 +29,7 @@ def create(
     variant: list[str] = typer.Option(..., "--variant", "-v",
                                       help="NAME:WEIGHT, or NAME=VERSION:WEIGHT on a served model; control first."),
     metric: str = typer.Option(..., "--metric", help="Primary metric the decision is made on."),
+    direction: str | None = typer.Option(None, "--direction", help=_DIRECTION_HELP),
     model: str | None = typer.Option(None, "--model", help="Served model whose traffic route is split."),
     unit: str = typer.Option("user_id", "--unit", help="Assignment unit (the routing key)."),
     salt: str = typer.Option("", "--salt", help="Hash salt (default: the experiment name)."),
@@ -34,7 +39,8 @@ def create(
     as_json: bool = JsonOption,
 ) -> None:
     """Define an experiment; on a served model, its traffic split takes effect at once."""
-    exp = Experiment(name=name, variants=parse_arms(variant), primary_metric=metric, model=model, unit=unit,
+    exp = Experiment(name=name, variants=parse_arms(variant), primary_metric=metric, direction=direction,
+                     model=model, unit=unit,
                      salt=salt, guardrails=tuple(guardrail), min_sample_size=min_sample_size, alpha=alpha)
     with open_project() as project:
         created = Experiments(project).create(exp, actor="cli")
@@ -42,7 +48,8 @@ def create(
         emit_json(created.as_dict())
     else:
         split = ", ".join(f"{v.name} {v.weight:g}" for v in created.variants)
-        console.print(f"experiment [bold]{created.name}[/] running: {split}; salt {created.salt!r}")
+        console.print(f"experiment [bold]{escape(created.name)}[/] running: {escape(split)}; salt "
+                      f"{escape(repr(created.salt))}; {escape(created.primary_metric)}, {created.direction} is better")
 
 
 @app.command()
@@ -104,13 +111,14 @@ def _read(path: Path) -> Any:
 
 
 def _show(analysis: Analysis) -> None:
+    console.print(f"metric {escape(analysis.metric)}: {analysis.direction} is better")
     for c, d in analysis.comparisons:
         rows = [[s.name, s.n, f"{s.mean:.6g}"] for s in (c.control, c.treatment)]
         table(f"{c.treatment.name} vs {c.control.name} ({c.test})", ["variant", "n", "mean"], rows)
         console.print(f"lift {c.lift_abs:+.6g} ({1 - c.alpha:.0%} CI {c.ci_abs[0]:+.6g} … {c.ci_abs[1]:+.6g}), "
                       f"relative {c.lift_rel:+.2%}; statistic {c.statistic:.4f}, p-value {c.p_value:.4g}; "
                       f"SRM p-value {analysis.srm_p_value:.3g}")
-        console.print(f"[bold]{d.decision}[/]: {d.reason}")
+        console.print(f"[bold]{d.decision}[/]: {escape(d.reason)}")
 
 
 @app.command()
@@ -123,6 +131,8 @@ def analyze(
     unit_column: str | None = typer.Option(None, "--unit-column",
                                            help="Unit column: rows pooled per unit, delta-method ratio metric."),
     test: str | None = typer.Option(None, "--test", help="ztest, welch or sequential (default by metric)."),
+    direction: str | None = typer.Option(None, "--direction",
+                                         help=_DIRECTION_HELP + " With NAME: overrides the stored direction."),
     alpha: float = typer.Option(0.05, "--alpha", help="Significance level."),
     weights: str | None = typer.Option(None, "--weights", help="Planned split for the SRM check: A=50,B=50."),
     min_sample_size: int | None = typer.Option(None, "--min-sample-size",
@@ -137,10 +147,10 @@ def analyze(
             raise InputError("--metric", "name the metric column to compare")
         analysis = analyze_frame(_read(input), variant_column=variant_column, metric=metric, control=control,
                                  unit_column=unit_column, test=test, alpha=alpha, weights=_weights(weights),
-                                 min_sample_size=min_sample_size)
+                                 min_sample_size=min_sample_size, direction=direction)
     elif name is not None:
         with open_project() as project:
-            analysis = Experiments(project).analyze(name, test=test)
+            analysis = Experiments(project).analyze(name, test=test, direction=direction)
     else:
         raise InputError("--input", "give a log file with --input FILE, or the name of a stored experiment")
     if as_json:

@@ -18,7 +18,16 @@ from modelmill.experiments.analysis import (
 )
 from modelmill.experiments.assignment import Assigner
 from modelmill.experiments.experiment import Arm, Experiment, Experiments, parse_arms
-from modelmill.experiments.metrics import is_binary, mean, proportion, ratio, summarize
+from modelmill.experiments.metrics import (
+    DIRECTIONS,
+    SERVED_METRICS,
+    direction_of,
+    is_binary,
+    mean,
+    proportion,
+    ratio,
+    summarize,
+)
 from modelmill.experiments.stats import (
     Comparison,
     Cuped,
@@ -39,6 +48,8 @@ from modelmill.experiments.stats import (
 )
 
 __all__ = [
+    "DIRECTIONS",
+    "SERVED_METRICS",
     "Analysis",
     "Arm",
     "Assigner",
@@ -53,6 +64,7 @@ __all__ = [
     "compare",
     "cuped",
     "decide",
+    "direction_of",
     "is_binary",
     "mean",
     "parse_arms",

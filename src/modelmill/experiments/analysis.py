@@ -66,9 +66,14 @@ def planned_sample_size(control: Sample, *, mde: float, alpha: float = 0.05, pow
         return 0
 
 
-def decide(c: Comparison, *, srm_p_value: float, min_sample_size: int = 0, higher_is_better: bool = True,
+def decide(c: Comparison, *, srm_p_value: float, min_sample_size: int = 0, direction: str = "higher",
            guardrail_breaches: Sequence[str] = (), srm_threshold: float = SRM_THRESHOLD) -> Decision:
-    """The decision and its reason, in the order a careful analyst checks things."""
+    """The decision and its reason, in the order a careful analyst checks things.
+
+    ``direction`` says which way the metric is better (``higher`` or ``lower``): a
+    treatment is better when its lift points that way.
+    """
+    direction = metrics.direction_of("", direction)
     if srm_p_value < srm_threshold:
         return Decision("keep_control", f"sample ratio mismatch (SRM p={srm_p_value:.2g} < {srm_threshold:g}): "
                         "assignment or logging is broken, so the comparison cannot be trusted; fix it and rerun")
@@ -76,9 +81,10 @@ def decide(c: Comparison, *, srm_p_value: float, min_sample_size: int = 0, highe
         return Decision("keep_control", f"guardrail metric(s) significantly worse: {', '.join(guardrail_breaches)}")
     n = min(c.control.n, c.treatment.n)
     significant = c.p_value < c.alpha
-    better = (c.lift_abs > 0) == higher_is_better
+    better = c.lift_abs < 0 if direction == "lower" else c.lift_abs > 0
     where = f"p={c.p_value:.3g} {'<' if significant else '>='} alpha={c.alpha:g}"
-    lift = f"lift {c.lift_abs:+.4g}" + (f" ({c.lift_rel:+.2%})" if math.isfinite(c.lift_rel) else "")
+    lift = (f"lift {c.lift_abs:+.4g}" + (f" ({c.lift_rel:+.2%})" if math.isfinite(c.lift_rel) else "")
+            + f", {direction} is better")
     sequential = c.test == "sequential"
     if n < min_sample_size and not (sequential and significant):
         return Decision("continue", f"{n} units in the smaller variant, below the planned {min_sample_size}; "
@@ -102,10 +108,14 @@ class Analysis:
     comparisons: tuple[tuple[Comparison, Decision], ...]
     srm_p_value: float
     min_sample_size: int
+    metric: str = ""
+    direction: str = "higher"
 
     def comparison_dict(self, c: Comparison, d: Decision) -> dict[str, Any]:
         return {
             "test": c.test,
+            "metric": self.metric,
+            "direction": self.direction,
             "control": {"name": c.control.name, "n": c.control.n, "mean": c.control.mean},
             "treatment": {"name": c.treatment.name, "n": c.treatment.n, "mean": c.treatment.mean},
             "statistic": _finite(c.statistic),
@@ -139,7 +149,8 @@ def _pick_control(names: Sequence[str], control: str | None) -> str:
 def analyze_frame(frame: pd.DataFrame, *, variant_column: str, metric: str, control: str | None = None,
                   unit_column: str | None = None, test: str | None = None, alpha: float = 0.05,
                   weights: Mapping[str, float] | None = None, min_sample_size: int | None = None,
-                  mde: float = 0.10, higher_is_better: bool = True) -> Analysis:
+                  mde: float = 0.10, direction: str | None = None,
+                  higher_is_better: bool | None = None) -> Analysis:
     """Analyse a log of rows (one per unit, or several per unit with ``unit_column``).
 
     A 0/1 metric defaults to the pooled z-test, any other to Welch; with
@@ -147,7 +158,16 @@ def analyze_frame(frame: pd.DataFrame, *, variant_column: str, metric: str, cont
     delta method. Without ``min_sample_size`` the plan is the sample needed to
     detect a relative lift ``mde`` at 80% power. The control defaults to a
     variant named control/A/baseline, else the first in name order.
+    ``direction`` (``higher``/``lower``) says which way ``metric`` is better; by
+    default it follows the metric's name (:func:`~modelmill.experiments.metrics.direction_of`).
+    ``higher_is_better`` is the older spelling of the same setting.
     """
+    if higher_is_better is not None:
+        implied = "higher" if higher_is_better else "lower"
+        if direction is not None and direction != implied:
+            raise InputError("direction", f"contradicts higher_is_better={higher_is_better}", direction)
+        direction = implied
+    direction = metrics.direction_of(metric, direction)
     if test is not None and test not in TESTS:
         raise InputError("test", f"must be one of {', '.join(TESTS)}", test)
     samples = metrics.summarize(frame, variant_column=variant_column, metric=metric, unit_column=unit_column)
@@ -175,5 +195,5 @@ def analyze_frame(frame: pd.DataFrame, *, variant_column: str, metric: str, cont
         if s.name == ctrl_name:
             continue
         c = compare(ctrl, s, test=test, alpha=alpha)
-        out.append((c, decide(c, srm_p_value=srm_p, min_sample_size=planned, higher_is_better=higher_is_better)))
-    return Analysis(tuple(out), srm_p, planned)
+        out.append((c, decide(c, srm_p_value=srm_p, min_sample_size=planned, direction=direction)))
+    return Analysis(tuple(out), srm_p, planned, metric, direction)

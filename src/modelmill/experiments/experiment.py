@@ -32,12 +32,14 @@ import sqlalchemy as sa
 from modelmill.errors import ConflictError, InputError, NotFoundError
 from modelmill.experiments.analysis import Analysis, analyze_frame
 from modelmill.experiments.assignment import Assigner
+from modelmill.experiments.metrics import SERVED_METRICS, direction_of
 from modelmill.experiments.stats import srm_test
 from modelmill.store.tables.experiments import experiment_exposures, experiments
 
 __all__ = ["Arm", "Experiment", "Experiments", "parse_arms"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+_LABELLED = ("label", "log_loss", "brier")  # served metrics that need the delayed label
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +59,11 @@ class Arm:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Experiment:
-    """What is compared, on which unit, by which metrics; the first variant is the control."""
+    """What is compared, on which unit, by which metrics; the first variant is the control.
+
+    ``direction`` says which way ``primary_metric`` is better (``higher`` or ``lower``); left out,
+    it follows the metric's name (``log_loss``, ``*_error``, ``latency_ms`` … are lower-is-better).
+    """
 
     name: str
     variants: tuple[Arm, ...]
@@ -68,6 +74,7 @@ class Experiment:
     min_sample_size: int = 0
     alpha: float = 0.05
     model: str | None = None
+    direction: str | None = None
     status: str = "running"
     created_at: float = 0.0
     stopped_at: float | None = None
@@ -90,6 +97,7 @@ class Experiment:
             raise InputError("min_sample_size", "must be 0 or more", self.min_sample_size)
         if not self.primary_metric:
             raise InputError("primary_metric", "name the metric the decision is made on")
+        object.__setattr__(self, "direction", direction_of(self.primary_metric, self.direction))
         object.__setattr__(self, "variants", variants)
         object.__setattr__(self, "guardrails", tuple(self.guardrails))
         if not self.salt:
@@ -115,13 +123,14 @@ class Experiment:
     def _row(self) -> dict[str, Any]:
         d = self.as_dict()
         return {k: d[k] for k in ("name", "model", "status", "unit", "salt", "variants", "primary_metric",
-                                  "guardrails", "min_sample_size", "alpha", "created_at", "stopped_at", "result")}
+                                  "direction", "guardrails", "min_sample_size", "alpha", "created_at", "stopped_at",
+                                  "result")}
 
     @classmethod
     def _from_row(cls, row: Any) -> Experiment:
         return cls(name=row.name, model=row.model, status=row.status, unit=row.unit, salt=row.salt,
                    variants=tuple(Arm(v["name"], v["weight"], v.get("version")) for v in row.variants),
-                   primary_metric=row.primary_metric, guardrails=tuple(row.guardrails),
+                   primary_metric=row.primary_metric, direction=row.direction, guardrails=tuple(row.guardrails),
                    min_sample_size=row.min_sample_size, alpha=row.alpha, created_at=row.created_at,
                    stopped_at=row.stopped_at, result=row.result)
 
@@ -136,7 +145,18 @@ class Experiments:
         return f"Experiments({self.project!r})"
 
     def create(self, experiment: Experiment, *, actor: str = "api") -> Experiment:
-        """Store ``experiment`` (a name is used once) and, on a served model, set its route."""
+        """Store ``experiment`` (a name is used once) and, on a served model, set its route.
+
+        On a served model the metrics must be ones the prediction log can give (see
+        :data:`~modelmill.experiments.metrics.SERVED_METRICS`): refused here, before any
+        traffic is split, rather than when the experiment is analysed.
+        """
+        if experiment.model is not None:
+            for field, metric in [("primary_metric", experiment.primary_metric),
+                                  *(("guardrails", g) for g in experiment.guardrails)]:
+                if metric not in SERVED_METRICS:
+                    raise InputError(field, "is not measured for a served model; the prediction log gives "
+                                            f"{', '.join(SERVED_METRICS)}", metric)
         exp = dataclasses.replace(experiment, status="running", created_at=time.time(), stopped_at=None,
                                   result=None)
         db = self.project.db
@@ -261,35 +281,50 @@ class Experiments:
         return {**exp.as_dict(), "exposures": counts, "srm_p_value": srm,
                 "min_sample_reached": min(counts.values()) >= exp.min_sample_size}
 
-    def analyze(self, name: str, *, test: str | None = None) -> Analysis:
+    def analyze(self, name: str, *, test: str | None = None, direction: str | None = None) -> Analysis:
         """Analyse a served-model experiment from the prediction log joined with the delayed labels.
 
-        The metric is a column of the joined log (``label``, ``output``, ``latency_ms``),
-        aggregated per routing key (the unit) as a ratio metric.
+        The metric is one of :data:`~modelmill.experiments.metrics.SERVED_METRICS`: a column of
+        the log (``output``, ``latency_ms``), the label, or a per-request score of output and label
+        (``log_loss``, ``brier``), aggregated per routing key (the unit) as a ratio metric.
+        ``direction`` overrides the one stored with the experiment.
         """
         exp = self.get(name)
         if exp.model is None:
             raise InputError("experiment", "has no served model; analyse its log with "
                                            "`modelmill experiment analyze --input FILE`", name)
+        if exp.primary_metric not in SERVED_METRICS:  # stored before create() checked it
+            raise InputError("primary_metric", "is not measured for a served model; the prediction log gives "
+                                               f"{', '.join(SERVED_METRICS)}", exp.primary_metric)
         frame = self._joined_log(exp)
         if frame.empty:
-            raise InputError("experiment", "has no logged predictions with a routing key yet", name)
+            raise InputError("experiment", "has no logged predictions with a routing key yet"
+                             + (" that have labels" if exp.primary_metric in _LABELLED else ""), name)
         return analyze_frame(frame, variant_column="variant", metric=exp.primary_metric, control=exp.control,
                              unit_column="routing_key", test=test, alpha=exp.alpha, weights=exp.weights,
-                             min_sample_size=exp.min_sample_size)
+                             min_sample_size=exp.min_sample_size, direction=direction or exp.direction)
 
     def _joined_log(self, exp: Experiment) -> pd.DataFrame:
         offline = self.project.offline
-        if not offline.exists("predictions"):
+        metric = exp.primary_metric
+        labelled = metric in _LABELLED
+        if not offline.exists("predictions") or (labelled and not offline.exists("labels")):
             return pd.DataFrame()
-        labels = exp.primary_metric == "label" and offline.exists("labels")
-        tables = ["predictions", "labels"] if labels else ["predictions"]
+        tables = ["predictions", "labels"] if labelled else ["predictions"]
         join = ("SELECT p.*, l.label FROM predictions p JOIN (SELECT request_id, last(label ORDER BY ts) AS label "
-                "FROM labels GROUP BY 1) l USING (request_id)") if labels else "SELECT * FROM predictions"
+                "FROM labels GROUP BY 1) l USING (request_id)") if labelled else "SELECT * FROM predictions"
+        # A failed request (a row without output) has no score; it counts in the rollout guardrails, not here.
+        answered = " AND output IS NOT NULL" if metric in ("output", "log_loss", "brier") else ""
         with offline.connect(tables) as con:
-            return con.execute(
-                f"SELECT * FROM ({join}) WHERE model = ? AND routing_key IS NOT NULL AND ts >= to_timestamp(?)",
-                [exp.model, exp.created_at]).df()
+            frame = con.execute(
+                f"SELECT * FROM ({join}) WHERE model = ? AND routing_key IS NOT NULL AND ts >= to_timestamp(?)"
+                f"{answered}", [exp.model, exp.created_at]).df()
+        if metric in ("log_loss", "brier") and not frame.empty:
+            from modelmill.monitoring import log_losses
+
+            y, p = frame["label"].to_numpy(dtype=float), frame["output"].to_numpy(dtype=float)
+            frame[metric] = log_losses(y, p) if metric == "log_loss" else (p - y) ** 2
+        return frame
 
 
 def parse_arms(specs: Sequence[str]) -> tuple[Arm, ...]:

@@ -14,6 +14,13 @@ Three kinds:
     {'A': (2, 0.5), 'B': (2, 1.0)}
     >>> {s.name: (s.n, s.mean) for s in summarize(df, variant_column="v", metric="click", unit_column="u")}
     {'A': (2, 0.5), 'B': (1, 1.0)}
+
+Every metric has a direction: ``higher`` or ``lower`` is better. Unless told,
+a name ending in ``loss``, ``error`` or ``latency`` and the served metrics
+``log_loss``, ``brier`` and ``latency_ms`` are lower-is-better, anything else higher:
+
+    >>> direction_of("log_loss"), direction_of("val_error"), direction_of("click"), direction_of("click", "lower")
+    ('lower', 'lower', 'higher', 'lower')
 """
 
 from __future__ import annotations
@@ -25,7 +32,25 @@ from numpy.typing import ArrayLike
 from modelmill.errors import InputError
 from modelmill.experiments.stats import Sample
 
-__all__ = ["is_binary", "mean", "proportion", "ratio", "summarize"]
+__all__ = ["DIRECTIONS", "SERVED_METRICS", "direction_of", "is_binary", "mean", "proportion", "ratio", "summarize"]
+
+DIRECTIONS = ("higher", "lower")
+# What an experiment on a served model can measure per request: columns of the prediction log, the joined
+# label, and the per-request scores computed from output and label.
+SERVED_METRICS: dict[str, str] = {"label": "higher", "output": "higher", "latency_ms": "lower",
+                                  "log_loss": "lower", "brier": "lower"}
+_LOWER_SUFFIXES = ("loss", "error", "latency")
+
+
+def direction_of(metric: str, direction: str | None = None) -> str:
+    """``direction`` checked, or the default for ``metric`` (see the module docstring)."""
+    if direction is not None:
+        if direction not in DIRECTIONS:
+            raise InputError("direction", "must be 'higher' or 'lower' (which way is better)", direction)
+        return direction
+    if metric in SERVED_METRICS:
+        return SERVED_METRICS[metric]
+    return "lower" if metric.lower().endswith(_LOWER_SUFFIXES) else "higher"
 
 
 def is_binary(values: ArrayLike) -> bool:

@@ -20,6 +20,7 @@ experiments = sa.Table(
     sa.Column("salt", sa.String(200), nullable=False),
     sa.Column("variants", sa.JSON, nullable=False),  # [{"name", "version", "weight"}], control first
     sa.Column("primary_metric", sa.String(200), nullable=False),
+    sa.Column("direction", sa.String(10), nullable=True),  # higher | lower (null: the metric's default)
     sa.Column("guardrails", sa.JSON, nullable=False),  # [metric name]
     sa.Column("min_sample_size", sa.Integer, nullable=False),
     sa.Column("alpha", sa.Float, nullable=False),
