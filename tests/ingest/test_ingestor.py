@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from modelmill.cli import app
+from modelmill.errors import ConfigError
 from modelmill.ingest import (
     DeadLetters,
     EventSchema,
@@ -165,3 +166,40 @@ def test_cli_publish_run_dead_letters_and_replay(tmp_path: Path, monkeypatch: py
     assert shown["event_id"] == "event_id"
     missing = runner.invoke(app, ["ingest", "run", "--schema", "nope", "--json"], env=env)
     assert missing.exit_code != 0
+
+
+def test_an_event_past_the_time_window_is_dead_lettered_and_the_rest_stored(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15 item 11: ``"ts": 1e12`` (year 33658) passed validation, then the sink's OverflowError made
+    `ingest run` exit 1 on every restart, and the events around it were never stored."""
+    monkeypatch.chdir(tmp_path)
+    env = {"MODELMILL_HOME": str(tmp_path / ".mm")}
+    runner = CliRunner()
+    schema = tmp_path / "clicks.json"
+    schema.write_text(json.dumps(CLICKS.as_dict()))
+    rows = [click(i) for i in range(10)]
+    rows[4]["ts"] = 1e12
+    rows[7]["ts"] = "0001-01-01T00:00:00Z"  # representable, but no nanosecond timestamp holds it
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(orjson.dumps(r) for r in rows) + b"\n")
+
+    def run(*args: str, code: int = 0) -> dict:  # type: ignore[type-arg]
+        result = runner.invoke(app, [*args, "--json"], env=env)
+        assert result.exit_code == code, result.output
+        return json.loads(result.stdout) if code == 0 else {}
+
+    run("ingest", "publish", str(events), "--schema", str(schema))
+    ran = run("ingest", "run", "--schema", str(schema), "--idle-timeout", "0.5")
+    assert (ran["polled"], ran["written"], ran["dead_letters"]) == (10, 8, 2)
+    letters = run("ingest", "dead-letters", "--schema", "clicks")
+    assert letters["by_reason"] == {"out_of_range": 2}
+    assert sorted(d["field"] for d in letters["dead_letters"]) == ["ts", "ts"]
+    assert any("2262-04-11" in d["detail"] and "[ingest]" in d["detail"] for d in letters["dead_letters"])
+    # The window is a setting: a narrower one refuses the 2024 events too, a malformed one is a clear error.
+    (tmp_path / "modelmill.toml").write_text('[ingest]\nmin_time = 2025-01-01\n')
+    again = run("ingest", "run", "--schema", str(schema), "--source", str(events))
+    assert (again["written"], again["dead_letters"]) == (0, 10)
+    (tmp_path / "modelmill.toml").write_text('[ingest]\nmax_time = "soon"\n')
+    bad = runner.invoke(app, ["ingest", "run", "--schema", str(schema), "--source", str(events)], env=env)
+    assert bad.exit_code != 0 and isinstance(bad.exception, ConfigError)  # main() prints it, exit 1
+    assert "ingest.max_time" in str(bad.exception) and "ISO 8601" in str(bad.exception)

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+from typing import Any
 
 import orjson
 import pyarrow as pa
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from modelmill.errors import NotFoundError, SchemaError
 from modelmill.ingest import EventSchema, Field, Validator, load_schema
@@ -103,3 +107,76 @@ def test_public_api_is_sorted_and_importable() -> None:
 
     assert len(set(ingest.__all__)) == len(ingest.__all__)  # ruff (RUF022) keeps the order sorted
     assert all(hasattr(ingest, name) for name in ingest.__all__)
+
+
+# ---- one verdict per event, whatever its batch-mates ----------------------------------------------------------
+
+_BASE = '"id": "e{i}", "ts": "2024-01-01T00:00:00Z", "user": {i}'
+_DEEP = ("[" * 1023 + "]" * 1023, "[" * 1024 + "]" * 1024, "[" * 3000 + "]" * 3000)
+_ODD_VALUES = ("Inf", "-Inf", "Infinity", "-Infinity", "NaN", "-NaN", "1e400", '"Info"', '"NaN"', *_DEEP,
+               '"\\ud800"', '"\t"', "0.1", "-0.0", "1e308", '""', "9223372036854775808", "[1, {}]")
+_TIMES = ('"2024-01-01T00:00:00Z"', '"2024-01-01 00:00:00"', '"2024-01-01"', '"2024-01-01T02:00:00+02:00"',
+          '"0001-01-01T00:00:00Z"', '"1677-09-21T00:12:44Z"', '"1677-09-21T00:12:43Z"', '"2262-04-11T23:47:16Z"',
+          '"2262-04-11T23:47:17Z"', '"9999-12-31T00:00:00Z"', "1704067200", "1704067200.5", "1e12", "-1e15",
+          "1e300", '"2024-01-01T00:00:00.123456789Z"', '""', "null")
+
+
+@st.composite
+def _tricky(draw: st.DrawFn, i: int) -> bytes:
+    """One payload: a clicks event with odd values where pyarrow's reader and orjson could disagree."""
+    kind = draw(st.sampled_from(["good", "odd_extra", "odd_field", "time", "empty", "bom", "garbage"]))
+    base = _BASE.format(i=i)
+    if kind == "good":
+        return ("{" + base + "}").encode()
+    if kind == "odd_extra":  # an unknown field: ignored if it parses, but must parse for both paths alike
+        return ("{" + base + ', "x": ' + draw(st.sampled_from(_ODD_VALUES)) + "}").encode()
+    if kind == "odd_field":
+        name = draw(st.sampled_from(["price", "kind", "user", "mobile"]))
+        value = draw(st.sampled_from(_ODD_VALUES))
+        return ("{" + base.replace(f', "user": {i}', "") + (f', "user": {i}' if name != "user" else "")
+                + f', "{name}": {value}' + "}").encode()
+    if kind == "time":
+        return ('{"id": "e' + str(i) + '", "user": 1, "ts": ' + draw(st.sampled_from(_TIMES)) + "}").encode()
+    if kind == "empty":  # required strings that are empty; an optional one that is empty is kept
+        field = draw(st.sampled_from(["id", "kind"]))
+        return ("{" + base.replace(f'"e{i}"', '""' if field == "id" else f'"e{i}"') + ', "kind": ""}').encode()
+    if kind == "bom":
+        return b"\xef\xbb\xbf{" + base.encode() + b"}"
+    return draw(st.sampled_from([b"", b"null", b"[1]", b"{", b'{"id": "a"}', b'{"id": "e", "ts": 1} {}']))
+
+
+def _verdicts(validator: Validator, payloads: list[bytes]) -> list[Any]:
+    """Per payload: its stored row (timestamps as integers) or its rejection (reason, field, detail)."""
+    table, rejected = validator.validate(payloads)
+    columns = {name: (c.cast(pa.int64()) if pa.types.is_timestamp(c.type) else c).to_pylist()
+               for name, c in zip(table.column_names, table.columns, strict=True)}
+    rows = iter(range(table.num_rows))
+    bad = {r.index: (r.reason, r.field, r.detail) for r in rejected}
+    return [bad[i] if i in bad else _row(columns, next(rows)) for i in range(len(payloads))]
+
+
+def _row(columns: dict[str, list[Any]], j: int) -> dict[str, Any]:
+    return {k: v[j] for k, v in columns.items()}
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.integers(1, 12).flatmap(lambda n: st.tuples(*[_tricky(i) for i in range(n)])))
+def test_each_event_gets_the_verdict_it_gets_alone(batch: tuple[bytes, ...]) -> None:
+    """Issue 15 item 13: Inf or 3,000-deep nesting was stored in a clean batch and dead-lettered beside a bad
+    event. Whatever the batch, each event's verdict (stored values, or reason, field and detail) is its own."""
+    schema = dataclasses.replace(CLICKS, max_event_bytes=1 << 20)
+    v = Validator(schema)
+    payloads = list(batch)
+    together = _verdicts(v, payloads)
+    alone = [_verdicts(v, [p])[0] for p in payloads]
+    assert together == alone
+
+
+@pytest.mark.parametrize("odd", [b"Inf", b"-Inf", b"[" * 3000 + b"]" * 3000])
+def test_inf_and_deep_nesting_are_refused_alone_and_beside_a_bad_event(odd: bytes) -> None:
+    payload = b'{"id": "e1", "ts": "2024-01-01T00:00:00Z", "user": 1, "price": 1.0, "x": ' + odd + b"}"
+    v = Validator(dataclasses.replace(CLICKS, max_event_bytes=1 << 20))
+    for batch in ([payload], [payload, *clicks(3)], [payload, b"{"]):
+        _, rejected = v.validate(batch)
+        assert [(r.index, r.reason) for r in rejected if r.index == 0] == [(0, "invalid_json")]

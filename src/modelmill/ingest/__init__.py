@@ -24,7 +24,7 @@ from modelmill.ingest.replay import FileReplaySource
 from modelmill.ingest.schema import EventSchema, Field, load_schema
 from modelmill.ingest.sink import OfflineSink
 from modelmill.ingest.source import Polled, Publisher, Source, open_publisher, open_source
-from modelmill.ingest.validation import Rejected, Validator
+from modelmill.ingest.validation import Rejected, TimeWindow, Validator
 
 __all__ = [
     "FLIGHTS",
@@ -43,6 +43,7 @@ __all__ = [
     "ReplayResult",
     "Source",
     "StreamProcessor",
+    "TimeWindow",
     "Validator",
     "load_schema",
     "open_publisher",

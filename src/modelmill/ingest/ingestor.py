@@ -38,7 +38,7 @@ from modelmill.ingest.deadletters import DeadLetters
 from modelmill.ingest.schema import EventSchema
 from modelmill.ingest.sink import OfflineSink
 from modelmill.ingest.source import Polled, Source
-from modelmill.ingest.validation import Rejected, Validator
+from modelmill.ingest.validation import Rejected, TimeWindow, Validator
 from modelmill.project import Project
 
 __all__ = ["IngestStats", "Ingestor", "ReplayResult", "StreamProcessor", "replay_dead_letters"]
@@ -91,7 +91,7 @@ class Ingestor:
         self.batch_size = batch_size
         self.batch_seconds = batch_seconds
         self.poll_size = poll_size
-        self.validator = Validator(schema)
+        self.validator = Validator(schema, window=TimeWindow.from_section(project.settings.section("ingest")))
         self.sink = OfflineSink(project, schema, stream=source.stream)
         self.stats = IngestStats()
         self._stop = threading.Event()
@@ -193,7 +193,7 @@ def replay_dead_letters(project: Project, schema: EventSchema, *, stream: str | 
     their place with their new reason.
     """
     letters = DeadLetters(project.db)
-    validator = Validator(schema)
+    validator = Validator(schema, window=TimeWindow.from_section(project.settings.section("ingest")))
     sink = OfflineSink(project, schema, stream=stream).open()
     accepted = duplicates = failing = 0
     after = 0
