@@ -9,7 +9,7 @@ import typer
 from modelmill.cli.output import JsonOption, console, emit_json, err_console, table
 from modelmill.errors import InputError
 from modelmill.project import Project, open_project
-from modelmill.rollout import Guardrails, RolloutController, ServingGuardrails, Step
+from modelmill.rollout import CHECKS, Guardrails, RolloutController, ServingGuardrails, Step
 
 app = typer.Typer(help="Safe rollout: shadow, canary, gradual, full, with automatic rollback.",
                   no_args_is_help=True)
@@ -67,6 +67,19 @@ def start(
     max_latency_ratio: float = typer.Option(1.5, "--max-latency-ratio", help="Allowed p95 latency ratio."),
     latency_slack_ms: float = typer.Option(5.0, "--latency-slack-ms", help="Latency allowed on top of the ratio."),
     max_output_shift: float = typer.Option(0.2, "--max-output-shift", help="Allowed KS distance of outputs."),
+    max_label_loss_increase: float = typer.Option(0.02, "--max-label-loss-increase",
+                                                  help="Allowed increase of the loss on delayed labels."),
+    min_samples: int = typer.Option(50, "--min-samples",
+                                    help="Observations each guardrail needs before it can pass (until then the "
+                                         "stage holds)."),
+    off: list[str] = typer.Option([], "--off", help="Turn a guardrail off: error_rate, latency_p95, "
+                                  "output_shift or label_loss (repeat for several). Without delayed labels, "
+                                  "label_loss has no data and holds every stage."),
+    max_stage_seconds: float | None = typer.Option(None, "--max-stage-seconds",
+                                                   help="How long a stage may hold for lack of data "
+                                                        "(default: 10 x --stage-seconds, at least 600)."),
+    on_timeout: str = typer.Option("rollback", "--on-timeout",
+                                   help="What a stage past --max-stage-seconds without data does: rollback or hold."),
     detach: bool = typer.Option(False, "--detach", help="Start and return; run `modelmill rollout run` later."),
     interval: float = IntervalOption,
     metrics_url: str | None = MetricsOption,
@@ -77,16 +90,31 @@ def start(
     base: int | str = int(baseline) if baseline.isdigit() else baseline
     with open_project() as project:
         ctl = _controller(project, metrics_url)
-        guardrails = Guardrails(max_error_rate_increase=max_error_rate_increase,
-                                max_latency_ratio=max_latency_ratio, latency_slack_ms=latency_slack_ms,
-                                max_output_shift=max_output_shift)
+        unknown = sorted(set(off) - set(CHECKS))
+        if unknown:
+            raise InputError("--off", f"names no guardrail; the guardrails are {', '.join(CHECKS)}", unknown[0])
+        limits: dict[str, float | None] = {
+            "error_rate": max_error_rate_increase, "latency_p95": max_latency_ratio,
+            "output_shift": max_output_shift, "label_loss": max_label_loss_increase}
+        limits.update(dict.fromkeys(off))
+        guardrails = Guardrails(max_error_rate_increase=limits["error_rate"], max_latency_ratio=limits["latency_p95"],
+                                latency_slack_ms=latency_slack_ms, max_output_shift=limits["output_shift"],
+                                max_label_loss_increase=limits["label_loss"], min_samples=min_samples)
         state = ctl.start(model, version, baseline=base, plan=plan, min_requests=min_requests,
-                          stage_seconds=stage_seconds, guardrails=guardrails)
+                          stage_seconds=stage_seconds, guardrails=guardrails, max_stage_seconds=max_stage_seconds,
+                          on_timeout=on_timeout)
         if detach:
             _report({"rollout": state.as_dict()}, as_json)
             return
         step = _run(ctl, model, interval, None, as_json)
         _report({**step.as_dict(), "events": ctl.events(step.state.id)}, as_json)
+    _exit_for(step)
+
+
+def _exit_for(step: Step) -> None:
+    """A rolled-back rollout fails the command (exit 1), so a CI/CD pipeline stops there."""
+    if step.state.status == "rolled_back":
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -102,6 +130,7 @@ def run(
         ctl = _controller(project, metrics_url)
         step = _run(ctl, model, interval, max_seconds, as_json)
         _report({**step.as_dict(), "events": ctl.events(step.state.id)}, as_json)
+    _exit_for(step)
 
 
 @app.command()

@@ -13,10 +13,11 @@ from modelmill.rollout.controller import (
     parse_plan,
     routes_for,
 )
-from modelmill.rollout.guardrails import Breach, Guardrails, Observation, evaluate
+from modelmill.rollout.guardrails import CHECKS, Breach, Guardrails, Observation, Verdict, check, evaluate
 from modelmill.rollout.sources import GuardrailSource, RouteSink, ServingGuardrails, ServingRoutes, Target
 
 __all__ = [
+    "CHECKS",
     "Breach",
     "GuardrailSource",
     "Guardrails",
@@ -28,6 +29,8 @@ __all__ = [
     "ServingRoutes",
     "Step",
     "Target",
+    "Verdict",
+    "check",
     "evaluate",
     "parse_plan",
     "routes_for",

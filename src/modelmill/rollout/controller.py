@@ -10,9 +10,18 @@ guarded by the stage it expects (two controllers cannot both advance).
 Each :meth:`RolloutController.step` looks at the current stage once:
 
 - a guardrail breached → roll back at once (all traffic to the baseline);
-- the stage has run ``stage_seconds`` and the candidate has answered
-  ``min_requests`` → next stage, or ``completed`` after the last one;
+- a guardrail without enough data to pass (see :func:`~modelmill.rollout.guardrails.check`)
+  → hold, and once the stage has run ``max_stage_seconds`` → roll back
+  (``on_timeout="rollback"``, the default) or keep holding (``"hold"``): a
+  rollout that cannot see its candidate never advances;
+- the stage has run ``stage_seconds``, the candidate has answered
+  ``min_requests`` and every guardrail passed → next stage, or ``completed``
+  after the last one;
 - otherwise → hold.
+
+A plan whose ``min_requests`` is below the guardrails' ``min_samples`` is
+refused when it starts, and so is a candidate or baseline that the registry
+cannot resolve (see :meth:`RouteSink.check`).
 
 :meth:`RolloutController.run` calls ``step`` every ``interval_s`` seconds, so a
 breach is acted on within one evaluation interval.
@@ -28,6 +37,7 @@ the canary's users stay in it as it grows)::
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -35,13 +45,14 @@ from typing import Any
 import sqlalchemy as sa
 
 from modelmill.errors import ConflictError, InputError, NotFoundError, RolloutError
-from modelmill.rollout.guardrails import Breach, Guardrails, Observation, evaluate
+from modelmill.rollout.guardrails import FAIL, NO_DATA, Breach, Guardrails, Observation, Verdict, check
 from modelmill.rollout.sources import GuardrailSource, RouteSink, Target
 from modelmill.store.tables.experiments import rollout_events, rollouts
 
 __all__ = ["CANDIDATE", "DEFAULT_PLAN", "STABLE", "RolloutController", "RolloutState", "Step", "parse_plan", "routes_for"]
 
 DEFAULT_PLAN: tuple[str | int, ...] = ("shadow", 5, 10, 50, 100)
+ON_TIMEOUT = ("rollback", "hold")
 CANDIDATE, STABLE = "candidate", "stable"
 ACTIVE = "running"
 
@@ -102,6 +113,8 @@ class RolloutState:
     created_at: float
     updated_at: float
     reason: str
+    max_stage_seconds: float = math.inf
+    on_timeout: str = "rollback"
 
     @property
     def current(self) -> str | int:
@@ -119,6 +132,8 @@ class RolloutState:
         return {"id": self.id, "model": self.model, "candidate": self.candidate, "baseline": self.baseline,
                 "plan": list(self.plan), "stage": str(self.current), "stage_index": self.stage,
                 "status": self.status, "min_requests": self.min_requests, "stage_seconds": self.stage_seconds,
+                "max_stage_seconds": None if math.isinf(self.max_stage_seconds) else self.max_stage_seconds,
+                "on_timeout": self.on_timeout,
                 "guardrails": self.guardrails.as_dict(), "stage_started_at": self.stage_started_at,
                 "created_at": self.created_at, "updated_at": self.updated_at, "reason": self.reason}
 
@@ -132,7 +147,9 @@ class RolloutState:
                    status=row.status, min_requests=int(s["min_requests"]), stage_seconds=float(s["stage_seconds"]),
                    guardrails=Guardrails(**s["guardrails"]), stage_started_at=row.stage_started_at,
                    marks=dict(row.marks or {}), created_at=row.created_at, updated_at=row.updated_at,
-                   reason=row.reason)
+                   reason=row.reason,
+                   max_stage_seconds=math.inf if s.get("max_stage_seconds") is None else float(s["max_stage_seconds"]),
+                   on_timeout=str(s.get("on_timeout", "rollback")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,10 +161,12 @@ class Step:
     reason: str
     breaches: tuple[Breach, ...] = ()
     observed: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    checks: tuple[Verdict, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {"action": self.action, "reason": self.reason, "breaches": [b.as_dict() for b in self.breaches],
-                "observed": self.observed, "rollout": self.state.as_dict()}
+                "checks": [v.as_dict() for v in self.checks], "observed": self.observed,
+                "rollout": self.state.as_dict()}
 
 
 class RolloutController:
@@ -216,8 +235,13 @@ class RolloutController:
 
     def start(self, model: str, candidate: int, *, baseline: int | str = "production",
               plan: str | Sequence[str | int] = DEFAULT_PLAN, min_requests: int = 100,
-              stage_seconds: float = 60.0, guardrails: Guardrails | None = None) -> RolloutState:
-        """Begin a rollout at its first stage; one active rollout per model."""
+              stage_seconds: float = 60.0, guardrails: Guardrails | None = None,
+              max_stage_seconds: float | None = None, on_timeout: str = "rollback") -> RolloutState:
+        """Begin a rollout at its first stage; one active rollout per model.
+
+        ``max_stage_seconds`` (default: ten times ``stage_seconds``, at least ten minutes) bounds how
+        long a stage may hold for lack of data before ``on_timeout`` acts.
+        """
         stages = parse_plan(plan)
         if isinstance(candidate, bool) or not isinstance(candidate, int) or candidate < 1:
             raise InputError("candidate", "must be a version number of at least 1", candidate)
@@ -226,6 +250,19 @@ class RolloutController:
         if min_requests < 0 or stage_seconds < 0:
             raise InputError("min_requests", "min_requests and stage_seconds must be 0 or more")
         g = guardrails or Guardrails()
+        if min_requests < g.min_samples:
+            raise InputError("min_requests", f"is below the guardrails' minimum sample ({g.min_samples}): a stage "
+                             f"would pass before any guardrail could judge it; give at least {g.min_samples}, "
+                             "or lower the guardrails' min_samples", min_requests)
+        if on_timeout not in ON_TIMEOUT:
+            raise InputError("on_timeout", "must be 'rollback' or 'hold'", on_timeout)
+        limit = max(10 * stage_seconds, 600.0) if max_stage_seconds is None else float(max_stage_seconds)
+        if not limit > 0 or limit < stage_seconds:
+            raise InputError("max_stage_seconds", f"must be above 0 and at least stage_seconds ({stage_seconds:g})",
+                             max_stage_seconds)
+        checker = getattr(self.routes, "check", None)
+        if checker is not None:  # a version the servers could not load is refused now, not ignored later
+            checker(model, [candidate, baseline])
         now = self.clock()
         mark = self.source.mark(model)
         db = self.project.db
@@ -238,11 +275,12 @@ class RolloutController:
             rid = conn.execute(rollouts.insert().values(
                 model=model, candidate=candidate, baseline=str(baseline), plan=list(stages), stage=0,
                 status=ACTIVE, settings={"min_requests": min_requests, "stage_seconds": stage_seconds,
+                                         "max_stage_seconds": limit, "on_timeout": on_timeout,
                                          "guardrails": g.as_dict()},
                 stage_started_at=now, marks=mark, created_at=now, updated_at=now, reason="started",
             ).returning(rollouts.c.id)).scalar_one()
             detail = {"plan": list(stages), "baseline": str(baseline), "min_requests": min_requests,
-                      "stage_seconds": stage_seconds}
+                      "stage_seconds": stage_seconds, "max_stage_seconds": limit, "on_timeout": on_timeout}
             self._event(conn, rid, "start", None, stages[0], detail, subject=f"{model}@{candidate}")
         state = self._load(rid)
         self.apply(state)
@@ -278,19 +316,33 @@ class RolloutController:
             # side is a shadow (the candidate in the shadow stage, production at 100%), only errors, the
             # prediction shift and labels are compared; latency was judged at the stages in between.
             g = dataclasses.replace(g, max_latency_ratio=None)
-        breaches = tuple(evaluate(cand, base, g))
+        verdicts = tuple(check(cand, base, g))
+        breaches = tuple(v.breach for v in verdicts if v.status == FAIL and v.breach is not None)
         if breaches:
             reason = "guardrail breached: " + "; ".join(b.message for b in breaches)
             after = self._finish(state, "rolled_back", "rollback", reason,
                                  {"breaches": [b.as_dict() for b in breaches], "observed": observed})
-            return Step("rollback", after, reason, breaches, observed)
+            return Step("rollback", after, reason, breaches, observed, verdicts)
         elapsed = now - state.stage_started_at
+        lacking = [v for v in verdicts if v.status == NO_DATA]
+        if lacking:
+            why = "; ".join(v.message for v in lacking)
+            if elapsed >= state.max_stage_seconds and state.on_timeout == "rollback":
+                reason = (f"stage {state.current} ran {elapsed:.0f} s, past its limit of "
+                          f"{state.max_stage_seconds:g} s, without the data its guardrails need: {why}")
+                after = self._finish(state, "rolled_back", "rollback", reason,
+                                     {"no_data": [v.as_dict() for v in lacking], "observed": observed})
+                return Step("rollback", after, reason, (), observed, verdicts)
+            reason = (f"holding at {state.current}: {elapsed:.0f}/{state.stage_seconds:g} s, "
+                      f"{cand.requests}/{state.min_requests} candidate requests, no data yet: {why}")
+            return Step("hold", state, reason, (), observed, verdicts)
         if elapsed < state.stage_seconds or cand.requests < state.min_requests:
             reason = (f"holding at {state.current}: {elapsed:.0f}/{state.stage_seconds:g} s, "
                       f"{cand.requests}/{state.min_requests} candidate requests, guardrails pass")
-            return Step("hold", state, reason, (), observed)
-        return self._advance(state, f"stage {state.current} passed: {cand.requests} candidate requests in "
+            return Step("hold", state, reason, (), observed, verdicts)
+        step = self._advance(state, f"stage {state.current} passed: {cand.requests} candidate requests in "
                                     f"{elapsed:.0f} s, guardrails pass", {"observed": observed}, observed)
+        return dataclasses.replace(step, checks=verdicts)
 
     def promote(self, model: str, *, actor: str = "cli", reason: str = "promoted by hand") -> Step:
         """Move to the next stage now, skipping the checks (an operator's decision, audited as such)."""

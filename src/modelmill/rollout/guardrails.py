@@ -1,10 +1,15 @@
 """Guardrails: is the candidate doing worse than production on what was observed in this stage?
 
-Four checks, each on by default and each with a minimum sample below which it
-stays silent (a guardrail that fires on three requests is noise):
+Four checks, each on by default. Each answers ``pass``, ``fail`` or
+``no_data``: below its minimum sample a check cannot pass (a guardrail that
+passes on three requests has checked nothing), so the controller holds the
+stage until the data is there, and past the stage's time limit rolls back.
+A check can fail early, though: enough errors to be significant already are
+a verdict.
 
 - error rate — candidate errors significantly above production's (one-sided
-  pooled z-test) *and* by more than ``max_error_rate_increase``;
+  pooled z-test) *and* by more than ``max_error_rate_increase``; needs
+  ``min_samples`` candidate requests to pass;
 - latency p95 — above ``max_latency_ratio`` × production's p95 plus a slack;
 - prediction shift — two-sample Kolmogorov–Smirnov distance of the outputs;
 - delayed labels — mean loss (log loss for probabilities of 0/1 labels,
@@ -13,8 +18,10 @@ stays silent (a guardrail that fires on three requests is noise):
     >>> import numpy as np
     >>> ok = Observation(requests=1000, errors=0, latencies_ms=np.full(1000, 2.0), outputs=np.linspace(0, 1, 1000))
     >>> bad = Observation(requests=100, errors=12, latencies_ms=np.full(88, 2.0), outputs=np.linspace(0, 1, 88))
-    >>> [b.check for b in evaluate(bad, ok, Guardrails())]
+    >>> [b.check for b in evaluate(bad, ok, Guardrails(max_label_loss_increase=None))]
     ['error_rate']
+    >>> [(v.check, v.status) for v in check(bad, ok, Guardrails())]
+    [('error_rate', 'fail'), ('latency_p95', 'pass'), ('output_shift', 'pass'), ('label_loss', 'no_data')]
 """
 
 from __future__ import annotations
@@ -29,7 +36,11 @@ from scipy import stats as st
 
 from modelmill.errors import InputError
 
-__all__ = ["Breach", "Guardrails", "Observation", "evaluate"]
+__all__ = ["CHECKS", "Breach", "Guardrails", "Observation", "Verdict", "check", "evaluate"]
+
+#: The checks, in the order they are reported.
+CHECKS = ("error_rate", "latency_p95", "output_shift", "label_loss")
+PASS, FAIL, NO_DATA = "pass", "fail", "no_data"
 
 _EMPTY = np.zeros(0)
 
@@ -105,36 +116,89 @@ def _one_sided_worse(x_c: int, n_c: int, x_b: int, n_b: int) -> float:
     return float(st.norm.sf((x_c / n_c - x_b / n_b) / se))
 
 
-def evaluate(candidate: Observation, baseline: Observation, g: Guardrails) -> list[Breach]:
-    """Every guardrail the candidate breaches against the baseline (empty when all pass)."""
-    out: list[Breach] = []
-    if g.max_error_rate_increase is not None and candidate.requests and candidate.errors >= g.min_errors:
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """One check's answer: ``pass``, ``fail`` (with its :class:`Breach`) or ``no_data`` (with what is lacking)."""
+
+    check: str
+    status: str
+    message: str
+    breach: Breach | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"check": self.check, "status": self.status, "message": self.message}
+
+
+def _short(name: str, have: int, need: int, what: str) -> Verdict:
+    return Verdict(name, NO_DATA, f"{name}: {have} of the {need} {what} it needs")
+
+
+def check(candidate: Observation, baseline: Observation, g: Guardrails) -> list[Verdict]:
+    """Every enabled check's verdict on the candidate against the baseline."""
+    out: list[Verdict] = []
+    if g.max_error_rate_increase is not None:
         diff = candidate.error_rate - baseline.error_rate
-        p = _one_sided_worse(candidate.errors, candidate.requests, baseline.errors, baseline.requests)
-        if diff > g.max_error_rate_increase and p < g.significance:
-            out.append(Breach("error_rate", candidate.error_rate, baseline.error_rate,
-                              baseline.error_rate + g.max_error_rate_increase,
-                              f"error rate {candidate.error_rate:.2%} against {baseline.error_rate:.2%} "
-                              f"({candidate.errors}/{candidate.requests}, one-sided p={p:.2g})"))
+        p = (_one_sided_worse(candidate.errors, candidate.requests, baseline.errors, baseline.requests)
+             if candidate.requests else 1.0)
+        if candidate.requests and candidate.errors >= g.min_errors and diff > g.max_error_rate_increase \
+                and p < g.significance:
+            b = Breach("error_rate", candidate.error_rate, baseline.error_rate,
+                       baseline.error_rate + g.max_error_rate_increase,
+                       f"error rate {candidate.error_rate:.2%} against {baseline.error_rate:.2%} "
+                       f"({candidate.errors}/{candidate.requests}, one-sided p={p:.2g})")
+            out.append(Verdict(b.check, FAIL, b.message, b))
+        elif candidate.requests < g.min_samples:
+            out.append(_short("error_rate", candidate.requests, g.min_samples, "candidate requests"))
+        elif baseline.requests < g.min_samples:
+            out.append(_short("error_rate", baseline.requests, g.min_samples, "baseline requests"))
+        else:
+            out.append(Verdict("error_rate", PASS, f"error rate {candidate.error_rate:.2%} against "
+                               f"{baseline.error_rate:.2%}"))
     n_c, n_b = candidate.latencies_ms.size, baseline.latencies_ms.size
-    if g.max_latency_ratio is not None and min(n_c, n_b) >= g.min_samples:
-        limit = baseline.latency_p95 * g.max_latency_ratio + g.latency_slack_ms
-        if candidate.latency_p95 > limit:
-            out.append(Breach("latency_p95", candidate.latency_p95, baseline.latency_p95, limit,
-                              f"latency p95 {candidate.latency_p95:.1f} ms above the limit {limit:.1f} ms"))
-    if g.max_output_shift is not None and min(candidate.outputs.size, baseline.outputs.size) >= g.min_samples:
-        ks = st.ks_2samp(candidate.outputs, baseline.outputs)
-        if ks.statistic > g.max_output_shift and ks.pvalue < g.significance:
-            out.append(Breach("output_shift", float(ks.statistic), 0.0, g.max_output_shift,
-                              f"prediction distribution shifted: KS distance {ks.statistic:.3f} "
-                              f"(p={ks.pvalue:.2g})"))
+    if g.max_latency_ratio is not None:
+        if min(n_c, n_b) < g.min_samples:
+            out.append(_short("latency_p95", min(n_c, n_b), g.min_samples, "latencies per variant"))
+        else:
+            limit = baseline.latency_p95 * g.max_latency_ratio + g.latency_slack_ms
+            msg = f"latency p95 {candidate.latency_p95:.1f} ms against the limit {limit:.1f} ms"
+            if candidate.latency_p95 > limit:
+                b = Breach("latency_p95", candidate.latency_p95, baseline.latency_p95, limit,
+                           f"latency p95 {candidate.latency_p95:.1f} ms above the limit {limit:.1f} ms")
+                out.append(Verdict(b.check, FAIL, b.message, b))
+            else:
+                out.append(Verdict("latency_p95", PASS, msg))
+    if g.max_output_shift is not None:
+        n = min(candidate.outputs.size, baseline.outputs.size)
+        if n < g.min_samples:
+            out.append(_short("output_shift", n, g.min_samples, "outputs per variant"))
+        else:
+            ks = st.ks_2samp(candidate.outputs, baseline.outputs)
+            if ks.statistic > g.max_output_shift and ks.pvalue < g.significance:
+                b = Breach("output_shift", float(ks.statistic), 0.0, g.max_output_shift,
+                           f"prediction distribution shifted: KS distance {ks.statistic:.3f} (p={ks.pvalue:.2g})")
+                out.append(Verdict(b.check, FAIL, b.message, b))
+            else:
+                out.append(Verdict("output_shift", PASS, f"KS distance of outputs {ks.statistic:.3f}"))
     lc, lb = candidate.label_losses, baseline.label_losses
-    if g.max_label_loss_increase is not None and min(lc.size, lb.size) >= g.min_samples:
-        diff = float(lc.mean() - lb.mean())
-        se = math.sqrt(lc.var(ddof=1) / lc.size + lb.var(ddof=1) / lb.size)
-        p = float(st.norm.sf(diff / se)) if se > 0 else (0.0 if diff > 0 else 1.0)
-        if diff > g.max_label_loss_increase and p < g.significance:
-            out.append(Breach("label_loss", float(lc.mean()), float(lb.mean()),
-                              float(lb.mean()) + g.max_label_loss_increase,
-                              f"loss on delayed labels {lc.mean():.4f} against {lb.mean():.4f} (p={p:.2g})"))
+    if g.max_label_loss_increase is not None:
+        if min(lc.size, lb.size) < g.min_samples:
+            out.append(_short("label_loss", min(lc.size, lb.size), g.min_samples, "labelled requests per variant"))
+        else:
+            diff = float(lc.mean() - lb.mean())
+            se = math.sqrt(lc.var(ddof=1) / lc.size + lb.var(ddof=1) / lb.size)
+            p = float(st.norm.sf(diff / se)) if se > 0 else (0.0 if diff > 0 else 1.0)
+            if diff > g.max_label_loss_increase and p < g.significance:
+                b = Breach("label_loss", float(lc.mean()), float(lb.mean()),
+                           float(lb.mean()) + g.max_label_loss_increase,
+                           f"loss on delayed labels {lc.mean():.4f} against {lb.mean():.4f} (p={p:.2g})")
+                out.append(Verdict(b.check, FAIL, b.message, b))
+            else:
+                out.append(Verdict("label_loss", PASS, f"loss on delayed labels {lc.mean():.4f} against "
+                                   f"{lb.mean():.4f}"))
     return out
+
+
+def evaluate(candidate: Observation, baseline: Observation, g: Guardrails) -> list[Breach]:
+    """Every guardrail the candidate breaches against the baseline (empty when none fails; see :func:`check`
+    for the checks that could not tell)."""
+    return [v.breach for v in check(candidate, baseline, g) if v.breach is not None]

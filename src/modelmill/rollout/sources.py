@@ -5,14 +5,16 @@ read any telemetry; the defaults drive modelmill's own serving:
 
 - :class:`ServingRoutes` sets routes through :class:`modelmill.serving.RouteTable`;
 - :class:`ServingGuardrails` reads the prediction log (offline table
-  ``predictions``, with ``labels`` when they have arrived) and, given the
-  server's ``/metrics`` URL, the request and error counters per variant.
-  A shadow's failures are never answered, so they are counted as the mirrored
-  requests that left no shadow row in the log. Errors are model failures (HTTP
-  422) and server errors (5xx), never a client's bad request. The server labels
-  every request, failed or not, with the variant chosen for it; a request with
-  an empty ``variant`` label was refused before any variant was chosen (unknown
-  model, unreadable body) and says nothing about one.
+  ``predictions``, with ``labels`` when they have arrived). The log holds every
+  outcome of every request a variant was chosen for, on every server writing
+  it: answered rows and failed ones (their HTTP ``status`` and error class), so
+  it alone counts each variant's requests and errors. Errors are model failures
+  (HTTP 422) and server errors (5xx), never a client's bad request. A shadow's
+  failures are logged the same way; a mirrored request that left no shadow row
+  at all (dropped, or lost with its server) counts as a failure too.
+  Given the server's ``/metrics`` URL, the request and error counters per
+  variant are a second source: the larger of the two counts is used, so a
+  server that could not write its log is still charged its errors.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 
 from modelmill.monitoring.performance import log_losses
 from modelmill.rollout.guardrails import Observation
+from modelmill.serving.predlog import is_error
 
 __all__ = ["GuardrailSource", "RouteSink", "ServingGuardrails", "ServingRoutes", "Target"]
 
@@ -35,7 +38,8 @@ Target = tuple[str, "int | str", float, bool]
 
 
 class RouteSink(Protocol):
-    """Sets the traffic split of a model."""
+    """Sets the traffic split of a model; a sink may also have ``check(model, targets)``, which raises when
+    a target cannot be served (the controller calls it before it starts a rollout)."""
 
     def set_weights(self, model: str, variants: Sequence[Target], *, reason: str) -> None: ...
 
@@ -58,6 +62,15 @@ class ServingRoutes:
 
     def __repr__(self) -> str:
         return f"ServingRoutes({self.project!r})"
+
+    def check(self, model: str, targets: Sequence[int | str]) -> None:
+        """Raise unless every target (a version or an alias) resolves in the registry and loads, checksum
+        included: a rollout of a version no server could load would otherwise route to nothing."""
+        from modelmill.registry import Registry
+
+        registry = Registry(self.project)
+        for target in targets:
+            registry.load(registry.resolve(f"{model}@{target}"))
 
     def set_weights(self, model: str, variants: Sequence[Target], *, reason: str) -> None:
         from modelmill.serving import RouteTable, Variant
@@ -131,9 +144,13 @@ class ServingGuardrails:
         label = ("(SELECT last(l.label ORDER BY l.ts) FROM labels l WHERE l.request_id = p.request_id)"
                  if labels else "NULL")
         with offline.connect(tables) as con:
+            cols = {r[0] for r in con.execute("DESCRIBE predictions").fetchall()}
+            # A log written before outcomes were logged holds answered requests only.
+            status = "coalesce(p.status, 200)" if "status" in cols else "200"
             return con.execute(
-                f"SELECT p.request_id, p.variant, epoch(p.ts) AS t, p.latency_ms, p.output, {label} AS label "
-                "FROM predictions p WHERE p.model = ? AND p.ts >= to_timestamp(?)", [model, since]).df()
+                f"SELECT p.request_id, p.variant, epoch(p.ts) AS t, p.latency_ms, p.output, {status} AS status, "
+                f"{label} AS label FROM predictions p WHERE p.model = ? AND p.ts >= to_timestamp(?)",
+                [model, since]).df()
 
     def window(self, model: str, *, since: float, mark: Mapping[str, Any],
                shadows: Sequence[str] = ()) -> dict[str, Observation]:
@@ -149,24 +166,29 @@ class ServingGuardrails:
             shadow_t = log.loc[log["variant"].isin(shadows), "t"]
             wired = min(since + self.propagation_s, float(shadow_t.min()) if len(shadow_t) else math.inf)
             window = (log["t"] >= wired) & (log["t"] < time.time() - self.settle_s)
-            live_ids = set(log.loc[window & ~log["variant"].isin(shadows), "request_id"])
+            # Only answered live requests are mirrored (a failed one never reaches the shadows).
+            live_ids = set(log.loc[window & ~log["variant"].isin(shadows) & (log["status"] == 200), "request_id"])
         out: dict[str, Observation] = {}
         for v in sorted(variants):
             rows = log[log["variant"] == v] if log is not None else None
-            logged = 0 if rows is None else len(rows)
+            failed = rows["status"].map(is_error).astype(bool) if rows is not None else None
             if v in shadows:
                 answered = set(rows["request_id"]) if rows is not None else set()
-                requests, errors = len(live_ids), len(live_ids - answered)
-            elif self.metrics_url:
-                now, then = counters.get(v, {}), before.get(v, {})
-                requests = _delta(now.get("requests", 0.0), then.get("requests", 0.0))
-                errors = _delta(now.get("errors", 0.0), then.get("errors", 0.0))
+                failed_ids = set(rows.loc[failed, "request_id"]) if rows is not None else set()
+                requests = len(live_ids)
+                errors = len(live_ids - answered) + len(live_ids & failed_ids)
             else:
-                requests, errors = logged, 0
+                requests = 0 if rows is None else len(rows)
+                errors = 0 if rows is None else int(failed.sum())
+                if self.metrics_url:
+                    now, then = counters.get(v, {}), before.get(v, {})
+                    requests = max(requests, _delta(now.get("requests", 0.0), then.get("requests", 0.0)))
+                    errors = max(errors, _delta(now.get("errors", 0.0), then.get("errors", 0.0)))
+            ok = rows[rows["status"] == 200] if rows is not None else None
             out[v] = Observation(
                 requests=requests, errors=min(errors, requests),
-                latencies_ms=_floats(rows, "latency_ms"), outputs=_floats(rows, "output"),
-                label_losses=_losses(rows))
+                latencies_ms=_floats(ok, "latency_ms"), outputs=_floats(ok, "output"),
+                label_losses=_losses(ok))
         return out
 
 

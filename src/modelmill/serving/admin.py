@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from modelmill.errors import BackendUnavailable, InputError, NotFoundError
+from modelmill.registry import check_version
 from modelmill.security import actor
 from modelmill.serving.limits import read_body
 from modelmill.serving.responses import error_response, json_response
@@ -88,9 +89,9 @@ def parse_route_request(model: str, body: bytes) -> tuple[Route, str]:
 
 def _version_number(req: dict[str, Any]) -> int:
     version = req.get("version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise InputError("version", "is required: a version number of at least 1", version)
-    return version
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise InputError("version", "is required: a version number (a JSON integer)", version)
+    return check_version(version)
 
 
 class AdminRoutes:
@@ -111,6 +112,11 @@ class AdminRoutes:
             raise BackendUnavailable("registry", "(not configured)", "this server's models do not come from a "
                                      "registry, so it has no aliases to show or move")
         return source
+
+    def _servable(self, ref: str) -> None:
+        """Resolve and load ``ref`` as the servers would (its artifact's checksum included), or raise."""
+        source = self.server.source
+        source.load(source.resolve(ref))
 
     async def _answer(self, fn: Any, *args: Any) -> Response:
         try:
@@ -145,8 +151,8 @@ class AdminRoutes:
 
         def run() -> dict[str, Any]:
             table = self._table()
-            for v in route.variants:  # refuse what no server could serve, before writing it
-                self.server.source.resolve(f"{name}@{v.target}")
+            for v in route.variants:  # refuse what no server could serve (unknown, corrupt), before writing it
+                self._servable(f"{name}@{v.target}")
             return dict(table.set(name, route.variants, salt=route.salt, actor=who, reason=reason).as_dict())
 
         response = await self._answer(run)
@@ -191,7 +197,9 @@ class AdminRoutes:
         who = actor(request)
 
         def run() -> dict[str, Any]:
-            self._registry().set_alias(name, alias, version, actor=who, reason=reason)
+            registry = self._registry()
+            self._servable(f"{name}@{version}")  # an alias to a version no server can load is refused
+            registry.set_alias(name, alias, version, actor=who, reason=reason)
             return {"name": name, "alias": alias, "version": version}
 
         response = await self._answer(run)

@@ -37,6 +37,7 @@ __all__ = [
     "CACHE_MISSES",
     "INFLIGHT",
     "LATENCY",
+    "MODEL_LOAD_FAILURES",
     "MODEL_REQUESTS",
     "REQUESTS",
     "SHADOW_ERRORS",
@@ -58,12 +59,17 @@ MODEL_REQUESTS = Counter(
     ["route", "model", "version", "variant", "status"],
 )
 LATENCY = Histogram(
-    "modelmill_request_latency_seconds", "Time from request to response, by route and model.",
-    ["route", "model"], buckets=_LATENCY_BUCKETS,
+    "modelmill_request_latency_seconds",
+    "Time from request to response, by route, model, version and variant (so a canary's latency shows).",
+    ["route", "model", "version", "variant"], buckets=_LATENCY_BUCKETS,
 )
 BATCH_SIZE = Histogram(
     "modelmill_batch_size", "Rows per model call after micro-batching.", ["model", "version"],
     buckets=_BATCH_BUCKETS,
+)
+MODEL_LOAD_FAILURES = Counter(
+    "modelmill_model_load_failures", "Times a version named by a route or alias could not be loaded, by model.",
+    ["model"],
 )
 CACHE_HITS = Counter("modelmill_cache_hits", "Prediction cache hits.", ["model"])
 CACHE_MISSES = Counter("modelmill_cache_misses", "Prediction cache misses.", ["model"])
@@ -95,7 +101,8 @@ class RequestStats:
     def __init__(self) -> None:
         self.inflight = 0
         self._counts: dict[tuple[str, str, str, str, str], int] = {}
-        self._latency: dict[tuple[str, str], list[float]] = {}  # per-bucket counts, then the sum
+        # per (route, model, version, variant): the per-bucket counts, then the sum
+        self._latency: dict[tuple[str, str, str, str], list[float]] = {}
 
     def __repr__(self) -> str:
         return f"RequestStats(inflight={self.inflight}, pending={sum(self._counts.values())})"
@@ -103,9 +110,10 @@ class RequestStats:
     def answered(self, route: str, model: str, version: str, variant: str, status: str, seconds: float) -> None:
         key = (route, model, version, variant, status)
         self._counts[key] = self._counts.get(key, 0) + 1
-        hist = self._latency.get((route, model))
+        series = (route, model, version, variant)
+        hist = self._latency.get(series)
         if hist is None:
-            hist = self._latency[(route, model)] = [0.0] * (len(_LATENCY_BUCKETS) + 2)
+            hist = self._latency[series] = [0.0] * (len(_LATENCY_BUCKETS) + 2)
         hist[bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1  # the first bucket with seconds <= le
         hist[-1] += seconds
 
@@ -115,8 +123,8 @@ class RequestStats:
         latency, self._latency = self._latency, {}
         for labels, n in counts.items():
             MODEL_REQUESTS.labels(*labels).inc(n)
-        for pair, hist in latency.items():
-            child: Any = LATENCY.labels(*pair)
+        for series, hist in latency.items():
+            child: Any = LATENCY.labels(*series)
             for bucket, observed in zip(child._buckets, hist[:-1], strict=True):  # what observe() updates, in bulk
                 if observed:
                     bucket.inc(observed)

@@ -11,6 +11,7 @@ columns in signature order is accepted too. The output is ``output``,
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from starlette.responses import Response
 
 import modelmill
 from modelmill.errors import InputError
+from modelmill.registry import check_version
 from modelmill.serving import metrics
 from modelmill.serving.limits import read_body
 from modelmill.serving.responses import Incoming, error_response, json_response
@@ -36,6 +38,11 @@ DATATYPES: dict[str, np.dtype[Any]] = {
 _SIGNATURE_TYPES = {"float64": "FP64", "float32": "FP32", "float": "FP64", "double": "FP64", "int64": "INT64",
                     "int32": "INT32", "int": "INT64", "bool": "BOOL", "boolean": "BOOL"}
 _HEADER = "inference-header-content-length"
+# What a JSON number may hold for each integer datatype; FP16/FP32 are bounded by their largest finite value.
+_INT_RANGES = {name: (float(np.iinfo(dt).min), float(np.iinfo(dt).max))
+               for name, dt in DATATYPES.items() if dt.kind in "iu"}
+_FLOAT_MAX = {"FP16": float(np.finfo(np.float16).max), "FP32": float(np.finfo(np.float32).max)}
+_EXACT = 2.0**53  # float64 holds every integer up to here; past it a 64-bit bound is checked on the JSON values
 OUTPUT = "output"
 
 
@@ -82,13 +89,59 @@ def _tensor(inp: dict[str, Any], where: str, binary: memoryview | None, offset: 
             raise InputError(f"{where}.data", f"must hold only numbers of type {datatype}") from None
         if arr.size != size:
             raise InputError(f"{where}.data", f"has {arr.size} values; shape {shape} needs {size}")
+        if datatype != "FP64" and arr.size:
+            _check_range(arr, data, datatype, f"{where}.data")
     arr = arr.astype(np.float64, copy=False).reshape(shape)
     if not np.isfinite(arr).all():
         raise InputError(f"{where}.data", "contains NaN or infinity")
     return arr, offset
 
 
-def parse_infer_request(body: bytes, header_length: int | None) -> tuple[dict[str, Any], memoryview | None]:
+def _check_range(arr: np.ndarray, data: list[Any], datatype: str, where: str) -> None:
+    """Refuse JSON values that the declared datatype cannot hold (1000 as INT8, 1.5 as INT64, 1e300 as FP32)."""
+    if datatype == "BOOL":
+        if not np.isin(arr, (0.0, 1.0)).all():
+            raise InputError(where, "must hold only true/false (or 0/1) for datatype BOOL")
+        return
+    fmax = _FLOAT_MAX.get(datatype)
+    if fmax is not None:
+        if not (np.abs(arr) <= fmax).all():  # NaN fails too; the caller's finiteness check names it
+            raise InputError(where, f"holds a value beyond the range of {datatype} (+-{fmax:g})")
+        return
+    lo, hi = _INT_RANGES[datatype]
+    if not (np.trunc(arr) == arr).all():
+        raise InputError(where, f"must hold only whole numbers for datatype {datatype}")
+    inside = ((arr >= lo) & (arr <= hi)).all()
+    if not inside or ((np.abs(arr) >= _EXACT).any() and not _exact_in_range(data, datatype)):
+        info = np.iinfo(DATATYPES[datatype])
+        raise InputError(where, f"holds a value outside the range of {datatype} ({info.min} to {info.max})")
+
+
+def _exact_in_range(data: Any, datatype: str) -> bool:
+    """The integer bound checked on the JSON values themselves (float64 rounds 2**63 - 1 up to 2**63)."""
+    info = np.iinfo(DATATYPES[datatype])
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, int | float) and not info.min <= item <= info.max:
+            return False
+    return True
+
+
+def _header_length(raw: str | None) -> int | None:
+    """The ``Inference-Header-Content-Length`` header as a number (ASCII digits only)."""
+    if raw is None:
+        return None
+    # isdigit() alone accepts "²" (a raw byte 0xB2 read as latin-1), which int() then refuses
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
+        raise InputError(_HEADER, "must be a whole number of bytes (ASCII digits)", raw)
+    return int(raw)
+
+
+def parse_infer_request(body: bytes, header_length: int | None, *,
+                        max_id_chars: int = 256) -> tuple[dict[str, Any], memoryview | None]:
     """The request object and, with Triton's binary extension, the binary tensor section."""
     binary: memoryview | None = None
     if header_length is not None:
@@ -108,6 +161,8 @@ def parse_infer_request(body: bytes, header_length: int | None) -> tuple[dict[st
     rid = req.get("id")
     if rid is not None and not isinstance(rid, str):
         raise InputError("id", "must be a string", rid)
+    if rid is not None and len(rid) > max_id_chars:  # it is logged with every prediction
+        raise InputError("id", f"has {len(rid)} characters; the limit is {max_id_chars} (serving.max_id_chars)")
     params = req.get("parameters")
     if params is not None and not isinstance(params, dict):
         raise InputError("parameters", "must be an object", params)
@@ -199,6 +254,7 @@ def model_metadata(server: ModelServer, name: str, version: int | None) -> dict[
         "inputs": [{"name": c, "datatype": _SIGNATURE_TYPES.get(t.lower(), "FP64"), "shape": [-1]}
                    for c, t in zip(dep.columns, dep.dtypes, strict=True)],
         "outputs": [{"name": OUTPUT, "datatype": "FP64", "shape": [-1]}],
+        **({"load_error": server.load_errors[name]} if name in server.load_errors else {}),
     }
 
 
@@ -206,9 +262,7 @@ def _version(request: Incoming) -> int | None:
     raw = request.path_params.get("version")
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > 12:
-        raise InputError("version", "must be a version number", raw)
-    return int(raw)
+    return check_version(raw)
 
 
 class OipRoutes:
@@ -255,10 +309,8 @@ class OipRoutes:
                 server.live_route(name)  # an unknown model is refused before its body is read
                 headers = request.headers
                 body = await read_body(request.receive, headers, limits.max_body_bytes)
-                hl = headers.get(_HEADER)
-                if hl is not None and not hl.isdigit():
-                    raise InputError(_HEADER, "must be a whole number", hl)
-                req, binary = parse_infer_request(body, None if hl is None else int(hl))
+                req, binary = parse_infer_request(body, _header_length(headers.get(_HEADER)),
+                                                  max_id_chars=limits.max_id_chars)
                 want_binary = _binary_output(req)
                 params = req.get("parameters") or {}
                 key = headers.get("x-routing-key")
@@ -268,21 +320,30 @@ class OipRoutes:
                 X = decode_inputs(req, binary, choice.deployed)
                 pred = await server.run(choice, X, started=t0)
                 response = encode_infer_response(pred, req.get("id"), want_binary)
+                failure: BaseException | None = None
         except Exception as exc:
+            failure = exc
             response = error_response(exc, timeout_s=limits.request_timeout_s)
         finally:
             stats.inflight -= 1
-        record(server, name, "infer", choice, response.status_code, t0)
+        record(server, name, "infer", choice, response.status_code, t0, failure)
         return response
 
 
-def record(server: ModelServer, model: str, route: str, choice: Choice | None, status: int, t0: float) -> None:
+def record(server: ModelServer, model: str, route: str, choice: Choice | None, status: int, t0: float,
+           error: BaseException | None = None, *, entities: Mapping[str, Any] | None = None,
+           missing: Sequence[str] | None = None) -> None:
     """Count one answered request and its latency (unknown model names share one label).
 
     A request is labelled with the variant and version chosen for it, whether it succeeded or
     failed, so a failing canary's errors are charged to the canary; only a request refused
-    before a variant was chosen (unknown model, malformed body) has empty labels.
+    before a variant was chosen (unknown model, malformed body) has empty labels. A failed
+    request with a chosen variant is written to the prediction log too (a success was logged
+    when it was answered), so the log alone holds every outcome.
     """
+    if status != 200 and choice is not None:
+        server.log_failure(choice, status, type(error).__name__ if error is not None else f"HTTP {status}", t0,
+                           entities=entities, missing=missing)
     version, variant = (str(choice.deployed.version), choice.variant) if choice is not None else ("", "")
     if choice is None and not server.serves(model):
         model = "(unknown)"

@@ -72,7 +72,9 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},
                        "platform": {"type": "string"},
                        "inputs": {"type": "array", "items": _TENSOR_META},
-                       "outputs": {"type": "array", "items": _TENSOR_META}},
+                       "outputs": {"type": "array", "items": _TENSOR_META},
+                       "load_error": {"type": "string", "description": "Why the version that the model's route "
+                                      "or alias names cannot be loaded (the versions listed still serve)."}},
     },
     "ModelReady": {"type": "object", "required": ["name", "ready"],
                    "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}}},

@@ -85,8 +85,10 @@ class FeaturePlan:
         # Concurrent requests share one online lookup (one Redis MGET) the way they share a model call.
         self.lookup: Batcher | None = None
         if refs and features is not None:
+            # A remote online store is read in its own thread pool: a hung Redis must not stop the event loop.
             self.lookup = Batcher(lambda rows: features.online_vector(rows, refs)[0], flat=False,
-                                  max_batch_size=max_batch_size, max_wait_us=max_wait_us)
+                                  max_batch_size=max_batch_size, max_wait_us=max_wait_us,
+                                  executor=features.online.executor)
 
     def __repr__(self) -> str:
         return f"FeaturePlan(service={self.service!r}, refs={self.refs}, request={self.request_columns})"
@@ -225,14 +227,16 @@ class PredictRoute:
 
         async def guarded(entities: dict[str, Any], given: dict[str, Any], k: str | None) -> dict[str, Any]:
             chosen: list[Choice] = []
+            failure: BaseException | None = None
             try:
                 out = await self._one(name, entities, given, k if k is not None else key, t0, chosen)
                 status = 200
             except Exception as exc:
-                status = status_of(exc)
+                failure, status = exc, status_of(exc)
                 out = {"error": exc.message if isinstance(exc, ModelmillError) else f"internal error: "
                        f"{type(exc).__name__}", "status": status}
-            record(self.server, name, "predict", chosen[0] if chosen else None, status, t0)
+            record(self.server, name, "predict", chosen[0] if chosen else None, status, t0, failure,
+                   entities=entities)
             return out
 
         return list(await asyncio.gather(*(guarded(*p) for p in parsed)))
@@ -244,6 +248,8 @@ class PredictRoute:
         limits = server.config.limits
         chosen: list[Choice] = []
         batch = False
+        failure: BaseException | None = None
+        entities: dict[str, Any] | None = None
         metrics.REQUESTS.inflight += 1
         try:
             async with server.deadlines:
@@ -265,9 +271,11 @@ class PredictRoute:
                     response = json_response(result)
         except Exception as exc:
             batch = False  # the request as a whole was refused: count it once
+            failure = exc
             response = error_response(exc, timeout_s=limits.request_timeout_s)
         finally:
             metrics.REQUESTS.inflight -= 1
         if not batch:
-            record(server, name, "predict", chosen[0] if chosen else None, response.status_code, t0)
+            record(server, name, "predict", chosen[0] if chosen else None, response.status_code, t0, failure,
+                   entities=entities)
         return response

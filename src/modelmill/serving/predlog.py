@@ -1,13 +1,23 @@
-"""The prediction log: every prediction, appended in memory and written to the offline store in batches.
+"""The prediction log: every request outcome, appended in memory and written to the offline store in batches.
 
 The hot path appends to per-column lists and copies the rows into one
 growing matrix; a background thread turns them into Arrow with vectorised
-calls only and writes offline table ``predictions`` (columns request_id, ts,
-model, version, variant, routing_key, features, output, latency_ms), read by
-monitoring, A/B analysis and the training/serving skew check. ``features``
-is a ``map<string, double>`` of the model's inputs (see
-:mod:`modelmill.store.maps`): built without formatting a single number, where
-JSON text cost the writer more than half its time.
+calls only and writes offline table ``predictions`` (see
+:data:`PREDICTIONS_SCHEMA`), read by monitoring, A/B analysis, the rollout
+guardrails and the training/serving skew check. ``features`` is a
+``map<string, double>`` of the model's inputs (see :mod:`modelmill.store.maps`):
+built without formatting a single number, where JSON text cost the writer more
+than half its time.
+
+Every outcome of a request for which a variant was chosen is a row, failures
+too: ``status`` is the HTTP status answered (200, or 422 for a model failure,
+5xx, 4xx for input the model could not take), ``error`` the error's class, and
+a failed row has no ``output`` (null) and no ``features``. So the log alone
+counts a variant's requests and errors, on any number of servers writing to
+it. Readers of outputs keep ``output IS NOT NULL`` (:data:`ANSWERED`), which
+also holds for logs written before ``status`` existed. The feature route adds
+the request's ``entities`` (the join keys, as text) and the features that were
+``missing`` from the online store (absent, expired or defaulted).
 
     >>> import tempfile, numpy as np
     >>> from modelmill.store import OfflineStore
@@ -25,7 +35,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,7 +43,7 @@ import pyarrow as pa
 
 from modelmill.store.maps import MAP_TYPE, map_column
 
-__all__ = ["PREDICTIONS_SCHEMA", "PredictionLog"]
+__all__ = ["ANSWERED", "ERROR_STATUS", "PREDICTIONS_SCHEMA", "PredictionLog", "is_error"]
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +57,41 @@ PREDICTIONS_SCHEMA = pa.schema([
     ("features", MAP_TYPE),  # {input name: value}
     ("output", pa.float64()),
     ("latency_ms", pa.float64()),
+    ("status", pa.int16()),  # HTTP status answered; null in logs written before it existed (all answered)
+    ("error", pa.string()),  # the error's class when the request failed
+    ("entities", pa.map_(pa.string(), pa.string())),  # the feature route's join keys
+    ("missing", pa.list_(pa.string())),  # features the online store did not have (absent or expired)
 ])
 
+#: SQL condition of a row that carries a prediction (works on logs written before ``status`` existed).
+ANSWERED = "output IS NOT NULL"
+#: SQL condition of a failed request the variant is to blame for: a model failure (422) or a server error.
+ERROR_STATUS = "(status = 422 OR status >= 500)"
+
+
+def is_error(status: int) -> bool:
+    """A model failure (422) or a server error (5xx): what a guardrail charges to the variant.
+
+    A client's bad request (other 4xx) says nothing about the model.
+
+        >>> [is_error(s) for s in (200, 400, 422, 503)]
+        [False, False, True, True]
+    """
+    return status == 422 or status >= 500
+
+_NO_ROW = np.zeros((1, 0))  # a failed request: one row, no features
+_NO_OUTPUT = np.full(1, np.nan)
+
 # The columns of few distinct values (the rest, ids, numbers and times, gain nothing from a dictionary).
-_DICTIONARY = ("model", "version", "variant", "routing_key", "features.key_value.key")
+_DICTIONARY = ("model", "version", "variant", "routing_key", "features.key_value.key", "status", "error",
+               "entities.key_value.key", "missing.list.element")
 
 
 class _Columns:
     """The buffered requests of one input layout, column by column (appending is a few list appends)."""
 
-    __slots__ = ("X", "columns", "counts", "latency", "model", "out", "rid", "routing_key", "rows", "ts", "variant",
-                 "version")
+    __slots__ = ("X", "columns", "counts", "entities", "error", "keyed", "latency", "missing", "model", "out", "rid",
+                 "routing_key", "rows", "status", "ts", "variant", "version")
 
     def __init__(self, columns: Sequence[str], capacity: int = 1024) -> None:
         self.columns = tuple(columns)
@@ -74,6 +108,11 @@ class _Columns:
         self.rows = 0
         self.latency: list[float] = []
         self.counts: list[int] = []  # rows per request
+        self.status: list[int] = []
+        self.error: list[str | None] = []
+        self.entities: list[list[tuple[str, str]] | None] = []
+        self.missing: list[list[str] | None] = []
+        self.keyed = False  # some request carried entities or missing features (the feature route)
 
     def add(self, X: np.ndarray, out: np.ndarray) -> None:
         n, end = len(X), self.rows + len(X)
@@ -99,6 +138,16 @@ class _Columns:
             return arr if take is None else arr.take(take)
 
         ts = (np.asarray(self.ts, dtype=np.float64) * 1e6).astype(np.int64)
+        status = np.asarray(self.status, dtype=np.int16)
+        failed = status != 200
+        n = self.rows
+        if self.keyed:
+            entities = per_request(self.entities, PREDICTIONS_SCHEMA.field("entities").type)
+            missing = per_request(self.missing, pa.list_(pa.string()))
+        else:
+            entities = pa.nulls(n, PREDICTIONS_SCHEMA.field("entities").type)
+            missing = pa.nulls(n, pa.list_(pa.string()))
+        output = pa.array(self.out[:n], mask=np.repeat(failed, counts) if failed.any() else None)
         return pa.table([
             pa.array(rid, pa.string()),
             per_request(ts, pa.timestamp("us", tz="UTC")),
@@ -107,8 +156,12 @@ class _Columns:
             per_request(self.variant, pa.string()),
             per_request(self.routing_key, pa.string()),
             map_column(self.columns, self.X[:self.rows]),
-            pa.array(self.out[:self.rows]),
+            output,
             per_request(self.latency, pa.float64()),
+            per_request(status, pa.int16()),
+            per_request(self.error, pa.string()),
+            entities,
+            missing,
         ], schema=PREDICTIONS_SCHEMA)
 
 
@@ -145,8 +198,22 @@ class PredictionLog:
         return f"PredictionLog(table={self.table!r}, flush_interval_s={self.flush_interval_s})"
 
     def append(self, request_id: str, model: str, version: int, variant: str, routing_key: str | None,
-               columns: Sequence[str], X: np.ndarray, out: np.ndarray, latency_ms: float) -> None:
-        """Record one request (``X`` rows and their outputs); cheap, never blocks on I/O."""
+               columns: Sequence[str], X: np.ndarray, out: np.ndarray, latency_ms: float, *,
+               entities: Mapping[str, Any] | None = None, missing: Sequence[str] | None = None) -> None:
+        """Record one answered request (``X`` rows and their outputs); cheap, never blocks on I/O."""
+        self._add(request_id, model, version, variant, routing_key, columns, X, out, latency_ms, 200, None,
+                  entities, missing)
+
+    def append_failure(self, request_id: str, model: str, version: int, variant: str, routing_key: str | None,
+                       status: int, error: str, latency_ms: float, *, entities: Mapping[str, Any] | None = None,
+                       missing: Sequence[str] | None = None) -> None:
+        """Record one request the variant did not answer: its status and error class, no output."""
+        self._add(request_id, model, version, variant, routing_key, (), _NO_ROW, _NO_OUTPUT, latency_ms, status,
+                  error, entities, missing)
+
+    def _add(self, request_id: str, model: str, version: int, variant: str, routing_key: str | None,
+             columns: Sequence[str], X: np.ndarray, out: np.ndarray, latency_ms: float, status: int,
+             error: str | None, entities: Mapping[str, Any] | None, missing: Sequence[str] | None) -> None:
         n = len(X)
         with self._lock:
             if self._rows + self._held + n > self.max_buffer_rows:
@@ -164,6 +231,12 @@ class PredictionLog:
             buf.routing_key.append(routing_key)
             buf.latency.append(latency_ms)
             buf.counts.append(n)
+            buf.status.append(status)
+            buf.error.append(error)
+            if entities is not None or missing:
+                buf.keyed = True
+            buf.entities.append(None if entities is None else [(str(k), str(v)) for k, v in entities.items()])
+            buf.missing.append(list(missing) if missing else None)
             self._rows += n
             full = self._rows >= self.flush_rows
         if full:

@@ -16,7 +16,14 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Receive
 
-from modelmill.errors import BackendUnavailable, InputError, ModelmillError, NotFoundError
+from modelmill.errors import (
+    ArtifactIntegrityError,
+    BackendUnavailable,
+    ConflictError,
+    InputError,
+    ModelmillError,
+    NotFoundError,
+)
 from modelmill.serving.limits import BodyTooLarge, TooManyRows
 
 __all__ = ["JSON", "Incoming", "ModelFailed", "error_response", "json_response", "status_of"]
@@ -60,6 +67,8 @@ def status_of(exc: BaseException) -> int:
         return 408
     if isinstance(exc, BackendUnavailable):
         return 503
+    if isinstance(exc, ArtifactIntegrityError | ConflictError):
+        return 409  # the request is sound, the state it names is not (a corrupt artifact, a busy rollout)
     return 500
 
 

@@ -69,6 +69,7 @@ class ServerConfig:
     cache: bool = True
     cache_items: int = 50_000
     cache_ttl_s: float = 300.0
+    cache_timeout_s: float = 0.05
     log_predictions: bool = True
     log_flush_interval_s: float = 1.0
     reload_interval_s: float = 0.5
@@ -87,6 +88,8 @@ class ServerConfig:
             raise ConfigError("serving.max_wait_us", self.max_wait_us, "a whole number of microseconds >= 0")
         if not self.reload_interval_s > 0:
             raise ConfigError("serving.reload_interval_s", self.reload_interval_s, "a number of seconds above 0")
+        if not self.cache_timeout_s > 0:
+            raise ConfigError("serving.cache_timeout_s", self.cache_timeout_s, "a number of seconds above 0")
         if self.auth not in MODES:
             raise ConfigError("serving.auth", self.auth, f"one of {', '.join(repr(m) for m in MODES)}: "
                               "'control' guards routes and aliases, 'required' predictions too")
@@ -189,6 +192,8 @@ class ModelServer:
         self.predlog: PredictionLog | None = None
         self.started_at = 0.0
         self.last_error: str | None = None
+        #: Per model, why the version its route or alias names could not be loaded (while it cannot).
+        self.load_errors: dict[str, str] = {}
         self._live: dict[str, LiveRoute] = {}
         self._deployed: dict[tuple[str, int], Deployed] = {}
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -218,7 +223,8 @@ class ModelServer:
             self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="modelmill-predict")
         self._shadow_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="modelmill-shadow")
         if cfg.cache:
-            self.cache = PredictionCache(max_items=cfg.cache_items, shared=self.cache_store, ttl_s=cfg.cache_ttl_s)
+            self.cache = PredictionCache(max_items=cfg.cache_items, shared=self.cache_store, ttl_s=cfg.cache_ttl_s,
+                                         timeout_s=cfg.cache_timeout_s)
         if cfg.log_predictions and self.offline is not None:
             self.predlog = PredictionLog(self.offline, flush_interval_s=cfg.log_flush_interval_s).start()
         await self.reload(raise_errors=True)
@@ -243,6 +249,8 @@ class ModelServer:
             await asyncio.wait(list(self._shadow_tasks), timeout=5)
         if self.predlog is not None:
             await asyncio.to_thread(self.predlog.stop)
+        if self.cache is not None:
+            self.cache.close()
         for ex in (self._executor, self._shadow_executor):
             if ex is not None:
                 ex.shutdown(wait=False, cancel_futures=True)
@@ -258,6 +266,9 @@ class ModelServer:
     def live_route(self, model: str) -> LiveRoute:
         live = self._live.get(model)
         if live is None:
+            failed = self.load_errors.get(model)
+            if failed is not None:
+                raise NotFoundError("model", model, f"it could not be loaded: {failed}")
             raise NotFoundError("model", model, f"served models are: {', '.join(sorted(self._live)) or 'none'}")
         return live
 
@@ -320,16 +331,25 @@ class ModelServer:
         stored = self.routes.all() if self.routes is not None else {}
         defaults = {parse_ref(r)[0]: parse_ref(r)[1] for r in self.config.models}
         live: dict[str, LiveRoute] = {}
-        errors: list[str] = []
+        errors: dict[str, str] = {}
         for name in self._wanted_names(stored):
             route = stored.get(name) or Route(name, [Variant("default", defaults.get(name) or "latest")])
             try:
                 live[name] = self._resolve(route, defaults.get(name))
             except ModelmillError as exc:
-                errors.append(f"{name}: {exc.message}")
-                if name in self._live:  # keep serving what worked before
+                errors[name] = exc.message
+                if name in self._live:  # keep serving what worked before, and say so
                     live[name] = self._live[name]
-        self.last_error = "; ".join(errors) or None
+        for name, message in errors.items():
+            if self.load_errors.get(name) != message:  # once per failure, not once per reload
+                metrics.MODEL_LOAD_FAILURES.labels(name).inc()
+                kept = f"; still serving version(s) {', '.join(str(d.version) for d in live[name].versions())}" \
+                    if name in live else ""
+                log.error("model %s: the version its route or alias names cannot be loaded: %s%s", name, message, kept)
+        for name in self.load_errors.keys() - errors.keys():
+            log.warning("model %s: loads again", name)
+        self.load_errors = errors
+        self.last_error = "; ".join(f"{n}: {m}" for n, m in errors.items()) or None
         if errors and raise_errors:
             log.warning("some served models could not be loaded: %s", self.last_error)
         return live
@@ -424,8 +444,12 @@ class ModelServer:
         return await self.run(choice, X)
 
     async def run(self, choice: Choice, X: np.ndarray, *, started: float | None = None,
-                  field: str = "inputs") -> Prediction:
-        """Check the cache, batch, predict, mirror to shadows and log."""
+                  field: str = "inputs", entities: Mapping[str, Any] | None = None,
+                  missing: Sequence[str] | None = None) -> Prediction:
+        """Check the cache, batch, predict, mirror to shadows and log.
+
+        A request that fails here is logged by whoever answers it (:meth:`log_failure`), with its status.
+        """
         t0 = time.perf_counter() if started is None else started
         dep = choice.deployed
         self.check_rows(field, X, dep)
@@ -434,7 +458,7 @@ class ModelServer:
         cache = self.cache
         if cache is not None:
             key = cache.key(dep.name, dep.version, X)
-            out = cache.get(key)
+            out = await cache.lookup(key)  # never waits on a hung shared store (see PredictionCache)
             (metrics.CACHE_HITS if out is not None else metrics.CACHE_MISSES).labels(dep.name).inc()
         cached = out is not None
         if out is None:
@@ -453,8 +477,17 @@ class ModelServer:
             self._mirror(sv.name, sdep, X, rid, routing_key)
         if self.predlog is not None:
             self.predlog.append(rid, dep.name, dep.version, choice.variant, routing_key, dep.columns, X, out,
-                                (time.perf_counter() - t0) * 1000.0)
+                                (time.perf_counter() - t0) * 1000.0, entities=entities, missing=missing)
         return Prediction(out, dep.name, dep.version, choice.variant, rid, cached)
+
+    def log_failure(self, choice: Choice, status: int, error: str, started: float, *,
+                    entities: Mapping[str, Any] | None = None, missing: Sequence[str] | None = None) -> None:
+        """Log a request the chosen variant did not answer (so the log alone counts every outcome)."""
+        if self.predlog is not None:
+            dep = choice.deployed
+            self.predlog.append_failure(choice.request_id, dep.name, dep.version, choice.variant,
+                                        choice.routing_key, status, error, (time.perf_counter() - started) * 1000.0,
+                                        entities=entities, missing=missing)
 
     def _mirror(self, variant: str, dep: Deployed, X: np.ndarray, rid: str, routing_key: str | None) -> None:
         if len(self._shadow_tasks) >= self.config.max_shadow_inflight:
@@ -471,10 +504,13 @@ class ModelServer:
             if not np.isfinite(out).all():
                 raise ValueError("the model returned NaN or infinity")
         except Exception as exc:
-            # Nobody waits on a shadow: its failures are counted (and left out of the log, as a
-            # failed live request would be), never raised.
+            # Nobody waits on a shadow: its failures are counted and logged as a 422 (a model failure), never
+            # raised.
             metrics.SHADOW_ERRORS.labels(dep.name, str(dep.version), variant).inc()
             log.debug("shadow %s of %s failed: %s", variant, dep.name, exc)
+            if self.predlog is not None:
+                self.predlog.append_failure(rid, dep.name, dep.version, variant, routing_key, 422, type(exc).__name__,
+                                            (time.perf_counter() - t0) * 1000.0)
             return
         if self.predlog is not None:
             self.predlog.append(rid, dep.name, dep.version, variant, routing_key, dep.columns, X, out,

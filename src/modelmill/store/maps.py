@@ -37,7 +37,7 @@ def map_column(names: Sequence[str], X: np.ndarray) -> pa.MapArray:
     if k != len(names):
         raise ValueError(f"{len(names)} names for {k} columns")
     keys = pa.array(list(names), pa.string()).take(pa.array(np.tile(np.arange(k, dtype=np.int32), n)))
-    offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
+    offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32) if k else np.zeros(n + 1, dtype=np.int32))
     items = pa.array(np.ascontiguousarray(X, dtype=np.float64).reshape(-1))
     return pa.MapArray.from_arrays(offsets, keys, items)
 
