@@ -96,3 +96,32 @@ def test_the_server_never_serves_a_tampered_version(project: Project) -> None:
     assert asyncio.run(cold()) == (False, [])  # a fresh server refuses to serve it at all
     with project.db.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(model_versions)).scalar() == 2
+
+
+def test_a_route_or_alias_to_a_tampered_version_is_refused_up_front(project: Project) -> None:
+    """PUT /v1/routes and PUT .../aliases used to answer 200 for a version whose artifact fails its checksum,
+    while every server silently kept the old version: now 409, with the reason, and nothing is stored."""
+    from starlette.testclient import TestClient
+
+    from modelmill.security import Authenticator, TokenStore
+    from modelmill.serving import RouteTable, build_server, create_app
+
+    mv2 = Registry(project).resolve("clf@2")
+    data = bytearray(_file(project, mv2.artifact_path).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    _file(project, mv2.artifact_path).write_bytes(bytes(data))
+    clear_cache()
+    store = TokenStore(project)
+    headers = {"Authorization": f"Bearer {store.create('admin')[1]}"}
+    server = build_server(project, ServerConfig(models=["clf@production"], log_predictions=False))
+    with TestClient(create_app(server, auth=Authenticator(store)), headers=headers) as client:
+        r = client.put("/v1/routes/clf", json={"variants": [{"name": "canary", "version": 2, "weight": 10},
+                                                            {"name": "stable", "version": 1, "weight": 90}]})
+        assert r.status_code == 409 and "clf@2 refuses to load" in r.json()["error"], r.text
+        r = client.put("/v1/models/clf/aliases/production", json={"version": 2})
+        assert r.status_code == 409 and "refuses to load" in r.json()["error"], r.text
+        assert client.post("/v2/models/clf/infer", json={"inputs": [
+            {"name": f"f{i}", "shape": [1], "datatype": "FP64", "data": [0.0]} for i in range(N_FEATURES)]}
+        ).json()["model_version"] == "1"
+    assert RouteTable(project).all() == {}
+    assert Registry(project).aliases("clf") == {"production": 1}
