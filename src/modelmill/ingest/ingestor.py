@@ -114,6 +114,7 @@ class Ingestor:
         started = time.monotonic()
         last_event = last_report = started
         payloads: list[bytes] = []
+        refused: list[Rejected] = []  # records the source could not hand over whole
         polls: list[Polled] = []
         opened_at = 0.0
         try:
@@ -121,37 +122,39 @@ class Ingestor:
                 now = time.monotonic()
                 if duration is not None and now - started >= duration:
                     break
-                want = self.batch_size - len(payloads)
+                want = self.batch_size - len(payloads) - len(refused)
                 if max_events is not None:
                     want = min(want, max_events - stats.polled)
                     if want <= 0:
                         break
-                wait = 0.2 if not payloads else max(0.0, min(0.2, opened_at + self.batch_seconds - now))
+                held = bool(payloads or refused)
+                wait = 0.2 if not held else max(0.0, min(0.2, opened_at + self.batch_seconds - now))
                 if idle_timeout is not None:
                     wait = min(wait, idle_timeout)  # an idle poll must not outlast the caller's patience
                 polled = self.source.poll(min(want, self.poll_size), wait)
                 now = time.monotonic()
-                if polled.payloads:
-                    if not payloads:
+                if len(polled):
+                    if not held:
                         opened_at = now
                     payloads.extend(polled.payloads)
+                    refused.extend(polled.rejected)
                     polls.append(polled)
-                    stats.polled += len(polled.payloads)
+                    stats.polled += len(polled)
                     last_event = now
-                elif not payloads and (self.source.exhausted or (
+                elif not held and (self.source.exhausted or (
                         idle_timeout is not None and now - last_event >= idle_timeout)):
                     break
-                if payloads and (len(payloads) >= self.batch_size or now - opened_at >= self.batch_seconds
-                                 or not polled.payloads):
-                    self._flush(payloads, polls)
-                    payloads, polls = [], []
+                if (payloads or refused) and (len(payloads) + len(refused) >= self.batch_size
+                                              or now - opened_at >= self.batch_seconds or not len(polled)):
+                    self._flush(payloads, polls, refused)
+                    payloads, polls, refused = [], [], []
                 if on_progress is not None and now - last_report >= progress_every:
                     last_report = now
                     stats.seconds = now - started
                     stats.lag = self.source.lag()
                     on_progress(stats)
-            if payloads:
-                self._flush(payloads, polls)
+            if payloads or refused:
+                self._flush(payloads, polls, refused)
         finally:
             stats.seconds = time.monotonic() - started
             try:
@@ -163,8 +166,9 @@ class Ingestor:
             on_progress(stats)
         return stats
 
-    def _flush(self, payloads: list[bytes], polls: list[Polled]) -> None:
+    def _flush(self, payloads: list[bytes], polls: list[Polled], refused: Sequence[Rejected] = ()) -> None:
         table, rejected = self.validator.validate(payloads)
+        rejected = [*refused, *rejected]
         new = self.sink.commit(table, rejected)
         for processor in self.processors:
             if new.num_rows:

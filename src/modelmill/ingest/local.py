@@ -29,11 +29,14 @@ from typing import IO, Any
 
 from modelmill.errors import InputError, StoreError
 from modelmill.ingest.source import Polled, Publisher, Source
+from modelmill.ingest.validation import Rejected
 
 __all__ = ["LocalLogPublisher", "LocalLogSource"]
 
 _HEADER = struct.Struct("<II")
 _READ_CHUNK = 8 << 20
+_MAX_RECORD = 64 << 20  # the largest record a consumer loads into memory, by default
+_KEPT = 64 << 10  # bytes of a record past that limit kept in its dead letter
 _REBALANCE_EVERY_S = 1.0
 
 
@@ -73,8 +76,9 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _scan(data: bytes | memoryview, start: int, limit: int) -> tuple[list[bytes], int]:
-    """Complete, intact records from ``start`` (at most ``limit``); returns them and the offset after them."""
+def _scan(data: bytes | memoryview, start: int, limit: int, max_size: int = 1 << 32) -> tuple[list[bytes], int]:
+    """Complete, intact records from ``start`` (at most ``limit``, each at most ``max_size`` bytes); returns
+    them and the offset after them."""
     out: list[bytes] = []
     pos = start
     end = len(data)
@@ -83,7 +87,7 @@ def _scan(data: bytes | memoryview, start: int, limit: int) -> tuple[list[bytes]
     while len(out) < limit and pos + 8 <= end:
         size, check = unpack(data, pos)
         stop = pos + 8 + size
-        if stop > end:
+        if stop > end or size > max_size:
             break
         payload = bytes(data[pos + 8:stop])
         if crc(payload) != check:
@@ -186,12 +190,15 @@ class LocalLogSource(Source):
     """Reads the local log as consumer ``consumer`` of ``group``; offsets live beside the log."""
 
     def __init__(self, url: str, *, stream: str, group: str = "modelmill", consumer: str = "consumer",
-                 poll_interval: float = 0.02) -> None:
+                 poll_interval: float = 0.02, max_record_bytes: int = _MAX_RECORD) -> None:
+        if isinstance(max_record_bytes, bool) or not isinstance(max_record_bytes, int) or max_record_bytes < 16:
+            raise InputError("max_record_bytes", "must be a whole number of at least 16", max_record_bytes)
         self.url = url
         self.stream = stream
         self.group = group
         self.consumer = consumer
         self.poll_interval = poll_interval
+        self.max_record_bytes = max_record_bytes
         self._owned: dict[int, _Partition] = {}
         self._member: IO[bytes] | None = None
         self._outstanding = 0
@@ -276,39 +283,70 @@ class LocalLogSource(Source):
             if time.monotonic() - self._checked > _REBALANCE_EVERY_S:
                 self._rebalance()
             payloads: list[bytes] = []
+            rejected: list[Rejected] = []
             token: dict[int, tuple[int, int]] = {}
             keys = sorted(self._owned)
             for i in range(len(keys)):  # round-robin the starting partition so none starves
                 part = self._owned[keys[(self._next_k + i) % len(keys)]]
-                got = self._read(part, max_events - len(payloads))
-                if got:
-                    token[part.k] = (part.offset, len(got))
+                got, refused = self._read(part, max_events - len(payloads) - len(rejected))
+                if got or refused:
+                    token[part.k] = (part.offset, len(got) + len(refused))
                     payloads.extend(got)
-                if len(payloads) >= max_events:
+                    rejected.extend(refused)
+                if len(payloads) + len(rejected) >= max_events:
                     break
             self._next_k += 1
-            if payloads or time.monotonic() >= deadline:
-                self._outstanding += 1 if payloads else 0
-                return Polled(payloads, token)
+            if payloads or rejected or time.monotonic() >= deadline:
+                self._outstanding += 1 if payloads or rejected else 0
+                return Polled(payloads, token, rejected)
             time.sleep(min(self.poll_interval, max(0.0, deadline - time.monotonic())))
 
-    def _read(self, part: _Partition, limit: int) -> list[bytes]:
+    def _read(self, part: _Partition, limit: int) -> tuple[list[bytes], list[Rejected]]:
+        """Complete records from the partition's offset: up to ``limit`` of them, or the one record there,
+        whatever its size, when it is longer than a window (a record past ``max_record_bytes`` is skipped
+        and comes back as a rejection)."""
         part.log.seek(part.offset)
         data = part.log.read(min(_READ_CHUNK, max(1 << 16, limit * 512)))
-        records, pos = _scan(data, 0, limit)
-        if not records and len(data) >= 8:
-            size = _HEADER.unpack_from(data, 0)[0]
-            if 8 + size > len(data) and size > _READ_CHUNK:  # one record bigger than a chunk
-                part.log.seek(part.offset)
-                data = part.log.read(8 + size)
-                records, pos = _scan(data, 0, limit)
+        records, pos = _scan(data, 0, limit, self.max_record_bytes)
+        if records or len(data) < 8:
+            part.offset += pos
+            return records, []
+        size = _HEADER.unpack_from(data, 0)[0]
+        if os.fstat(part.log.fileno()).st_size < part.offset + 8 + size:
+            return [], []  # still being appended
+        if size > self.max_record_bytes:
+            return [], self._skip(part, size)
+        if 8 + size <= len(data):
+            return [], []  # a whole record that fails its checksum: left where it is, as before
+        part.log.seek(part.offset)
+        records, pos = _scan(part.log.read(8 + size), 0, 1)
         part.offset += pos
-        return records
+        return records, []
+
+    def _skip(self, part: _Partition, size: int) -> list[Rejected]:
+        """Move past a record too large to load, checksumming it piece by piece; its first bytes go to the
+        dead letters with its size."""
+        part.log.seek(part.offset)
+        check = _HEADER.unpack(part.log.read(8))[1]
+        crc, left, kept = 0, size, b""
+        while left:
+            piece = part.log.read(min(_READ_CHUNK, left))
+            if not piece:
+                return []
+            if not kept:
+                kept = piece[:_KEPT]
+            crc = zlib.crc32(piece, crc)
+            left -= len(piece)
+        if crc != check:
+            return []  # damaged, not merely large: left where it is, like any record failing its checksum
+        part.offset += 8 + size
+        return [Rejected("oversized", f"record is {size} bytes; this consumer loads at most {self.max_record_bytes} "
+                         "(max_record_bytes of the local log source); its first bytes are kept here", kept)]
 
     def ack(self, polled: Sequence[Polled]) -> None:
         latest: dict[int, tuple[int, int]] = {}
         for p in polled:
-            if not p.payloads:
+            if not p.payloads and not p.rejected:
                 continue
             self._outstanding = max(0, self._outstanding - 1)
             for k, (offset, n) in (p.token or {}).items():

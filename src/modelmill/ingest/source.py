@@ -40,6 +40,7 @@ from typing import Any, Self
 from urllib.parse import urlsplit
 
 from modelmill.errors import InputError
+from modelmill.ingest.validation import Rejected
 
 __all__ = ["Polled", "Publisher", "Source", "default_consumer_name", "open_publisher", "open_source",
            "stream_name"]
@@ -50,13 +51,18 @@ _REPLAY_SUFFIXES = (".csv", ".parquet", ".pq", ".jsonl", ".ndjson", ".json")
 
 @dataclasses.dataclass
 class Polled:
-    """What one :meth:`Source.poll` returned: the payloads and what :meth:`Source.ack` needs to forget them."""
+    """What one :meth:`Source.poll` returned: the payloads and what :meth:`Source.ack` needs to forget them.
+
+    ``rejected`` holds records the source could not hand over whole (a local-log record past its read
+    limit): the ingestor dead-letters them with the batch, and the ack moves past them too.
+    """
 
     payloads: list[bytes]
     token: Any = None
+    rejected: list[Rejected] = dataclasses.field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.payloads)
+        return len(self.payloads) + len(self.rejected)
 
 
 class Source(abc.ABC):
