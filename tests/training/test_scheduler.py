@@ -7,10 +7,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from typer.testing import CliRunner
 
+from modelmill.cli import app
 from modelmill.config import Settings
 from modelmill.errors import ConflictError, InputError
 from modelmill.project import Project
@@ -113,3 +116,53 @@ def test_four_schedulers_in_threads_share_the_triggers_without_overlap(project: 
     ran = [t.id for batch in done for t in batch]
     assert sorted(ran) == ids
     assert sorted(counter.read_text().split()) == sorted(f"slow_mark:x{i}" for i in range(12))
+
+
+def _cli(*args: str) -> dict[str, Any]:
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    out: dict[str, Any] = json.loads(result.stdout)
+    return out
+
+
+def _mm(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELMILL_")}
+    env |= {"MODELMILL_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "modelmill", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=180)
+
+
+def test_pipeline_cli_schedule_trigger_and_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("MODELMILL_HOME", str(home))
+    monkeypatch.chdir(ROOT)
+    made = _cli("pipeline", "schedule", MARKER, "--cron", "0 3 * * *", "-p", "tag=nightly", "--json")["schedule"]
+    assert made["pipeline"] == MARKER and made["cron"] == "0 3 * * *" and made["params"] == {"tag": "nightly"}
+    assert made["next_tick"] % 86_400 == 3 * 3600  # 03:00 UTC
+    assert [s["pipeline"] for s in _cli("pipeline", "schedules", "--json")["schedules"]] == [MARKER]
+    bad = _mm(home, "pipeline", "schedule", MARKER, "--cron", "every day", "--json")
+    assert bad.returncode == 2 and "cron" in json.loads(bad.stdout)["error"] and "Traceback" not in bad.stderr
+
+    first = _cli("pipeline", "trigger", MARKER, "--reason", "data delivery", "--key", "d-1", "-p", "tag=cli",
+                 "--json")
+    again = _cli("pipeline", "trigger", MARKER, "--reason", "data delivery", "--key", "d-1", "-p", "tag=cli",
+                 "--json")
+    assert first["trigger_id"] == again["trigger_id"]  # one key, one run
+    ran = _cli("scheduler", "--once", "--json")
+    assert [(t["id"], t["status"]) for t in ran["ran"]] == [(first["trigger_id"], "finished")] and ran["failed"] == 0
+    [run] = _cli("pipeline", "runs", MARKER, "--json")["pipeline_runs"]
+    assert run["status"] == "finished" and run["params"] == {"tag": "cli"} and run["pipeline"] == "marker"
+    assert run["id"] == ran["ran"][0]["pipeline_run_id"]
+
+    # A trigger that fails makes `scheduler --once` fail, so the cron job or CI step that runs it sees it.
+    broken = _cli("pipeline", "trigger", "tests.training.sample_pipelines:nothing", "--reason", "typo", "--json")
+    failed = _mm(home, "scheduler", "--once", "--json")
+    assert failed.returncode == 1, failed.stderr
+    out = json.loads(failed.stdout)
+    assert out["failed"] == 1 and out["ran"][0]["id"] == broken["trigger_id"] and "not found" in out["ran"][0]["error"]
+    assert "1 of 1 triggers failed" in failed.stderr and "Traceback" not in failed.stderr
+
+    assert _cli("pipeline", "unschedule", MARKER, "--json") == {"unscheduled": MARKER}
+    assert _cli("pipeline", "schedules", "--json")["schedules"] == []
+    gone = _mm(home, "pipeline", "unschedule", MARKER, "--json")
+    assert gone.returncode != 0 and "schedule" in json.loads(gone.stdout)["error"]

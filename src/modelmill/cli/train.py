@@ -15,7 +15,7 @@ from typing import Any
 import typer
 
 from modelmill.cli.output import JsonOption, console, emit_json, err_console, table
-from modelmill.errors import InputError
+from modelmill.errors import InputError, ModelmillError
 from modelmill.project import Project, open_project
 from modelmill.training.pipeline import PipelineResult, get_pipeline, pipeline_runs_of
 from modelmill.training.scheduler import Scheduler, TriggerInfo, trigger
@@ -175,6 +175,13 @@ def pipeline_runs(
 ) -> None:
     """Recent pipeline runs with status, steps and lineage."""
     with open_project() as project:
+        if name is not None and ":" in name:
+            # Runs are stored under the pipeline's own name; 'module:attr' (as triggered) names the same one.
+            _importable_cwd()
+            try:
+                name = get_pipeline(name, project).name
+            except ModelmillError:
+                pass
         rows = pipeline_runs_of(project, name, limit=limit)
     if as_json:
         emit_json({"pipeline_runs": rows})
@@ -253,18 +260,24 @@ def scheduler(
     as_json: bool = JsonOption,
 ) -> None:
     """Start pipelines on their cron schedules and on triggers; each trigger starts once, whatever
-    number of schedulers run."""
+    number of schedulers run. Exits 1 when a trigger it ran failed (see `modelmill pipeline runs`)."""
     _importable_cwd()
 
     def show(done: list[TriggerInfo]) -> None:
         for t in done:
             err_console.print(f"trigger {t.id} {t.pipeline}: {t.status}" + (f" ({t.error})" if t.error else ""),
-                              highlight=False)
+                              highlight=False, markup=False)
 
     with open_project() as project:
         sched = Scheduler(project, poll_interval=poll)
         if not as_json:
             err_console.print(f"scheduler {sched.worker} polling every {poll:g} s")
         ran = sched.run(once=once, max_seconds=max_seconds, on_tick=None if as_json else show)
+    failed = [t for t in ran if t.status != "finished"]
     if as_json:
-        emit_json({"worker": sched.worker, "ran": [_trigger_dict(t) for t in ran]})
+        emit_json({"worker": sched.worker, "ran": [_trigger_dict(t) for t in ran], "failed": len(failed)})
+    if failed:
+        # A cron job or CI step running `scheduler --once` must see that the retraining it asked for did not happen.
+        err_console.print(f"{len(failed)} of {len(ran)} triggers failed: "
+                          + ", ".join(f"{t.id} ({t.pipeline})" for t in failed), highlight=False, markup=False)
+        raise typer.Exit(1)

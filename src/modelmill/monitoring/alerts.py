@@ -12,13 +12,23 @@ notifies once more when it resolves.
     kind = "latency_p95"          # latency_p95 | error_rate | metric_below_baseline | drift_share | feature_freshness
     threshold = 50                # ms, share, seconds … by kind
     for = "2m"                    # must hold this long before firing
-    actions = ["pipeline:retrain_flights", "rollback:flights"]
+    actions = [{ action = "pipeline:retrain_flights", params = { days = 60 } }, "rollback:flights"]
 
 Sinks: ``log`` and ``webhook`` (the Alertmanager webhook JSON, version 4).
-Actions: ``pipeline:<name>`` starts a training pipeline through
-``modelmill.training.trigger``; ``rollback:<model>`` calls the rollback hook
-the rollout stage registers; any callable registered by name with
-:meth:`ActionRegistry.register`.
+Actions, each a string or a table ``{ action = "...", params = {...} }``:
+
+- ``pipeline:<name>`` queues a run of a training pipeline through
+  ``modelmill.training.trigger`` with the action's ``params`` (a pipeline whose
+  inputs the params do not cover is refused when the alert fires);
+- ``rollback:<model>`` rolls back the model's active rollout (all traffic to its
+  baseline), or, with none, routes all of the model's traffic to its
+  ``production`` alias;
+- any callable registered by name with :meth:`ActionRegistry.register`.
+
+What each action did is kept on the alert (column ``actions``) and in the audit
+trail. A queued pipeline's outcome comes back there too: the scheduler reports
+a trigger that an alert started (:func:`record_trigger_outcome`), so a failed
+retraining shows on the alert that asked for it.
 
     >>> rule = Rule.from_mapping({"name": "DriftHigh", "kind": "drift_share", "threshold": 0.3})
     >>> rule.breached(0.5), rule.breached(0.1)
@@ -54,8 +64,10 @@ __all__ = [
     "Rule",
     "Sink",
     "WebhookSink",
+    "alert_trigger_key",
     "alertmanager_payload",
     "default_actions",
+    "record_trigger_outcome",
     "sink_from_mapping",
 ]
 
@@ -88,6 +100,7 @@ class Rule:
     severity: str = "warning"
     summary: str = ""
     actions: tuple[str, ...] = ()
+    action_params: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
@@ -104,18 +117,16 @@ class Rule:
             raise ConfigError(f"monitoring.rules[{name}].threshold", d.get("threshold"), "a number")
         if kind == "feature_freshness" and not d.get("table"):
             raise ConfigError(f"monitoring.rules[{name}].table", d.get("table"), "the offline table to watch")
-        known = {f.name for f in dataclasses.fields(cls)} | {"for"}
+        known = {f.name for f in dataclasses.fields(cls)} - {"action_params"} | {"for"}
         unknown = set(d) - known
         if unknown:
             raise ConfigError(f"monitoring.rules[{name}]", sorted(unknown), f"only the keys {sorted(known)}")
         window = parse_duration(d.pop("window", 3600), field=f"monitoring.rules[{name}].window")
         raw_for = d.pop("for", d.pop("for_s", 0))
         for_s = 0.0 if raw_for in (0, "0", "", None) else parse_duration(raw_for, field=f"monitoring.rules[{name}].for")
-        actions = d.pop("actions", ())
-        if isinstance(actions, str) or not all(isinstance(a, str) for a in actions):
-            raise ConfigError(f"monitoring.rules[{name}].actions", actions, "a list of strings")
+        specs, params = _parse_actions(d.pop("actions", ()), field=f"monitoring.rules[{name}].actions")
         d.setdefault("model", model)
-        return cls(**d, window=window, for_s=for_s, actions=tuple(actions))
+        return cls(**d, window=window, for_s=for_s, actions=specs, action_params=params)
 
     def breached(self, value: float, baseline: float | None = None) -> bool:
         if math.isnan(value):
@@ -221,6 +232,41 @@ class WebhookSink:
             time.sleep(0.2 * 2**attempt)
 
 
+def _parse_actions(raw: Any, *, field: str) -> tuple[tuple[str, ...], dict[str, dict[str, Any]]]:
+    """``["rollback:m", {action = "pipeline:p", params = {...}}]`` -> the specs and each one's params."""
+    want = 'a list of "kind:arg" strings or { action = "pipeline:NAME", params = {...} } tables'
+    if isinstance(raw, str | Mapping) or not isinstance(raw, Sequence):
+        raise ConfigError(field, raw, want)
+    specs: list[str] = []
+    params: dict[str, dict[str, Any]] = {}
+    for item in raw:
+        if isinstance(item, Mapping):
+            extra = set(item) - {"action", "params"}
+            spec, given = item.get("action"), item.get("params", {})
+            if extra or not isinstance(spec, str) or not isinstance(given, Mapping):
+                raise ConfigError(field, dict(item), want)
+            if given and not spec.startswith("pipeline:"):
+                # Only a pipeline takes params; silently dropping them would run something else than configured.
+                raise ConfigError(f"{field}[{spec}].params", dict(given), "params only on a pipeline:NAME action")
+            if given:
+                try:
+                    json.dumps(dict(given))
+                except (TypeError, ValueError) as exc:
+                    raise ConfigError(f"{field}[{spec}].params", dict(given), f"JSON values ({exc})") from None
+                params[spec] = dict(given)
+        elif isinstance(item, str):
+            spec = item
+        else:
+            raise ConfigError(field, item, want)
+        kind, sep, arg = spec.partition(":")
+        if kind in ("pipeline", "rollback") and not (sep and arg.strip()):
+            raise ConfigError(field, spec, f"'{kind}:NAME'")
+        if spec in specs:
+            raise ConfigError(field, spec, "each action once")
+        specs.append(spec)
+    return tuple(specs), params
+
+
 def sink_from_mapping(data: Mapping[str, Any]) -> Sink:
     """A sink from one ``[[monitoring.sinks]]`` table: ``type = "log"`` or ``type = "webhook"``."""
     kind = data.get("type")
@@ -242,10 +288,12 @@ Action = Callable[[Alert], Any]
 class ActionRegistry:
     """Named actions an alert can run when it starts firing.
 
-    ``register("page_oncall", fn)`` adds an action by name; ``register_kind("rollback", factory)``
-    handles every ``"rollback:<arg>"`` spec with ``factory(arg)``. ``pipeline:<name>`` is built in:
-    it calls ``modelmill.training.trigger`` with a key per alert episode, so an alert seen by two
-    monitors still starts the pipeline once.
+    ``register("page_oncall", fn)`` adds an action by name; ``register_kind("notify", factory)``
+    handles every ``"notify:<arg>"`` spec with ``factory(arg)``. Two kinds are built in (a
+    registered kind of the same name replaces one): ``pipeline:<name>`` calls
+    ``modelmill.training.trigger`` with the action's params and a key per alert episode and
+    pipeline, so an alert seen by two monitors still starts the pipeline once; ``rollback:<model>``
+    rolls the model back (see the module docstring).
     """
 
     def __init__(self) -> None:
@@ -264,32 +312,78 @@ class ActionRegistry:
         with self._lock:
             self._kinds[kind] = factory
 
-    def resolve(self, spec: str, *, project: Project | None = None) -> Action:
+    def resolve(self, spec: str, *, project: Project | None = None,
+                params: Mapping[str, Any] | None = None) -> Action:
         if spec in self._named:
             return self._named[spec]
         kind, _, arg = spec.partition(":")
         if arg and kind in self._kinds:
             return self._kinds[kind](arg)
         if arg and kind == "pipeline":
-            return _pipeline_action(arg, project)
+            return _pipeline_action(arg, project, dict(params or {}))
+        if arg and kind == "rollback":
+            return _rollback_action(arg, project)
         raise NotFoundError("alert action", spec, "register it with ActionRegistry.register, or use "
-                            f"one of the kinds {sorted({'pipeline', *self._kinds})}")
+                            f"one of the kinds {sorted({'pipeline', 'rollback', *self._kinds})}")
 
-    def run(self, spec: str, alert: Alert, *, project: Project | None = None) -> Any:
-        return self.resolve(spec, project=project)(alert)
+    def run(self, spec: str, alert: Alert, *, project: Project | None = None,
+            params: Mapping[str, Any] | None = None) -> Any:
+        return self.resolve(spec, project=project, params=params)(alert)
 
 
-def _pipeline_action(pipeline: str, project: Project | None) -> Action:
+_TRIGGER_PREFIX = "alert:"
+
+
+def alert_trigger_key(alert: Alert, pipeline: str) -> str:
+    """The idempotency key of the trigger an alert episode queues for ``pipeline``."""
+    return f"{_TRIGGER_PREFIX}{alert.fingerprint}:{alert.starts_at:.3f}:{pipeline}"
+
+
+def _pipeline_action(pipeline: str, project: Project | None, params: dict[str, Any]) -> Action:
     def start(alert: Alert) -> Any:
+        from modelmill.training import get_pipeline, trigger
+
         try:
-            from modelmill.training import trigger  # type: ignore[attr-defined]
-        except ImportError as exc:
-            raise NotFoundError("training stage", "modelmill.training.trigger",
-                                "install the training stage to start pipelines from alerts") from exc
-        return trigger(pipeline, f"alert {alert.rule} {alert.labels}", project=project,
-                       key=f"alert:{alert.fingerprint}:{alert.starts_at:.3f}")
+            needed = get_pipeline(pipeline, project).params_needed
+        except ModelmillError:  # not importable here; the scheduler resolves it and reports back
+            needed = []
+        missing = [p for p in needed if p not in params]
+        if missing:
+            # Queueing it would only fail in the scheduler: refuse now, on the alert, with what to add.
+            raise InputError(f"params of pipeline {pipeline}",
+                             f"missing {', '.join(missing)}: give them in the rule, e.g. actions = "
+                             f'[{{ action = "pipeline:{pipeline}", params = {{ {missing[0]} = ... }} }}]',
+                             sorted(params))
+        return trigger(pipeline, f"alert {alert.rule} {alert.labels}", project=project, params=params,
+                       key=alert_trigger_key(alert, pipeline))
 
     return start
+
+
+def _rollback_action(model: str, project: Project | None) -> Action:
+    """Roll back ``model``'s active rollout; with none, send all its traffic to its ``production`` alias."""
+
+    def roll_back(alert: Alert) -> str:
+        from modelmill.registry import Registry
+        from modelmill.rollout import RolloutController
+        from modelmill.serving import RouteTable, Variant
+
+        if project is None:
+            raise InputError("project", "a rollback action needs the project it acts on", None)
+        reason = f"alert {alert.rule} fired ({', '.join(f'{k}={v}' for k, v in sorted(alert.labels.items()))})"
+        ctl = RolloutController(project, actor="monitoring")
+        if any(s.model == model for s in ctl.active()):
+            step = ctl.rollback(model, actor="monitoring", reason=reason)
+            return f"rolled back rollout {step.state.id} of {step.state.subject}: all traffic to {step.state.baseline}"
+        production = Registry(project).aliases(model).get("production")
+        if production is None:
+            raise NotFoundError("production alias of model", model,
+                                "nothing to roll back to: the model has no active rollout and no "
+                                "'production' alias; set one with `modelmill models alias`")
+        RouteTable(project).set(model, [Variant("stable", "production", 1.0)], actor="monitoring", reason=reason)
+        return f"no active rollout of {model}: all traffic to production (version {production})"
+
+    return roll_back
 
 
 _DEFAULT_ACTIONS = ActionRegistry()
@@ -451,16 +545,85 @@ class AlertEvaluator:
                 log.error("sink %r failed: %s", sink, exc)
 
     def _act(self, rule: Rule, alert: Alert) -> None:
+        outcomes: list[dict[str, Any]] = []
         for spec in rule.actions:
+            params = rule.action_params.get(spec)
+            detail: dict[str, Any] = {"action": spec, "at": time.time()}
+            if params:
+                detail["params"] = dict(params)
             try:
-                result = self.actions.run(spec, alert, project=self.project)
-                detail: dict[str, Any] = {"action": spec, "ok": True, "result": _short(result)}
+                result = self.actions.run(spec, alert, project=self.project, params=params)
+                detail |= {"ok": True, "result": _short(result)}
+                if spec.startswith("pipeline:") and isinstance(result, int) and not isinstance(result, bool):
+                    # Queued, not done: the scheduler's outcome arrives later (record_trigger_outcome).
+                    detail |= {"trigger_id": result, "trigger_status": "pending"}
             except Exception as exc:  # an action failing is reported, never fatal to the monitor
                 log.error("action %s of alert %s failed: %s", spec, rule.name, exc)
-                detail = {"action": spec, "ok": False, "error": str(exc)}
+                message = exc.message if isinstance(exc, ModelmillError) else str(exc)
+                detail |= {"ok": False, "error": message}
+            outcomes.append(detail)
             with self.project.db.begin() as conn:
                 self.project.db.audit(conn, actor="monitoring", action="alert.action", subject=rule.name,
-                                      detail=detail | {"labels": alert.labels})
+                                      detail=detail | {"labels": alert.labels, "fingerprint": alert.fingerprint})
+        if outcomes:
+            t = monitoring_alerts
+            with self.project.db.begin() as conn:
+                before = conn.execute(sa.select(t.c.actions).where(t.c.fingerprint == alert.fingerprint)
+                                      .with_for_update()).scalar()
+                # A fast scheduler may have run a queued pipeline already and reported it: keep that outcome.
+                reported = {a["trigger_id"]: a for a in (before or []) if a.get("trigger_status") not in
+                            (None, "pending")}
+                for o in outcomes:
+                    done = reported.get(o.get("trigger_id"))
+                    if done is not None:
+                        o |= {k: done[k] for k in ("trigger_status", "ok", "error") if k in done}
+                conn.execute(t.update().where(t.c.fingerprint == alert.fingerprint).values(actions=outcomes))
+
+    def history(self, rule: str | None = None, *, limit: int = 100) -> list[dict[str, Any]]:
+        """The audit trail of alerts, newest first: firing, resolved, each action and each queued run's outcome."""
+        from modelmill.store.tables import audit_log
+
+        q = sa.select(audit_log).where(audit_log.c.action.like("alert.%"))
+        if rule is not None:
+            q = q.where(audit_log.c.subject == rule)
+        with self.project.db.engine.connect() as conn:
+            rows = conn.execute(q.order_by(audit_log.c.id.desc()).limit(limit)).all()
+        return [{"at": r.at, "action": r.action, "rule": r.subject, "detail": r.detail} for r in rows]
+
+
+def record_trigger_outcome(project: Project, *, key: str, trigger_id: int, status: str,
+                           error: str | None = None) -> bool:
+    """Put the outcome of a pipeline run an alert queued on that alert and in the audit trail.
+
+    The scheduler calls this for every trigger it ran; a key that no alert made is ignored
+    (returns False). A failed run marks the alert's action ``ok: false``.
+    """
+    if not key.startswith(_TRIGGER_PREFIX):
+        return False
+    parts = key[len(_TRIGGER_PREFIX):].split(":", 2)  # fingerprint, episode start, pipeline
+    fp = parts[0]
+    t = monitoring_alerts
+    with project.db.begin() as conn:
+        row = conn.execute(sa.select(t.c.rule, t.c.labels, t.c.actions).where(t.c.fingerprint == fp)
+                           .with_for_update()).first()
+        if row is None:
+            return False
+        actions = [dict(a) for a in (row.actions or [])]
+        mine = [a for a in actions if a.get("trigger_id") == trigger_id]
+        if not mine:  # the run finished before the monitor wrote down that it queued it
+            mine = [{"action": f"pipeline:{parts[-1]}", "trigger_id": trigger_id, "ok": True}]
+            actions.extend(mine)
+        for a in mine:
+            a["trigger_status"] = status
+            if status != "finished":
+                a |= {"ok": False, "error": f"trigger {trigger_id} {status}: {error or 'no error recorded'}"}
+        conn.execute(t.update().where(t.c.fingerprint == fp).values(actions=actions))
+        project.db.audit(conn, actor="scheduler", action=f"alert.trigger.{status}", subject=row.rule,
+                         detail={"trigger_id": trigger_id, "key": key, "error": error, "labels": row.labels,
+                                 "fingerprint": fp})
+    if status != "finished":
+        log.error("pipeline run %s queued by alert %s %s: %s", trigger_id, row.rule, status, error)
+    return True
 
 
 def _short(value: Any) -> str | None:

@@ -24,6 +24,7 @@ it again could start it twice, so that is left to a person
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import socket
 import time
@@ -42,6 +43,8 @@ from modelmill.store.tables.training import schedules, triggers
 from modelmill.training.pipeline import Pipeline, PipelineResult, get_pipeline
 
 __all__ = ["Scheduler", "TriggerInfo", "trigger"]
+
+log = logging.getLogger("modelmill.training.scheduler")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -182,7 +185,19 @@ class Scheduler:
         with self.project.db.begin() as conn:
             conn.execute(triggers.update().where(t.id == info.id).values(
                 status=status, ended_at=time.time(), error=error, pipeline_run_id=run_id))
+        self._report(info, status, error)
         return dataclasses.replace(info, status=status, error=error, pipeline_run_id=run_id)
+
+    def _report(self, info: TriggerInfo, status: str, error: str | None) -> None:
+        """Tell the alert that queued this trigger (if one did) how its run ended."""
+        if not info.key.startswith("alert:"):
+            return
+        from modelmill.monitoring.alerts import record_trigger_outcome
+
+        try:
+            record_trigger_outcome(self.project, key=info.key, trigger_id=info.id, status=status, error=error)
+        except Exception as exc:  # the trigger row holds the outcome already; the alert's copy is a courtesy
+            log.error("could not record trigger %s's outcome on its alert: %s", info.id, exc)
 
     def requeue(self, trigger_id: int) -> None:
         """Put a trigger stuck in ``running`` (its scheduler died) back to ``pending``."""

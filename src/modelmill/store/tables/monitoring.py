@@ -48,4 +48,6 @@ monitoring_alerts = sa.Table(
     sa.Column("started_at", sa.Float, nullable=True),
     sa.Column("resolved_at", sa.Float, nullable=True),
     sa.Column("updated_at", sa.Float, nullable=False),
+    # What the alert's actions did when it last fired: [{action, ok, result | error, trigger_id, trigger_status}]
+    sa.Column("actions", sa.JSON, nullable=True),
 )
