@@ -37,6 +37,7 @@ def test_shared_redis_cache_serves_other_workers_and_expires(redis_url: str, red
     b = PredictionCache(shared=kv_b, ttl_s=0.3, on_result=seen.append)
     key = a.key("m", 1, np.array([[3.0]]))
     a.put(key, np.array([0.75]))
+    assert a.flush()  # the shared write is made by a background thread
     assert b.get(key).tolist() == [0.75]  # another process' cache, through Redis
     time.sleep(0.4)
     assert PredictionCache(shared=kv_b).get(key) is None  # expired in Redis

@@ -11,6 +11,7 @@ are strings, values are bytes, ``ttl`` is in seconds.
 from __future__ import annotations
 
 import abc
+import concurrent.futures
 import sqlite3
 import threading
 import time
@@ -18,10 +19,11 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from modelmill.config import mask_url
 from modelmill.errors import BackendUnavailable, ConfigError
+from modelmill.store.breaker import Breaker
 
 __all__ = ["KeyValue", "MemoryKV", "RedisKV", "SQLiteKV", "open_kv"]
 
@@ -30,6 +32,14 @@ class KeyValue(abc.ABC):
     """The contract every key-value backend keeps (see ``tests/store/test_kv.py``)."""
 
     url: str
+    #: Guards a remote backend (see :class:`~modelmill.store.breaker.Breaker`); None where calls cannot hang.
+    breaker: Breaker | None = None
+
+    @property
+    def executor(self) -> concurrent.futures.Executor | None:
+        """Where an event loop runs this backend's calls so that a slow server never blocks it; None: inline
+        (an in-process or local-file backend answers in microseconds, a thread hop would cost more)."""
+        return None
 
     @abc.abstractmethod
     def get(self, key: str) -> bytes | None: ...
@@ -160,34 +170,67 @@ class SQLiteKV(KeyValue):
 
 
 class RedisKV(KeyValue):
-    """Redis through redis-py; ``prefix`` namespaces every key (tests use it for isolation)."""
+    """Redis through redis-py; ``prefix`` namespaces every key (tests use it for isolation).
 
-    def __init__(self, url: str, *, prefix: str = "", socket_timeout: float = 2.0) -> None:
+    Every call is bounded by ``socket_timeout`` seconds (the URL's ``?socket_timeout=`` wins) and is never
+    retried by redis-py, and goes through a :class:`~modelmill.store.breaker.Breaker`: once Redis stops
+    answering, calls raise :class:`BackendUnavailable` at once instead of each waiting out the timeout, and
+    one call every ``retry_after_s`` tries again. Callers on an event loop run calls in :attr:`executor`.
+    """
+
+    def __init__(self, url: str, *, prefix: str = "", socket_timeout: float = 0.5, failures: int = 2,
+                 retry_after_s: float = 1.0, threads: int = 4) -> None:
         self.url = url
         self.prefix = prefix
-        self.socket_timeout = socket_timeout
+        self.socket_timeout = _url_timeout(url, socket_timeout)
+        self.threads = threads
+        self.breaker: Breaker = Breaker(f"redis at {mask_url(url)}", failures=failures, retry_after_s=retry_after_s)
         self._client: Any = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
 
     @property
     def client(self) -> Any:
         if self._client is None:
             try:
                 import redis
+                from redis.backoff import NoBackoff
+                from redis.retry import Retry
             except ImportError as exc:  # pragma: no cover - depends on the install
                 raise ConfigError("online", self.url, "install the 'redis' extra: pip install 'modelmill[redis]'") from exc
+            # No retries: redis-py retries a timeout up to 10 times by default, which turns a hung
+            # server into a wait of many timeouts per call; the breaker decides when to try again.
             self._client = redis.Redis.from_url(
                 self.url, socket_timeout=self.socket_timeout, socket_connect_timeout=self.socket_timeout,
-                health_check_interval=30,
+                health_check_interval=30, retry=Retry(NoBackoff(), 0),
             )
         return self._client
+
+    @property
+    def executor(self) -> concurrent.futures.Executor:
+        """A bounded thread pool (``threads`` workers) for calls made on behalf of an event loop."""
+        if self._executor is None:
+            with self._executor_lock:
+                if self._executor is None:
+                    self._executor = concurrent.futures.ThreadPoolExecutor(
+                        self.threads, thread_name_prefix="modelmill-redis")
+        return self._executor
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         import redis
 
+        breaker = self.breaker
+        if not breaker.allow():
+            raise BackendUnavailable("redis", mask_url(self.url), f"not answering ({breaker.reason}); calls are "
+                                     f"refused until a trial call succeeds, one every {breaker.retry_after_s} s")
         try:
-            return fn(*args, **kwargs)
+            out = fn(*args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise BackendUnavailable("redis", mask_url(self.url), str(exc) or type(exc).__name__) from exc
+            reason = str(exc) or type(exc).__name__
+            breaker.failure(reason)
+            raise BackendUnavailable("redis", mask_url(self.url), reason) from exc
+        breaker.success()
+        return out
 
     def get(self, key: str) -> bytes | None:
         return self._call(self.client.get, self.prefix + key)
@@ -225,6 +268,9 @@ class RedisKV(KeyValue):
         return time.perf_counter() - start
 
     def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -283,6 +329,21 @@ class MemoryKV(KeyValue):
         with self._lock:
             keys = [k for k, (_, exp) in self._data.items() if k.startswith(prefix) and (exp is None or exp > now)]
         yield from keys
+
+
+def _url_timeout(url: str, default: float) -> float:
+    """``socket_timeout`` from a Redis URL's query (redis-py reads it from there too), else ``default``."""
+    given = parse_qs(urlsplit(url).query).get("socket_timeout")
+    if not given:
+        return default
+    try:
+        value = float(given[0])
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 3600:
+        raise ConfigError("socket_timeout", given[0], "a number of seconds above 0, such as "
+                          "'redis://host:6379/0?socket_timeout=0.25'")
+    return value
 
 
 def _glob_escape(text: str) -> str:
