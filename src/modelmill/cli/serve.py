@@ -44,6 +44,7 @@ def serve(
     from modelmill.serving.app import MODELS_ENV, OPTIONS_ENV
     from modelmill.serving.metrics import prepare_multiprocess_dir
     from modelmill.serving.models import parse_ref
+    from modelmill.serving.protocol import UVICORN
 
     for ref in model:
         parse_ref(ref)
@@ -62,10 +63,9 @@ def serve(
         # Every worker writes its samples here; /metrics sums them (prometheus_client multiprocess mode).
         prepare_multiprocess_dir(tempfile.mkdtemp(prefix="modelmill-metrics-"))
     err_console.print(f"modelmill serve: http://{host}:{port} ({workers} worker{'s' if workers > 1 else ''})")
-    # uvloop + httptools: the default asyncio/h11 stack with several workers leaves TCP_NODELAY unset
-    # and adds ~40 ms to every kept-alive request.
+    # uvloop, and httptools with a header-read timeout and a bounded drain (see modelmill.serving.protocol)
     uvicorn.run("modelmill.serving.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                loop="uvloop", http="httptools", log_level=log_level, access_log=False, lifespan="on")
+                log_level=log_level, **UVICORN)
 
 
 def predict_batch(

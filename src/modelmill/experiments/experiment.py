@@ -51,7 +51,7 @@ class Arm:
     version: int | str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
             raise InputError("variant.name", "must be letters, digits, '_', '.' or '-'", self.name)
         if not isinstance(self.weight, int | float) or not self.weight > 0:
             raise InputError(f"variant {self.name}: weight", "must be a number above 0", self.weight)
@@ -81,7 +81,7 @@ class Experiment:
     result: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
             raise InputError("name", "must be letters, digits, '_', '.' or '-' (at most 200)", self.name)
         variants = tuple(self.variants)
         if len(variants) < 2:

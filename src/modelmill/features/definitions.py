@@ -51,7 +51,7 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
 
 
 def _check_name(field: str, name: object) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InputError(field, "must be a letter or '_' followed by letters, digits or '_' (at most 100)", name)
     return name
 
@@ -335,7 +335,7 @@ def parse_ref(ref: object) -> tuple[str, str]:
     if not isinstance(ref, str) or ref.count(":") != 1:
         raise InputError("features", "each reference must look like 'view:feature'", ref)
     view, feature = ref.split(":")
-    if not _NAME.match(view) or not _NAME.match(feature):
+    if not _NAME.fullmatch(view) or not _NAME.fullmatch(feature):
         raise InputError("features", "each reference must look like 'view:feature'", ref)
     return view, feature
 

@@ -62,7 +62,7 @@ class Field:
     required: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
             raise SchemaError("field", "a field name must be a letter or '_' then letters, digits or '_'",
                               self.name)
         kind = _ALIASES.get(self.type, self.type)
@@ -99,7 +99,7 @@ class EventSchema:
         self._check()
 
     def _check(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
             raise SchemaError("name", "must be a letter or '_' then letters, digits or '_' (it names a table)",
                               self.name)
         names = [f.name for f in self.fields]

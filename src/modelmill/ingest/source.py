@@ -139,7 +139,7 @@ class Publisher(abc.ABC):
 
 def stream_name(stream: str) -> str:
     """Check a stream name: letters, digits, '_' and '-' (valid as a Kafka topic, JetStream stream, key)."""
-    if not isinstance(stream, str) or not _STREAM.match(stream):
+    if not isinstance(stream, str) or not _STREAM.fullmatch(stream):
         raise InputError("stream", "must be 1-200 letters, digits, '_' or '-'", stream)
     return stream
 

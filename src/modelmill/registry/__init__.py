@@ -21,9 +21,10 @@ from modelmill.registry.optimise import (
 )
 from modelmill.registry.registry import Registry, clear_cache
 from modelmill.registry.signature import Field, Signature, infer_signature
-from modelmill.registry.versions import ModelVersion, RegisteredModel, parse_ref
+from modelmill.registry.versions import MAX_VERSION, ModelVersion, RegisteredModel, check_version, parse_ref
 
 __all__ = [
+    "MAX_VERSION",
     "AliasChange",
     "Check",
     "Comparison",
@@ -36,6 +37,7 @@ __all__ = [
     "RegisteredModel",
     "Registry",
     "Signature",
+    "check_version",
     "clear_cache",
     "compare",
     "distill",

@@ -28,7 +28,7 @@ _ALIAS = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
 
 def check_alias(alias: Any) -> str:
     """``alias`` if valid; it must start with a letter so that it never reads as a version number."""
-    if not isinstance(alias, str) or not _ALIAS.match(alias):
+    if not isinstance(alias, str) or not _ALIAS.fullmatch(alias):
         raise InputError("alias", "an alias is 1-64 lowercase letters, digits, '_' or '-', starting with a letter",
                          alias)
     return alias

@@ -41,7 +41,13 @@ from modelmill.registry.aliases import AliasChange, check_alias
 from modelmill.registry.flavors import LoadedModel
 from modelmill.registry.flavors import flavor as get_flavor
 from modelmill.registry.signature import Signature
-from modelmill.registry.versions import ModelVersion, RegisteredModel, check_model_name, parse_ref
+from modelmill.registry.versions import (
+    ModelVersion,
+    RegisteredModel,
+    check_model_name,
+    check_version,
+    parse_ref,
+)
 from modelmill.store.tables import audit_log
 from modelmill.store.tables.registry import model_aliases, model_versions, registered_models
 
@@ -125,6 +131,7 @@ class Registry:
     def get(self, name: str, version: int) -> ModelVersion:
         """Version ``version`` of ``name``; :class:`NotFoundError` with the versions that exist otherwise."""
         check_model_name(name)
+        check_version(version)  # beyond a database integer, the query itself would fail
         with self.project.db.engine.connect() as conn:
             row = conn.execute(sa.select(model_versions).where(
                 model_versions.c.name == name, model_versions.c.version == version)).mappings().first()
@@ -183,8 +190,9 @@ class Registry:
         """Point ``name@alias`` at ``version``; the move is audited with ``actor`` and ``reason``."""
         check_model_name(name)
         check_alias(alias)
-        if isinstance(version, bool) or not isinstance(version, int):
+        if isinstance(version, str):  # only ints: "3" is a caller's mistake here, not a version
             raise InputError("version", "must be an integer version number", version)
+        check_version(version)
         now = time.time()
         with self.project.db.begin() as conn:
             self._lock_model(conn, name)

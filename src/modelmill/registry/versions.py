@@ -18,17 +18,40 @@ from typing import Any
 from modelmill.errors import InputError
 from modelmill.registry.signature import Signature
 
-__all__ = ["ModelVersion", "RegisteredModel", "check_model_name", "parse_ref"]
+__all__ = ["MAX_VERSION", "ModelVersion", "RegisteredModel", "check_model_name", "check_version", "parse_ref"]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+# Matched with fullmatch: a pattern's "$" also matches before a final newline, so "evil\n" would pass.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+# ASCII digits only: str.isdigit() is true for "²" (which int() refuses) and for "٣" (which it reads as 3).
+_DIGITS = re.compile(r"[0-9]{1,19}")
+# The largest version a database integer column holds (SQLite INTEGER, PostgreSQL BIGINT).
+MAX_VERSION = 2**63 - 1
 
 
 def check_model_name(name: Any) -> str:
     """``name`` if it is a valid model name (letters, digits, ``_ . -``; at most 128 characters)."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InputError("name", "a model name is 1-128 letters, digits, '_', '.' or '-', starting with a "
                          "letter or digit", name)
     return name
+
+
+def check_version(value: Any, field: str = "version") -> int:
+    """``value`` (an int, or a string of ASCII digits) as a version number from 1 to :data:`MAX_VERSION`.
+
+    >>> check_version("3"), check_version(7)
+    (3, 7)
+    >>> check_version("²")
+    Traceback (most recent call last):
+    ...
+    modelmill.errors.InputError: version: must be a version number: ASCII digits, from 1 to 9223372036854775807 (got ²)
+    """
+    number = value
+    if isinstance(value, str):
+        number = int(value) if _DIGITS.fullmatch(value) else None
+    if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= MAX_VERSION:
+        raise InputError(field, f"must be a version number: ASCII digits, from 1 to {MAX_VERSION}", value)
+    return number
 
 
 def parse_ref(ref: str) -> tuple[str, int | str | None]:
@@ -39,11 +62,8 @@ def parse_ref(ref: str) -> tuple[str, int | str | None]:
     check_model_name(name)
     if not sep:
         return name, None
-    if selector.isdigit():
-        version = int(selector)
-        if version < 1:
-            raise InputError("model", "versions start at 1", ref)
-        return name, version
+    if selector.isascii() and selector.isdigit():
+        return name, check_version(selector, "model")
     from modelmill.registry.aliases import check_alias
 
     return name, check_alias(selector)

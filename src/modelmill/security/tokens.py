@@ -63,7 +63,7 @@ def parse_token(token: str) -> str | None:
     if not token.startswith(PREFIX) or len(token) > 200:
         return None
     token_id, sep, secret = token[len(PREFIX):].partition("_")
-    if not sep or not secret or not _ID.match(token_id):
+    if not sep or not secret or not _ID.fullmatch(token_id):
         return None
     return token_id
 
@@ -114,7 +114,7 @@ class TokenStore:
         token_id = secrets.token_hex(6)
         if name is None:
             name = f"{role}-{token_id}"
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise InputError("name", "must be 1-100 letters, digits or '_.@:-', starting with a letter or digit",
                              name)
         secret = f"{PREFIX}{token_id}_{secrets.token_urlsafe(32)}"

@@ -28,6 +28,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from modelmill.errors import InputError, NotFoundError
+from modelmill.registry.aliases import check_alias
+from modelmill.registry.versions import check_version
 from modelmill.store.tables.serving import serving_routes
 
 __all__ = ["Route", "RouteTable", "Variant", "bucket"]
@@ -58,8 +60,17 @@ class Variant:
             raise InputError("variant.name", "must be a non-empty string of at most 100 characters", self.name)
         if isinstance(self.version, bool) or not isinstance(self.version, int | str) or self.version in ("", 0):
             raise InputError(f"variant {self.name}: version", "must be a version number or an alias", self.version)
-        if isinstance(self.version, int) and self.version < 1:
-            raise InputError(f"variant {self.name}: version", "must be at least 1", self.version)
+        # Checked as the registry checks them: a number that fits the database ("²" or 2**63 made the
+        # store raise), or a well-formed alias; anything else could never resolve.
+        field = f"variant {self.name}: version"
+        if isinstance(self.version, int) or (self.version.isascii() and self.version.isdigit()):
+            check_version(self.version, field)
+        else:
+            try:
+                check_alias(self.version)
+            except InputError as exc:
+                raise InputError(field, f"must be a version number or an alias ({exc.problem})",
+                                 self.version) from None
         w = self.weight
         if isinstance(w, bool) or not isinstance(w, int | float) or not (w >= 0) or w == float("inf"):
             raise InputError(f"variant {self.name}: weight", "must be a finite number >= 0", w)
@@ -186,4 +197,4 @@ class RouteTable:
 
 
 def _version(target: str) -> int | str:
-    return int(target) if target.isdigit() else target
+    return int(target) if target.isascii() and target.isdigit() else target

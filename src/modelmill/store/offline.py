@@ -66,7 +66,7 @@ def quiet_duckdb(config: Mapping[str, Any] | None = None) -> duckdb.DuckDBPyConn
 
 
 def check_table_name(table: str) -> str:
-    if not isinstance(table, str) or not _TABLE.match(table):
+    if not isinstance(table, str) or not _TABLE.fullmatch(table):
         raise InputError("table", "must be a letter or '_' followed by letters, digits or '_'", table)
     return table
 
