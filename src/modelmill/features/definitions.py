@@ -30,6 +30,7 @@ from modelmill.errors import InputError
 
 __all__ = [
     "DTYPES",
+    "ON_MISSING",
     "Aggregation",
     "Definition",
     "Entity",
@@ -46,6 +47,8 @@ __all__ = [
 DTYPES = ("float64", "float32", "int64", "int32", "bool", "string", "timestamp")
 NUMERIC = frozenset({"float64", "float32", "int64", "int32", "bool"})
 FUNCTIONS = ("count", "sum", "mean", "min", "max", "last")
+#: What serving does with a feature the online store lacks (see :class:`FeatureService`).
+ON_MISSING = ("reject", "default", "allow")
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
 
@@ -309,11 +312,29 @@ class StreamAggregation:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FeatureService:
-    """The named list of features one model uses, as ``"view:feature"`` references."""
+    """The named list of features one model uses, as ``"view:feature"`` references.
+
+    ``on_missing`` says what serving does when the online store has no value of a feature for a
+    request's entity (never written, lost, or expired past its view's ``ttl``):
+
+    - ``"reject"`` (the default): the request is refused (HTTP 422) naming the entity and each
+      missing or expired feature;
+    - ``"default"``: the value declared in ``defaults`` (``{"view:feature": value}``) is used, and a
+      feature without a declared default is refused as under ``"reject"``;
+    - ``"allow"``: NaN goes to the model (one that accepts missing values) and the response lists
+      the features under ``"missing"``.
+
+        >>> svc = FeatureService(name="s", features=["w:temp", "w:wind"], on_missing="default",
+        ...                      defaults={"w:temp": 15.0})
+        >>> svc.default_values
+        {'w:temp': 15.0}
+    """
 
     name: str
     features: tuple[str, ...]
     description: str = ""
+    on_missing: str = "reject"
+    defaults: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         _check_name("feature_service.name", self.name)
@@ -325,6 +346,24 @@ class FeatureService:
         if len(set(refs)) != len(refs):
             raise InputError(f"feature service {self.name!r} features", "has duplicates", refs)
         object.__setattr__(self, "features", refs)
+        if self.on_missing not in ON_MISSING:
+            raise InputError(f"feature service {self.name!r} on_missing", f"must be one of {', '.join(ON_MISSING)}",
+                             self.on_missing)
+        items = self.defaults.items() if isinstance(self.defaults, dict) else self.defaults
+        pairs: list[tuple[str, float]] = []
+        for item in items:
+            ref, value = item
+            if ref not in refs:
+                raise InputError(f"feature service {self.name!r} defaults", "names a feature the service does not "
+                                 "have", ref)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+                raise InputError(f"feature service {self.name!r} defaults.{ref}", "must be a number", value)
+            pairs.append((str(ref), float(value)))
+        object.__setattr__(self, "defaults", tuple(sorted(pairs)))
+
+    @property
+    def default_values(self) -> dict[str, float]:
+        return dict(self.defaults)
 
 
 Definition = Entity | FeatureView | StreamAggregation | FeatureService

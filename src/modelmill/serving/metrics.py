@@ -37,6 +37,7 @@ __all__ = [
     "CACHE_MISSES",
     "INFLIGHT",
     "LATENCY",
+    "MISSING_FEATURES",
     "MODEL_LOAD_FAILURES",
     "MODEL_REQUESTS",
     "REQUESTS",
@@ -70,6 +71,11 @@ BATCH_SIZE = Histogram(
 MODEL_LOAD_FAILURES = Counter(
     "modelmill_model_load_failures", "Times a version named by a route or alias could not be loaded, by model.",
     ["model"],
+)
+MISSING_FEATURES = Counter(
+    "modelmill_missing_features", "Features the online store lacked for a feature-route request, by model, "
+    "feature and reason (missing or expired), whatever the feature service's on_missing policy did.",
+    ["model", "feature", "reason"],
 )
 CACHE_HITS = Counter("modelmill_cache_hits", "Prediction cache hits.", ["model"])
 CACHE_MISSES = Counter("modelmill_cache_misses", "Prediction cache misses.", ["model"])

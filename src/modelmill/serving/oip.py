@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 import modelmill
-from modelmill.errors import InputError
+from modelmill.errors import InputError, ModelmillError
 from modelmill.registry import check_version
 from modelmill.serving import metrics
 from modelmill.serving.limits import read_body
@@ -342,6 +342,8 @@ def record(server: ModelServer, model: str, route: str, choice: Choice | None, s
     when it was answered), so the log alone holds every outcome.
     """
     if status != 200 and choice is not None:
+        if missing is None and isinstance(error, ModelmillError):
+            missing = error.context.get("missing")
         server.log_failure(choice, status, type(error).__name__ if error is not None else f"HTTP {status}", t0,
                            entities=entities, missing=missing)
     version, variant = (str(choice.deployed.version), choice.variant) if choice is not None else ("", "")

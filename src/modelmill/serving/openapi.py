@@ -156,7 +156,11 @@ SCHEMAS: dict[str, Any] = {
         "type": "object", "required": ["prediction", "model", "version", "variant", "request_id"],
         "properties": {"prediction": {"type": "number"}, "model": {"type": "string"},
                        "version": {"type": "integer"}, "variant": {"type": "string"},
-                       "request_id": {"type": "string"}},
+                       "request_id": {"type": "string"},
+                       "missing": {"type": "array", "items": {"type": "string"},
+                                   "description": "Features the online store lacked (absent or expired), "
+                                                  "defaulted or passed as NaN by the feature service's "
+                                                  "on_missing policy."}},
     },
     "PredictResponse": {
         "anyOf": [

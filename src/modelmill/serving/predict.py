@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,7 @@ import orjson
 from starlette.responses import Response
 
 from modelmill.errors import BackendUnavailable, InputError, ModelmillError
+from modelmill.features.online import EXPIRED
 from modelmill.serving import metrics
 from modelmill.serving.batching import Batcher
 from modelmill.serving.limits import TooManyRows, read_body
@@ -35,7 +36,7 @@ from modelmill.serving.oip import record
 from modelmill.serving.responses import Incoming, ModelFailed, error_response, json_response, status_of
 from modelmill.serving.server import Choice, Deployed, ModelServer, Prediction
 
-__all__ = ["FeaturePlan", "PredictRoute"]
+__all__ = ["FeaturePlan", "MissingFeatures", "PredictRoute"]
 
 
 class FeaturePlan:
@@ -53,10 +54,14 @@ class FeaturePlan:
 
     def __init__(self, columns: Sequence[str], service_refs: Sequence[str], entity_keys: Sequence[str] = (),
                  service: str | None = None, *, features: Any = None, max_batch_size: int = 64,
-                 max_wait_us: int = 500) -> None:
+                 max_wait_us: int = 500, on_missing: str = "reject", defaults: Mapping[str, float] | None = None,
+                 model: str = "") -> None:
         self.columns = list(columns)
         self.service = service
+        self.model = model
         self.entity_keys = list(entity_keys)
+        self.on_missing = on_missing
+        self.defaults = dict(defaults or {})
         by_feature: dict[str, list[str]] = {}
         for r in service_refs:
             by_feature.setdefault(r.split(":", 1)[-1], []).append(r)
@@ -86,9 +91,11 @@ class FeaturePlan:
         self.lookup: Batcher | None = None
         if refs and features is not None:
             # A remote online store is read in its own thread pool: a hung Redis must not stop the event loop.
-            self.lookup = Batcher(lambda rows: features.online_vector(rows, refs)[0], flat=False,
+            # Each looked-up row is the values, then their status codes (present, missing, expired).
+            self.lookup = Batcher(lambda rows: np.hstack(features.online_vector(rows, refs)), flat=False,
                                   max_batch_size=max_batch_size, max_wait_us=max_wait_us,
                                   executor=features.online.executor)
+        self.default_row = np.array([self.defaults.get(r, np.nan) for r in refs], dtype=np.float64)
 
     def __repr__(self) -> str:
         return f"FeaturePlan(service={self.service!r}, refs={self.refs}, request={self.request_columns})"
@@ -102,12 +109,18 @@ class FeaturePlan:
         if features is None:
             raise BackendUnavailable("feature store", "(not configured)",
                                      f"model {dep.name} v{dep.version} reads feature service {service!r}")
-        refs = [str(r) for r in features.feature_service(service).features]
+        svc = features.feature_service(service)
+        refs = [str(r) for r in svc.features]
         return cls(dep.columns, refs, _entity_keys(features, refs), service, features=features,
-                   max_batch_size=max_batch_size, max_wait_us=max_wait_us)
+                   max_batch_size=max_batch_size, max_wait_us=max_wait_us, on_missing=svc.on_missing,
+                   defaults=svc.default_values, model=dep.name)
 
     async def build(self, entities: dict[str, Any], given: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
-        """One input row; returns it and the names of features the online store did not have."""
+        """One input row, and the features the online store did not have (absent or expired).
+
+        The feature service's ``on_missing`` policy applies here: :class:`MissingFeatures` (422) under
+        ``"reject"``, declared defaults under ``"default"``, NaN under ``"allow"``.
+        """
         missing_keys = [k for k in self.entity_keys if k not in entities]
         if missing_keys:
             raise InputError("entities", f"misses the key(s) {', '.join(missing_keys)} of feature service "
@@ -115,10 +128,12 @@ class FeaturePlan:
         X = np.empty((1, len(self.columns)), dtype=np.float64)
         absent: list[str] = []
         if self.lookup is not None:
-            row = (await self.lookup.submit([entities])).reshape(-1)
+            k = len(self.refs)
+            looked = (await self.lookup.submit([entities])).reshape(-1)
+            row, status = looked[:k], looked[k:]
+            if status.any():
+                absent = self._missing(entities, status, row)
             X[0, self.ref_pos] = row
-            if np.isnan(row).any():
-                absent = [r for r, v in zip(self.refs, row.tolist(), strict=True) if v != v]
         index = self.request_index
         for name, value in given.items():
             pos = index.get(name)
@@ -132,6 +147,49 @@ class FeaturePlan:
             lacking = [c for c in self.request_columns if c not in given]
             raise InputError("features", f"misses request-time feature(s) {', '.join(lacking)}")
         return X, absent
+
+
+    def _missing(self, entities: dict[str, Any], status: np.ndarray, row: np.ndarray) -> list[str]:
+        """Count the lacking features, then apply the policy to ``row`` in place (or refuse the request)."""
+        lacking = np.flatnonzero(status)
+        names = [self.refs[i] for i in lacking]
+        expired = [self.refs[i] for i in lacking if status[i] == EXPIRED]
+        for i in lacking:
+            reason = "expired" if status[i] == EXPIRED else "missing"
+            metrics.MISSING_FEATURES.labels(self.model, self.refs[i], reason).inc()
+        if self.on_missing == "allow":
+            row[lacking] = np.nan  # an expired value is not passed on as if it were current
+            return names
+        if self.on_missing == "default":
+            row[lacking] = self.default_row[lacking]
+            undeclared = [self.refs[i] for i in lacking if np.isnan(self.default_row[i])]
+            if not undeclared:
+                return names
+            raise MissingFeatures(self.model, entities, undeclared, [r for r in expired if r in undeclared],
+                                  policy="default", service=self.service)
+        raise MissingFeatures(self.model, entities, names, expired, policy="reject", service=self.service)
+
+
+class MissingFeatures(ModelFailed):
+    """The online store lacks features of a request's entity and the feature service's policy refuses it (422).
+
+    A :class:`ModelFailed`: the chosen variant could not predict, so a rollout charges it to that variant.
+    """
+
+    def __init__(self, model: str, entities: Mapping[str, Any], missing: Sequence[str], expired: Sequence[str], *,
+                 policy: str, service: str | None) -> None:
+        absent = [r for r in missing if r not in expired]
+        parts = ([f"missing {', '.join(absent)}"] if absent else []) + (
+            [f"expired {', '.join(expired)}"] if expired else [])
+        how = ("declare defaults for them, or set on_missing = 'allow' for a model that takes NaN"
+               if policy == "default" else
+               "materialize the feature view (under the event clock, check `modelmill features watermark`), "
+               "check the entity keys, or set the feature service's on_missing to 'default' or 'allow'")
+        super().__init__(f"no prediction for entity {dict(entities)}: the online store has {'; '.join(parts)} "
+                         f"(feature service {service}, on_missing = {policy!r}); {how}", model=model)
+        self.missing = list(missing)
+        self.expired = list(expired)
+        self.context.update(entities=dict(entities), missing=self.missing, expired=self.expired)
 
 
 def _entity_keys(features: Any, refs: Sequence[str]) -> list[str]:
@@ -204,15 +262,19 @@ class PredictRoute:
         plan = self.plan(choice.deployed)
         X, absent = await plan.build(entities, given)
         try:
-            pred: Prediction = await server.run(choice, X, started=t0, field="features")
+            pred: Prediction = await server.run(choice, X, started=t0, field="features", entities=entities,
+                                                missing=absent)
         except ModelFailed as exc:
             if absent:
                 exc.message = (f"the online store has no value of {', '.join(absent)} for entity "
-                               f"{entities}; materialize the feature view, or check the keys "
-                               f"({exc.message})")
+                               f"{entities} (feature service on_missing = {plan.on_missing!r}): {exc.message}")
+                exc.context["missing"] = absent
             raise
-        return {"prediction": float(pred.output[0]), "model": pred.model, "version": pred.version,
-                "variant": pred.variant, "request_id": pred.request_id}
+        out = {"prediction": float(pred.output[0]), "model": pred.model, "version": pred.version,
+               "variant": pred.variant, "request_id": pred.request_id}
+        if absent:
+            out["missing"] = absent  # defaulted, or passed as NaN: the caller is told either way
+        return out
 
     async def _many(self, name: str, instances: Any, key: str | None, t0: float) -> list[dict[str, Any]]:
         """``{"instances": [...]}``: each instance is routed, looked up, predicted, logged and counted as if
