@@ -19,20 +19,32 @@ __all__ = ["BodyTooLarge", "Deadlines", "Limits", "TooManyRows", "read_body"]
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Limits:
-    """``max_body_bytes`` -> 413, ``max_batch_rows`` -> 413, ``request_timeout_s`` -> 408."""
+    """``max_body_bytes`` -> 413, ``max_batch_rows`` -> 413, ``request_timeout_s`` -> 408, ``max_id_chars`` -> 400.
+
+    ``max_id_chars`` bounds a client's request ``id``, which is stored with every prediction.
+    The connection-level two are applied by :mod:`modelmill.serving.protocol`:
+    ``header_timeout_s`` -> 408 for a request head that has not fully arrived in time, and
+    ``drain_bytes``, how much of a body the server reads and drops after answering early (a
+    413) so that a client writing its whole body before reading still gets the answer (0: none).
+    """
 
     max_body_bytes: int = 4 * 1024 * 1024
     max_batch_rows: int = 4096
     request_timeout_s: float = 10.0
+    max_id_chars: int = 256
+    header_timeout_s: float = 10.0
+    drain_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
-        for key in ("max_body_bytes", "max_batch_rows"):
+        for key in ("max_body_bytes", "max_batch_rows", "max_id_chars", "drain_bytes"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"serving.{key}", value, "a whole number of at least 1")
-        t = self.request_timeout_s
-        if isinstance(t, bool) or not isinstance(t, int | float) or not t > 0:
-            raise ConfigError("serving.request_timeout_s", t, "a number of seconds above 0")
+            least = 0 if key == "drain_bytes" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"serving.{key}", value, f"a whole number of at least {least}")
+        for key in ("request_timeout_s", "header_timeout_s"):
+            t = getattr(self, key)
+            if isinstance(t, bool) or not isinstance(t, int | float) or not t > 0:
+                raise ConfigError(f"serving.{key}", t, "a number of seconds above 0")
 
     @classmethod
     def from_section(cls, section: Any) -> Limits:
