@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from modelmill.cli import app
+from modelmill.config import Settings
 from modelmill.errors import ConfigError
 from modelmill.ingest import (
     DeadLetters,
@@ -203,3 +204,40 @@ def test_an_event_past_the_time_window_is_dead_lettered_and_the_rest_stored(
     bad = runner.invoke(app, ["ingest", "run", "--schema", str(schema), "--source", str(events)], env=env)
     assert bad.exit_code != 0 and isinstance(bad.exception, ConfigError)  # main() prints it, exit 1
     assert "ingest.max_time" in str(bad.exception) and "ISO 8601" in str(bad.exception)
+
+
+def test_csv_with_fractional_seconds_and_empty_cells(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15 item 14: `ingest publish x.csv` crashed on fractional-second times (a nanosecond Timestamp
+    orjson cannot write), and an empty cell passed ``required = true`` (an entity "" reached the store)."""
+    monkeypatch.chdir(tmp_path)
+    env = {"MODELMILL_HOME": str(tmp_path / ".mm")}
+    runner = CliRunner()
+    schema = tmp_path / "clicks.json"
+    schema.write_text(json.dumps(CLICKS.as_dict()))
+    csv = tmp_path / "x.csv"
+    csv.write_text("id,ts,user,price,kind\n"
+                   "007,2024-01-01T00:00:00.5Z,1,1.5,view\n"
+                   "e2,2024-01-01T00:00:01.123456Z,2,,\n"
+                   ",2024-01-01T00:00:02Z,3,2.0,buy\n"
+                   "e4,2024-01-01T00:00:03Z,,2.5,buy\n")
+
+    def run(*args: str) -> dict:  # type: ignore[type-arg]
+        result = runner.invoke(app, [*args, "--json"], env=env, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    assert run("ingest", "publish", str(csv), "--schema", str(schema))["published"] == 4
+    ran = run("ingest", "run", "--schema", str(schema), "--idle-timeout", "0.5")
+    assert (ran["written"], ran["dead_letters"]) == (2, 2)
+    letters = run("ingest", "dead-letters", "--schema", "clicks")["dead_letters"]
+    assert sorted((d["reason"], d["field"]) for d in letters) == [("missing_required", "id"),
+                                                                 ("missing_required", "user")]
+    assert {d["detail"] for d in letters} == {"required field 'id' is empty",
+                                              "required field 'user' is missing or null"}
+    with Project(Settings.defaults(home=tmp_path / ".mm")) as project:
+        stored = sorted(project.offline.read("clicks", columns=["id", "ts", "kind"]).to_pylist(),
+                        key=lambda r: r["id"])
+    assert [r["id"] for r in stored] == ["007", "e2"]  # a string field stays text
+    assert [r["ts"].isoformat() for r in stored] == ["2024-01-01T00:00:00.500000+00:00",
+                                                    "2024-01-01T00:00:01.123456+00:00"]
+    assert [r["kind"] for r in stored] == ["view", ""]  # an empty optional string is kept as written

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
@@ -86,3 +87,30 @@ def test_ray_engine_writes_the_same_output_as_local(project_dir: Path, tmp_path:
     assert a.column_names == b.column_names
     assert a.equals(b), "ray output differs from local output"
     print(f"ray test took {time.monotonic() - started:.1f} s")
+
+
+def test_cli_predict_batch_reads_csv_and_refuses_unreadable_input(project_dir: Path, tmp_path: Path) -> None:
+    """Issue 15 item 14: ``predict-batch -i file.csv`` ended in a raw ArrowInvalid traceback."""
+    X = _input(tmp_path / "in.parquet", 300)
+    pcsv.write_csv(pq.read_table(tmp_path / "in.parquet"), tmp_path / "in.csv")
+    env = {k: v for k, v in os.environ.items() if k != "MODELMILL_HOME"}
+
+    def predict(source: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "modelmill", "predict-batch", "--model", "clf@production",
+                               "--input", str(source), "--output", str(tmp_path / "out.parquet"), "--json"],
+                              cwd=project_dir, env=env, capture_output=True, text=True, timeout=120)
+
+    r = predict(tmp_path / "in.csv")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["rows"] == 300
+    out = pq.read_table(tmp_path / "out.parquet")
+    assert out.column("row_id").to_pylist() == list(range(300))
+    np.testing.assert_allclose(out.column("prediction").to_numpy(), train_lr(0).predict_proba(X)[:, 1],
+                               rtol=1e-9)
+    (tmp_path / "junk.parquet").write_text("id,x\n1,2\n")  # a CSV under a Parquet name
+    (tmp_path / "ragged.csv").write_text("row_id,f0\n1,2\n3,4,5\n")
+    for bad in ("junk.parquet", "ragged.csv"):
+        r = predict(tmp_path / bad)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        error = json.loads(r.stdout)["error"]
+        assert bad in error and "can be read" in error

@@ -70,23 +70,23 @@ def serve(
 
 def predict_batch(
     model: str = typer.Option(..., "--model", "-m", help="NAME@ALIAS or NAME@VERSION."),
-    input: Path = typer.Option(..., "--input", "-i", help="Parquet file with the model's columns."),
+    input: Path = typer.Option(..., "--input", "-i", help="Parquet (or .csv) file with the model's columns."),
     output: Path = typer.Option(..., "--output", "-o", help="Parquet file to write (input + prediction)."),
     engine: str = typer.Option("local", help="'local' (this process) or 'ray' (Ray Data)."),
     chunk_rows: int = typer.Option(65_536, help="Rows scored at a time."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Score a Parquet file with a registered model version; shows a progress bar."""
-    import pyarrow.parquet as pq
+    """Score a Parquet or CSV file with a registered model version; shows a progress bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from modelmill.project import open_project
     from modelmill.registry import Registry
+    from modelmill.serving.batch import count_rows
     from modelmill.serving.batch import predict_batch as run
 
     if not input.exists():
         raise InputError("--input", "does not exist", str(input))
-    total = pq.ParquetFile(input).metadata.num_rows
+    total = count_rows(input)
     with open_project() as project, Progress(
         TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=err_console, disable=as_json, transient=False,

@@ -46,7 +46,13 @@ def read_events(path: str | Path, schema: EventSchema) -> pa.Table:
     elif suffix == ".csv":
         import pyarrow.csv as pcsv
 
-        table = pcsv.read_csv(path)
+        # A string field stays text ("007" is not the number 7); an empty cell stays "" (the validator
+        # refuses it where the field is required).
+        strings = {f.name: pa.string() for f in schema.fields if f.type == "string"}
+        try:
+            table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(column_types=strings))
+        except pa.ArrowInvalid as exc:
+            raise InputError("file", f"is not a CSV file that can be read: {exc}", str(path)) from exc
     else:
         raise InputError("file", "must end in .csv, .parquet, .jsonl or .ndjson", str(path))
     names = [f.name for f in schema.fields if f.name in table.column_names]
@@ -58,8 +64,15 @@ def read_events(path: str | Path, schema: EventSchema) -> pa.Table:
 
 def to_payloads(table: pa.Table) -> list[bytes]:
     """Rows as compact JSON objects (timestamps as ISO-8601, NaN as null)."""
-    return [orjson.dumps(row, option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z)
-            for row in table.to_pylist()] if table.num_rows else []
+    if not table.num_rows:
+        return []
+    # Nanosecond timestamps (fractional seconds in a CSV, pandas-written Parquet) become pandas
+    # Timestamps that orjson cannot write; events are stored in microseconds anyway.
+    for i, field in enumerate(table.schema):
+        if pa.types.is_timestamp(field.type) and field.type.unit == "ns":
+            us = pa.timestamp("us", tz=field.type.tz)
+            table = table.set_column(i, field.name, pc.cast(table.column(i), us, safe=False))
+    return [orjson.dumps(row, option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z) for row in table.to_pylist()]
 
 
 def _epoch_seconds(column: pa.ChunkedArray | pa.Array) -> np.ndarray:

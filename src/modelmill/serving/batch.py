@@ -1,4 +1,4 @@
-"""Batch prediction: score a Parquet file with a model version, chunk by chunk, locally or on Ray Data.
+"""Batch prediction: score a Parquet or CSV file with a model version, chunk by chunk, locally or on Ray Data.
 
 The output is the input's columns plus ``prediction`` (float64), rows in
 input order, whichever engine ran it.
@@ -24,14 +24,57 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from modelmill.errors import InputError, NotFoundError
 
-__all__ = ["ENGINES", "predict_batch"]
+__all__ = ["ENGINES", "count_rows", "predict_batch"]
 
 ENGINES = ("local", "ray")
 Progress = Callable[[int], None]
+
+
+def _is_csv(path: Path) -> bool:
+    return path.suffix.lower() == ".csv"
+
+
+def _unreadable(path: Path, exc: Exception) -> InputError:
+    kind = "CSV" if _is_csv(path) else "Parquet"
+    return InputError("input", f"{path} is not a {kind} file that can be read ({exc}); give a Parquet file, "
+                      "or a CSV file ending in .csv", str(path))
+
+
+def count_rows(path: str | os.PathLike[str]) -> int | None:
+    """The rows of a Parquet input, from its footer; None for a CSV (known only once it is read)."""
+    src = Path(path)
+    if _is_csv(src):
+        return None
+    try:
+        return int(pq.ParquetFile(src).metadata.num_rows)
+    except (pa.ArrowException, OSError) as exc:
+        raise _unreadable(src, exc) from exc
+
+
+def _read_batches(src: Path, chunk_rows: int) -> tuple[pa.Schema, Any]:
+    """The input's schema and an iterator of its batches of at most ``chunk_rows`` rows."""
+    try:
+        if _is_csv(src):
+            reader = pcsv.open_csv(src)
+            return reader.schema, _rechunk(src, reader, chunk_rows)
+        parquet = pq.ParquetFile(src)
+        return parquet.schema_arrow, _rechunk(src, parquet.iter_batches(batch_size=chunk_rows), chunk_rows)
+    except (pa.ArrowException, OSError) as exc:
+        raise _unreadable(src, exc) from exc
+
+
+def _rechunk(src: Path, batches: Any, chunk_rows: int) -> Any:
+    try:
+        for batch in batches:
+            for start in range(0, batch.num_rows, chunk_rows):
+                yield batch.slice(start, chunk_rows)
+    except (pa.ArrowException, OSError) as exc:  # a CSV whose later rows do not fit its first block's types
+        raise _unreadable(src, exc) from exc
 
 
 def _matrix(batch: pa.Table | pa.RecordBatch, columns: list[str]) -> np.ndarray:
@@ -131,11 +174,11 @@ def predict_batch(source: Any, ref: str, input_path: str | os.PathLike[str], out
 
 def _local(model: Any, columns: list[str], src: Path, dst: Path, chunk_rows: int, out: str,
            progress: Progress | None) -> int:
-    reader = pq.ParquetFile(src)
+    schema, batches = _read_batches(src, chunk_rows)
     writer: pq.ParquetWriter | None = None
     rows = 0
     try:
-        for batch in reader.iter_batches(batch_size=chunk_rows):
+        for batch in batches:
             table = _score(model, columns, batch, out)
             if writer is None:
                 writer = pq.ParquetWriter(dst, table.schema, compression="zstd")
@@ -144,7 +187,7 @@ def _local(model: Any, columns: list[str], src: Path, dst: Path, chunk_rows: int
             if progress is not None:
                 progress(rows)
         if writer is None:  # an empty input still gives a (empty) output with the right columns
-            empty = reader.schema_arrow.empty_table()
+            empty = schema.empty_table()
             table = _score(_Empty(), columns, empty, out)
             writer = pq.ParquetWriter(dst, table.schema, compression="zstd")
             writer.write_table(table)
@@ -170,7 +213,8 @@ def _ray(load: Any, columns: list[str], src: Path, dst: Path, chunk_rows: int, o
         ray.init(include_dashboard=False, log_to_driver=False)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # the output keeps the input's row order
-    ds = ray.data.read_parquet(str(src))
+    _read_batches(src, chunk_rows)  # a clear error for an unreadable input, before Ray starts on it
+    ds = ray.data.read_csv(str(src)) if _is_csv(src) else ray.data.read_parquet(str(src))
     fn: Any = _ray_score
     scored = ds.map_batches(fn, fn_kwargs={"load": load, "columns": columns, "out": out},
                             batch_format="pyarrow", batch_size=chunk_rows, concurrency=concurrency)
