@@ -1,18 +1,21 @@
-"""``modelmill features apply|list|materialize|skew``: the feature store from the command line."""
+"""``modelmill features apply|list|materialize|watermark|skew``: the feature store from the command line."""
 
 from __future__ import annotations
 
 import runpy
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.progress import Progress
 
 from modelmill.cli.output import JsonOption, console, emit_json, err_console, table
 from modelmill.errors import InputError
 from modelmill.features import FeatureStore
 from modelmill.features.definitions import collect
+from modelmill.features.store import to_us
 from modelmill.project import open_project
 
 app = typer.Typer(help="Feature store: definitions, materialisation, skew checks.", no_args_is_help=True)
@@ -81,7 +84,8 @@ def list_cmd(as_json: bool = JsonOption) -> None:
 @app.command("materialize")
 def materialize_cmd(
     start: str | None = typer.Option(None, help="ISO time; default: where the last run ended (incremental)."),
-    end: str | None = typer.Option(None, help="ISO time; default: now."),
+    end: str | None = typer.Option(None, help="ISO time; default: now, or under the event clock "
+                                   "(features.clock = \"event\") the newest event time of each view's source."),
     view: list[str] = typer.Option([], "--view", help="Only these views (repeatable)."),
     as_json: bool = JsonOption,
 ) -> None:
@@ -98,7 +102,7 @@ def materialize_cmd(
             if start is None:
                 results = store.materialize_incremental(end, views=views, progress=step)
             else:
-                results = store.materialize(start, end or _now(), views=views, progress=step)
+                results = store.materialize(start, end, views=views, progress=step)
     out = [{"view": r.view, "start": r.start.isoformat(), "end": r.end.isoformat(), "rows": r.rows,
             "seconds": round(r.seconds, 3)} for r in results]
     if as_json:
@@ -108,10 +112,40 @@ def materialize_cmd(
               [[r["view"], r["start"], r["end"], r["rows"], r["seconds"]] for r in out])
 
 
-def _now() -> str:
-    from datetime import UTC, datetime
+@app.command("watermark")
+def watermark_cmd(
+    set_to: str | None = typer.Option(None, "--set", help="ISO time: put the watermark there, back or forward."),
+    reset: bool = typer.Option(False, "--reset", help="Forget the watermark; the next materialisation or "
+                               "aggregated event sets it again."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Show the online store's watermark (the time reads are judged at under the event clock), or move it."""
+    if set_to is not None and reset:
+        raise InputError("--set", "give --set TIME or --reset, not both", set_to)
+    with open_project() as project:
+        store = FeatureStore(project, actor="cli")
+        if reset:
+            store.set_watermark(None)
+        elif set_to is not None:
+            store.set_watermark(to_us(set_to, "--set"))
+        mark, newest, clock = store.watermark(), store.newest_event_us(), store.clock
+    out = {"clock": clock, "watermark": _iso(mark), "watermark_us": mark, "newest_event": _iso(newest),
+           "newest_event_us": newest, "changed": "reset" if reset else "set" if set_to is not None else None}
+    if as_json:
+        emit_json(out)
+        return
+    console.print(f"watermark: {out['watermark'] or 'none'}  (clock: {clock})")
+    console.print(f"newest event in the feature views' sources: {out['newest_event'] or 'none'}")
+    if clock == "wall":
+        console.print("online reads are judged at the wall clock; the watermark matters only under "
+                      + escape('[features] clock = "event"'))
+    elif mark is not None and newest is not None and mark > newest:
+        console.print("the watermark is past the newest event: reads of older values may be expired; "
+                      "move it with --set TIME or --reset")
 
-    return datetime.now(UTC).isoformat()
+
+def _iso(us: int | None) -> str | None:
+    return None if us is None else datetime.fromtimestamp(us / 1_000_000, tz=UTC).isoformat()
 
 
 @app.command("skew")
@@ -127,8 +161,16 @@ def skew_cmd(
         report = FeatureStore(project).skew(model=model, since=since, limit=limit, tolerance=tolerance)
     if as_json:
         emit_json(report.as_dict())
-        return
-    console.print(f"{report.rows} logged predictions, {report.skipped} skipped")
-    table("training/serving skew", ["feature", "compared", "mismatches", "rate", "null online", "null offline"],
-          [[f.feature, f.compared, f.mismatches, f"{f.mismatch_rate:.4f}", f.null_online, f.null_offline]
-           for f in report.features])
+    else:
+        console.print(f"{report.rows} logged predictions: {report.compared} compared, {report.skipped} skipped; "
+                      f"{report.status}", highlight=False)
+        for reason, n in sorted(report.reasons.items()):
+            console.print(f"  skipped {n}: {reason}", highlight=False)
+        table("training/serving skew", ["feature", "compared", "mismatches", "rate", "null online", "null offline"],
+              [[f.feature, f.compared, f.mismatches, f"{f.mismatch_rate:.4f}", f.null_online, f.null_offline]
+               for f in report.features])
+    if report.status != "pass":  # a mismatch, or nothing compared: neither is a clean bill
+        if report.status == "no_data":
+            err_console.print("no logged prediction could be recomputed offline (see the reasons above); skew "
+                              "is checked on requests served through the feature route", highlight=False)
+        raise typer.Exit(1)

@@ -39,6 +39,7 @@ __all__ = [
     "Field",
     "StreamAggregation",
     "from_spec",
+    "match_columns",
     "parse_ref",
     "to_spec",
 ]
@@ -377,6 +378,32 @@ def parse_ref(ref: object) -> tuple[str, str]:
     if not _NAME.fullmatch(view) or not _NAME.fullmatch(feature):
         raise InputError("features", "each reference must look like 'view:feature'", ref)
     return view, feature
+
+
+def match_columns(columns: Sequence[str], refs: Sequence[str]) -> list[str | None]:
+    """The feature reference each model input column is served from, or None for a request-time input.
+
+    Column ``c`` is taken from the service when a reference equals ``c``, equals ``c`` with ``__`` read
+    as ``:`` (training-set column names), or is the only reference whose feature part is ``c``. Serving
+    fills inputs this way and the skew check reads the log back the same way.
+
+        >>> match_columns(["w__temp", "wind", "hour"], ["w:temp", "w:wind"])
+        ['w:temp', 'w:wind', None]
+    """
+    by_feature: dict[str, list[str]] = {}
+    for r in refs:
+        by_feature.setdefault(r.split(":", 1)[-1], []).append(r)
+    out: list[str | None] = []
+    for col in columns:
+        if col in refs:
+            out.append(col)
+        elif col.replace("__", ":", 1) in refs:
+            out.append(col.replace("__", ":", 1))
+        elif len(by_feature.get(col, ())) == 1:
+            out.append(by_feature[col][0])
+        else:
+            out.append(None)
+    return out
 
 
 # ---- specs: the JSON form stored in the metadata database ---------------------------------------

@@ -1,11 +1,17 @@
 """Training/serving skew: recompute logged feature vectors offline and count mismatches.
 
-Serving logs each prediction to the offline table ``predictions`` with the
-feature vector as a JSON object. Keys of the form ``"view:feature"`` are
-feature values; the other keys are entity join-key values. For every logged
-row the same features are rebuilt point-in-time at the row's ``ts``; a
-feature mismatches when exactly one side is null or the values differ by
-more than ``tolerance`` (relative to the larger magnitude, at least 1).
+Serving logs each answered prediction to the offline table ``predictions``:
+the model's inputs under their signature names (``features``), and for the
+feature route the request's ``entities``. Which input came from which
+feature reference is read from the model version's lineage (its feature
+service) the way serving filled it (:func:`~modelmill.features.definitions.match_columns`).
+A log written elsewhere may instead carry ``"view:feature"`` keys and the
+entity join keys inside ``features``; both forms are read. For every row the
+same features are rebuilt point-in-time at the row's ``ts``; a feature
+mismatches when exactly one side is null or the values differ by more than
+``tolerance`` (relative to the larger magnitude, at least 1). A row whose
+entities or feature references cannot be recovered is counted as skipped,
+with the reason, never as a match.
 
     >>> report = SkewReport(rows=10, features=[FeatureSkew("w:temp", 10, 1, 0, 0)])
     >>> report.features[0].mismatch_rate
@@ -19,10 +25,11 @@ import math
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import pandas as pd
 
 from modelmill.errors import InputError, NotFoundError
-from modelmill.features.definitions import parse_ref
+from modelmill.features.definitions import match_columns
 from modelmill.store.maps import map_records
 
 if TYPE_CHECKING:
@@ -51,12 +58,29 @@ class FeatureSkew:
 
 @dataclasses.dataclass(frozen=True)
 class SkewReport:
+    """``rows`` logged predictions read, ``compared`` of them rebuilt offline, ``skipped`` not (by reason)."""
+
     rows: int
     features: list[FeatureSkew]
     skipped: int = 0
+    compared: int = 0
+    reasons: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def mismatches(self) -> int:
+        return sum(f.mismatches for f in self.features)
+
+    @property
+    def status(self) -> str:
+        """``pass``, ``fail`` (some feature mismatched) or ``no_data`` (no row could be compared)."""
+        if not self.compared:
+            return "no_data"
+        return "fail" if self.mismatches else "pass"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "skipped": self.skipped, "features": [f.as_dict() for f in self.features]}
+        return {"status": self.status, "rows": self.rows, "compared": self.compared, "skipped": self.skipped,
+                "skipped_because": dict(self.reasons), "mismatches": self.mismatches,
+                "features": [f.as_dict() for f in self.features]}
 
 
 def same(a: Any, b: Any, tolerance: float) -> bool:
@@ -86,7 +110,7 @@ def skew_report(
     offline = store.project.offline
     if not offline.exists(table):
         raise NotFoundError("offline table", table, "serving writes the prediction log there; serve some requests")
-    where = ["features IS NOT NULL"]
+    where = ["features IS NOT NULL", "output IS NOT NULL"]  # answered requests only
     if model is not None:
         where.append(f"model = '{model.replace(chr(39), chr(39) * 2)}'")
     if since is not None:
@@ -95,43 +119,94 @@ def skew_report(
         where.append(f"epoch_us(ts) <= {to_us(until, 'until')}")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise InputError("limit", "must be a positive integer", limit)
-    log = offline.read(table, columns=["request_id", "ts", "features"], where=" AND ".join(where))
+    with offline.connect([table]) as con:
+        names = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
+    columns = ["request_id", "ts", "model", "version", "features"] + (["entities"] if "entities" in names else [])
+    log = offline.read(table, columns=columns, where=" AND ".join(where))
     if limit is not None and log.num_rows > limit:
         log = log.slice(log.num_rows - limit)
 
-    # Group rows by the set of features they logged: one point-in-time join per group.
-    groups: dict[tuple[str, ...], list[tuple[Any, dict[str, Any]]]] = defaultdict(list)
-    skipped = 0
-    for ts, vec in zip(log.column("ts").to_pylist(), map_records(log.column("features")), strict=True):
+    sources = _Sources(store)
+    groups: dict[tuple[str, ...], list[tuple[Any, dict[str, Any], dict[str, Any]]]] = defaultdict(list)
+    reasons: dict[str, int] = defaultdict(int)
+    entities_col = (log.column("entities").to_pylist() if "entities" in log.column_names
+                    else [None] * log.num_rows)
+    for ts, name, version, vec, ents in zip(log.column("ts").to_pylist(), log.column("model").to_pylist(),
+                                            log.column("version").to_pylist(), map_records(log.column("features")),
+                                            entities_col, strict=True):
         if vec is None:
-            skipped += 1
+            reasons["no features logged"] += 1
             continue
-        refs = tuple(sorted(k for k in vec if ":" in k))
-        if not refs:
-            skipped += 1
+        served, entities, why = sources.row(name, version, vec, ents)
+        if why:
+            reasons[why] += 1
             continue
-        groups[refs].append((ts, vec))
+        groups[tuple(sorted(served))].append((ts, served, entities))
 
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    compared = 0
     for refs, rows in groups.items():
-        for ref in refs:
-            parse_ref(ref)
-        keys = sorted({k for d in (store._resolve(refs)) for k in d[0].join_keys})
-        usable = [(ts, v) for ts, v in rows if all(k in v for k in keys)]
-        skipped += len(rows) - len(usable)
+        keys = sorted({k for d in store._resolve(refs) for k in d[0].join_keys})
+        usable = [(ts, v, e) for ts, v, e in rows if all(k in e for k in keys)]
+        reasons["entity keys not logged"] += len(rows) - len(usable)
         if not usable:
             continue
-        frame = pd.DataFrame({"event_timestamp": [ts for ts, _ in usable],
-                              **{k: [v[k] for _, v in usable] for k in keys}})
+        compared += len(usable)
+        frame = pd.DataFrame({"event_timestamp": [ts for ts, _, _ in usable],
+                              **{k: [e[k] for _, _, e in usable] for k in keys}})
         offline_values = store.get_training_set(frame, list(refs), full_feature_names=True)
         for ref in refs:
             view, feature = ref.split(":")
             recomputed = offline_values[f"{view}__{feature}"].tolist()
             c = counts[ref]
-            for (_, served), again in zip(usable, recomputed, strict=True):
+            for (_, served, _), again in zip(usable, recomputed, strict=True):
                 c[0] += 1
                 c[1] += not same(served[ref], again, tolerance)
-                c[2] += served[ref] is None
+                c[2] += served[ref] is None or (isinstance(served[ref], float) and math.isnan(served[ref]))
                 c[3] += again is None or (isinstance(again, float) and math.isnan(again))
     features = [FeatureSkew(ref, *c) for ref, c in sorted(counts.items())]
-    return SkewReport(rows=log.num_rows, features=features, skipped=skipped)
+    reasons = {k: v for k, v in reasons.items() if v}
+    return SkewReport(rows=log.num_rows, features=features, skipped=sum(reasons.values()), compared=compared,
+                      reasons=dict(reasons))
+
+
+class _Sources:
+    """Per logged (model, version): which input column holds which feature reference (from its lineage)."""
+
+    def __init__(self, store: FeatureStore) -> None:
+        self.store = store
+        self._plans: dict[tuple[str, int], dict[str, str] | str] = {}
+
+    def _plan(self, model: str, version: int) -> dict[str, str] | str:
+        key = (model, version)
+        if key not in self._plans:
+            from modelmill.registry import Registry
+
+            try:
+                mv = Registry(self.store.project).get(model, int(version))
+            except (NotFoundError, InputError):
+                self._plans[key] = "model version not in the registry"
+                return self._plans[key]
+            service = (mv.lineage or {}).get("feature_service")
+            if not service:
+                self._plans[key] = "model has no feature service"
+                return self._plans[key]
+            refs = list(self.store.feature_service(service).features)
+            columns = [f.name for f in mv.signature.inputs]
+            self._plans[key] = {c: r for c, r in zip(columns, match_columns(columns, refs), strict=True) if r}
+        return self._plans[key]
+
+    def row(self, model: str, version: int, vec: dict[str, Any], entities: dict[str, str] | list[Any] | None
+            ) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+        """The served ``{ref: value}``, the entity keys and, when the row cannot be compared, why not."""
+        if any(":" in k for k in vec):  # a log that names features by reference, with its entity keys inside
+            return ({k: v for k, v in vec.items() if ":" in k}, {k: v for k, v in vec.items() if ":" not in k},
+                    None)
+        if entities is None:
+            return {}, {}, "no entities logged (not the feature route)"
+        plan = self._plan(model, version)
+        if isinstance(plan, str):
+            return {}, {}, plan
+        pairs = entities.items() if isinstance(entities, dict) else entities
+        keys = {str(k): orjson.loads(v) for k, v in pairs}
+        return {ref: vec.get(col) for col, ref in plan.items()}, keys, None

@@ -28,6 +28,7 @@ import orjson
 from starlette.responses import Response
 
 from modelmill.errors import BackendUnavailable, InputError, ModelmillError
+from modelmill.features.definitions import match_columns
 from modelmill.features.online import EXPIRED
 from modelmill.serving import metrics
 from modelmill.serving.batching import Batcher
@@ -42,10 +43,9 @@ __all__ = ["FeaturePlan", "MissingFeatures", "PredictRoute"]
 class FeaturePlan:
     """Where each signature column of one model version comes from.
 
-    Column ``c`` is taken from the feature service when a reference equals ``c``,
-    equals ``c`` with ``__`` read as ``:`` (training-set column names), or is the
-    only reference whose feature part is ``c``; any other column is a
-    request-time feature the caller must send.
+    Columns are matched to the feature service's references by
+    :func:`~modelmill.features.definitions.match_columns`; any column no
+    reference matches is a request-time feature the caller must send.
 
     >>> plan = FeaturePlan(["carrier_delay", "hour"], ["delays:carrier_delay"], ["carrier"])
     >>> plan.refs, plan.request_columns
@@ -62,21 +62,11 @@ class FeaturePlan:
         self.entity_keys = list(entity_keys)
         self.on_missing = on_missing
         self.defaults = dict(defaults or {})
-        by_feature: dict[str, list[str]] = {}
-        for r in service_refs:
-            by_feature.setdefault(r.split(":", 1)[-1], []).append(r)
         refs: list[str] = []
         ref_pos: list[int] = []
         request: list[str] = []
         request_pos: list[int] = []
-        for i, col in enumerate(self.columns):
-            ref: str | None = None
-            if col in service_refs:
-                ref = col
-            elif col.replace("__", ":", 1) in service_refs:
-                ref = col.replace("__", ":", 1)
-            elif len(by_feature.get(col, ())) == 1:
-                ref = by_feature[col][0]
+        for i, (col, ref) in enumerate(zip(self.columns, match_columns(self.columns, service_refs), strict=True)):
             if ref is None:
                 request.append(col)
                 request_pos.append(i)

@@ -16,7 +16,8 @@ a failed row has no ``output`` (null) and no ``features``. So the log alone
 counts a variant's requests and errors, on any number of servers writing to
 it. Readers of outputs keep ``output IS NOT NULL`` (:data:`ANSWERED`), which
 also holds for logs written before ``status`` existed. The feature route adds
-the request's ``entities`` (the join keys, as text) and the features that were
+the request's ``entities`` (each join key's value as JSON text, so ``"UA"`` and
+``42`` keep their types) and the features that were
 ``missing`` from the online store (absent, expired or defaulted).
 
     >>> import tempfile, numpy as np
@@ -39,6 +40,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
 
 from modelmill.store.maps import MAP_TYPE, map_column
@@ -59,7 +61,7 @@ PREDICTIONS_SCHEMA = pa.schema([
     ("latency_ms", pa.float64()),
     ("status", pa.int16()),  # HTTP status answered; null in logs written before it existed (all answered)
     ("error", pa.string()),  # the error's class when the request failed
-    ("entities", pa.map_(pa.string(), pa.string())),  # the feature route's join keys
+    ("entities", pa.map_(pa.string(), pa.string())),  # the feature route's join keys, values as JSON (typed)
     ("missing", pa.list_(pa.string())),  # features the online store did not have (absent or expired)
 ])
 
@@ -235,7 +237,8 @@ class PredictionLog:
             buf.error.append(error)
             if entities is not None or missing:
                 buf.keyed = True
-            buf.entities.append(None if entities is None else [(str(k), str(v)) for k, v in entities.items()])
+            buf.entities.append(None if entities is None else
+                                [(str(k), orjson.dumps(v).decode()) for k, v in entities.items()])
             buf.missing.append(list(missing) if missing else None)
             self._rows += n
             full = self._rows >= self.flush_rows
