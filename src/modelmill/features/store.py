@@ -179,8 +179,54 @@ class FeatureStore:
         """Move the watermark forward to ``ts_us`` (never back)."""
         current = self.watermark()
         if current is None or ts_us > current:
+            self.set_watermark(ts_us)
+
+    def set_watermark(self, ts_us: int | None) -> None:
+        """Put the watermark at ``ts_us``, back as well as forward; ``None`` forgets it (until the next
+        materialisation or aggregated event sets it again). The way out of a watermark set too far ahead."""
+        if ts_us is None:
+            self.online.delete(CLOCK_KEY)
+        else:
             self.online.set(CLOCK_KEY, str(int(ts_us)).encode())
-            self._clock_cache = (0.0, 0)
+        self._clock_cache = (0.0, 0)
+
+    def newest_event_us(self, views: Sequence[str] | None = None) -> int | None:
+        """The newest event time (µs) in the offline sources of ``views`` (default: every feature view)."""
+        found = [t for view in self._views(views) if (t := self._newest_in(view)) is not None]
+        return max(found) if found else None
+
+    def _newest_in(self, view: FeatureView) -> int | None:
+        ts = f"epoch_us({off.ident(view.timestamp_field)})"
+        source: str | None
+        if view.partitioned_by_timestamp:  # only the newest event_date folder can hold the newest event
+            offline = self.project.offline
+            root = offline.table_path(view.source)
+            folders = sorted(str(p).rstrip("/").rsplit("/", 1)[-1] for p in offline.fs.ls(root, detail=False)
+                             if str(p).rstrip("/").rsplit("/", 1)[-1].startswith("event_date=")
+                             ) if offline.fs.exists(root) else []
+            source = (f"read_parquet({off.quote(f'{root}/{folders[-1]}/*.parquet')}, union_by_name = true)"
+                      if folders else None)
+        else:
+            try:
+                source = off.source_sql(view.source, self.project.offline)
+            except NotFoundError:
+                source = None
+        if source is None:
+            return None
+        con = off.connect(self.duckdb_settings())
+        try:
+            rows = con.sql(f"SELECT max({ts}) FROM {source}").fetchall()
+        finally:
+            con.close()
+        return None if not rows or rows[0][0] is None else int(rows[0][0])
+
+    def default_end_us(self, view: FeatureView) -> int | None:
+        """Where a materialisation without an end stops: now under the wall clock; under the event clock the
+        newest event time of the view's source (None: it has none), so the watermark never runs ahead of
+        the data and expires every online read."""
+        if self.clock == "wall":
+            return time.time_ns() // 1000
+        return self._newest_in(view)
 
     def now_us(self) -> int:
         """The time online reads are judged at when the caller gives none (see :attr:`clock`)."""
@@ -419,18 +465,22 @@ class FeatureStore:
             return [d for (k, _), d in sorted(self._reg().defs.items()) if k == "feature_view"]  # type: ignore[misc]
         return [self.feature_view(v) for v in views]
 
-    def materialize(self, start: Any, end: Any, *, views: Sequence[str] | None = None,
+    def materialize(self, start: Any, end: Any = None, *, views: Sequence[str] | None = None,
                     progress: Any = None) -> list[MaterializeResult]:
         """Load the latest value per entity with event time in [start, end] into the online store.
 
         A value already online with a later event time is kept, so ranges can
-        be loaded in any order.
+        be loaded in any order. Without ``end``, each view stops at :meth:`default_end_us`.
         """
-        start_us, end_us = to_us(start, "start"), to_us(end, "end")
-        if end_us < start_us:
+        start_us = to_us(start, "start")
+        given = to_us(end, "end") if end is not None else None
+        if given is not None and given < start_us:
             raise InputError("end", "is before start", str(end))
         results = []
         for view in self._views(views):
+            end_us = given if given is not None else self.default_end_us(view)
+            if end_us is None or end_us < start_us:
+                continue  # the event clock, and no event in the source at or after start
             began = time.perf_counter()
             rows = self._materialize_view(view, start_us, end_us)
             self._record(view, start_us, end_us, rows)
@@ -443,13 +493,15 @@ class FeatureStore:
 
     def materialize_incremental(self, end: Any = None, *, views: Sequence[str] | None = None,
                                 progress: Any = None) -> list[MaterializeResult]:
-        """Materialise each view from where its last run into this online store ended, up to ``end`` (now)."""
-        end_us = to_us(end if end is not None else datetime.now(UTC), "end")
+        """Materialise each view from where its last run into this online store ended, up to ``end``
+        (default: :meth:`default_end_us`, now or the newest event time)."""
+        given = to_us(end, "end") if end is not None else None
         results = []
         last = self.last_materialized()
         for view in self._views(views):
             start_us = last.get(view.name, 0)
-            if start_us > end_us:
+            end_us = given if given is not None else self.default_end_us(view)
+            if end_us is None or start_us > end_us:
                 continue
             results.extend(self.materialize(_utc(start_us), _utc(end_us), views=[view.name], progress=progress))
         return results
