@@ -62,6 +62,7 @@ __all__ = [
     "AlertEvaluator",
     "LogSink",
     "Rule",
+    "RuleStatus",
     "Sink",
     "WebhookSink",
     "alert_trigger_key",
@@ -409,8 +410,28 @@ def fingerprint(rule: str, labels: Labels) -> str:
     return hashlib.sha256(json.dumps([rule, list(labels)]).encode()).hexdigest()[:32]
 
 
+@dataclasses.dataclass(frozen=True)
+class RuleStatus:
+    """What one evaluation of a rule found: ``pass``, ``fail`` (some label set breached) or ``no_data``.
+
+    ``no_data`` is never ``pass``: the rule's measure failed (``reason`` says why) or returned no value, so
+    nothing was checked, and an alert that was firing stays firing rather than resolving for lack of data.
+    """
+
+    rule: str
+    status: str
+    reason: str = ""
+    series: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 class AlertEvaluator:
-    """Evaluates rules against a :class:`Measure`, keeps alert state in the DB, notifies and acts."""
+    """Evaluates rules against a :class:`Measure`, keeps alert state in the DB, notifies and acts.
+
+    After each :meth:`evaluate`, :attr:`statuses` holds every rule's :class:`RuleStatus`.
+    """
 
     def __init__(self, project: Project, rules: Sequence[Rule], *, measure: Measure,
                  sinks: Sequence[Sink] = (), actions: ActionRegistry | None = None) -> None:
@@ -419,6 +440,7 @@ class AlertEvaluator:
         self.measure = measure
         self.sinks = list(sinks)
         self.actions = actions or default_actions()
+        self.statuses: dict[str, RuleStatus] = {}
 
     def __repr__(self) -> str:
         return f"AlertEvaluator(rules={[r.name for r in self.rules]}, sinks={self.sinks!r})"
@@ -431,9 +453,21 @@ class AlertEvaluator:
             try:
                 values = self.measure.measure(rule, now)
             except ModelmillError as exc:
-                log.warning("rule %s not evaluated: %s", rule.name, exc.message)
+                log.warning("rule %s not evaluated (no data): %s", rule.name, exc.message)
+                self.statuses[rule.name] = RuleStatus(rule.name, "no_data", exc.message)
                 continue
+            finite = {k: v for k, v in values.items() if not math.isnan(v)}
+            if not finite:
+                self.statuses[rule.name] = RuleStatus(
+                    rule.name, "no_data", f"{rule.kind} has no value in the last {rule.window:g} s"
+                    + (f" for model {rule.model}" if rule.model else ""))
+                continue  # nothing measured: alerts keep their state (a firing one is not resolved)
             transitions = self._apply(rule, values, now)
+            breached = sum(1 for labels, v in finite.items()
+                           if rule.breached(v, self.measure.baseline(rule, labels)
+                                            if rule.kind == "metric_below_baseline" else None))
+            self.statuses[rule.name] = RuleStatus(rule.name, "fail" if breached else "pass",
+                                                  f"{breached} of {len(finite)} series breach", len(finite))
             for status in ("firing", "resolved"):
                 group = [a for a in transitions if a.status == status]
                 if group:
@@ -462,6 +496,8 @@ class AlertEvaluator:
         for labels, value in values.items():
             fp = fingerprint(rule.name, labels)
             seen.add(fp)
+            if math.isnan(value):
+                continue  # measured, but no value: its alert keeps its state (no data is not a resolution)
             all_labels = {"alertname": rule.name, "severity": rule.severity, **rule.labels, **dict(labels)}
             annotations = {"summary": rule.summary or f"{rule.kind} is {value:.4g}",
                            "value": f"{value:.6g}", "kind": rule.kind}

@@ -1,0 +1,70 @@
+"""Fails closed: every alert rule kind, with its data source removed, reports no data (or fires), never pass.
+
+A rule that measured nothing used to look exactly like a rule that measured a healthy value: no alert, and a
+firing alert resolved the moment its data stopped arriving.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import pytest
+
+from modelmill.monitoring.alerts import AlertEvaluator, Rule
+from modelmill.monitoring.monitor import ProjectMeasure
+from modelmill.project import Project
+
+RULES = {
+    "latency_p95": ({"threshold": 50}, "no_data"),  # no prediction log
+    "metric_below_baseline": ({"metric": "auc", "baseline": 0.7}, "no_data"),  # no labels
+    "drift_share": ({"threshold": 0.5}, "no_data"),  # no monitoring round ever ran
+    "error_rate": ({"threshold": 0.05}, "no_data"),  # no /metrics URL configured
+    "feature_freshness": ({"threshold": 3600, "table": "weather"}, "fail"),  # no table: infinitely stale
+}
+
+
+@pytest.mark.parametrize("kind", sorted(RULES))
+def test_a_rule_without_its_data_is_not_a_pass(project: Project, kind: str) -> None:
+    extra, expected = RULES[kind]
+    rule = Rule.from_mapping({"name": f"R_{kind}", "kind": kind, "model": "m", **extra})
+    ev = AlertEvaluator(project, [rule], measure=ProjectMeasure(project))
+    ev.evaluate()
+    status = ev.statuses[rule.name]
+    assert status.status == expected, status
+    assert status.status != "pass"
+    if expected == "no_data":
+        assert status.reason, "no_data says why"
+
+
+class Switchable:
+    """A measure whose value can be taken away: the data source disappearing under a firing alert."""
+
+    def __init__(self) -> None:
+        self.value: float | None = 0.9
+
+    def measure(self, rule: Rule, now: float) -> dict[Any, float]:
+        if self.value is None:
+            return {}
+        return {(("model", "m"),): self.value}
+
+    def baseline(self, rule: Rule, labels: Any) -> float | None:
+        return None
+
+
+@pytest.mark.parametrize("gone", [None, math.nan])
+def test_a_firing_alert_stays_firing_when_its_data_goes_away(project: Project, gone: float | None) -> None:
+    measure = Switchable()
+    rule = Rule.from_mapping({"name": "DriftHigh", "kind": "drift_share", "threshold": 0.5})
+    ev = AlertEvaluator(project, [rule], measure=measure)
+    now = time.time()
+    assert [a.status for a in ev.evaluate(now)] == ["firing"]
+    assert ev.statuses["DriftHigh"].status == "fail"
+    measure.value = gone
+    assert ev.evaluate(now + 60) == []  # nothing resolved for lack of data
+    assert ev.statuses["DriftHigh"].status == "no_data"
+    assert [a["state"] for a in ev.active()] == ["firing"]
+    measure.value = 0.1  # real data, below the threshold: now it resolves
+    assert [a.status for a in ev.evaluate(now + 120)] == ["resolved"]
+    assert ev.statuses["DriftHigh"].status == "pass"
