@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 from starlette.routing import Match, Route
 
@@ -64,26 +68,83 @@ def live_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[sche
         proc.stop()
 
 
-def test_api_conforms_to_its_schema(live_schema: tuple[schemathesis.BaseSchema, str]) -> None:
-    # Driven by hand (schemathesis' pytest plugin does not load under this pytest): every operation,
-    # generated cases, and its checks: not_a_server_error, status_code_conformance,
-    # content_type_conformance, response_schema_conformance, ...
-    schema, secret = live_schema
+# make test runs a few examples per operation; .ci/run sets more (and so does anyone hunting a 5xx)
+EXAMPLES = int(os.environ.get("MODELMILL_SCHEMATHESIS_EXAMPLES", "15"))
+
+
+def _settings(examples: int, **more: Any) -> Any:
+    return settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck),
+                    derandomize=True, database=None, **more)
+
+
+def _run(schema_and_secret: tuple[schemathesis.BaseSchema, str], mode: GenerationMode) -> dict[str, set[int]]:
+    """Every operation: its explicit examples, then generated cases; the statuses seen per operation."""
+    schema, secret = schema_and_secret
     operations = [result.ok() for result in schema.get_all_operations()]
     labels = {op.label for op in operations}
     # schemathesis leaves out the operation that serves the schema it was loaded from
     documented = {f"{m.upper()} {p}" for p, ops in openapi_document()["paths"].items() for m in ops}
     assert labels == documented - {"GET /openapi.json"}
+    seen: dict[str, set[int]] = {}
     for operation in operations:
-        @given(case=operation.as_strategy())
-        @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-                  database=None)
-        def check(case: schemathesis.Case) -> None:
-            # A schema-valid body may still name tensors the model does not have (a 400 is right),
-            # so "positive data acceptance" does not apply; every other check does.
-            # The admin token reaches the control plane (routes, aliases) too; schemathesis' own
-            # ignored_auth check sends each guarded call without it as well and wants a 401.
-            case.call_and_validate(timeout=10, excluded_checks=[positive_data_acceptance],
-                                   headers={"Authorization": f"Bearer {secret}"})
+        raw = operation.definition.raw
+        if mode is GenerationMode.NEGATIVE and not raw.get("parameters") and "requestBody" not in raw:
+            continue  # nothing to make invalid (GET /v2/health/live)
+        strategies = [operation.as_strategy(generation_mode=mode)]
+        if mode is GenerationMode.POSITIVE:
+            strategies = [*operation.get_strategies_from_examples(), *strategies]
+        for strategy in strategies:
+            @given(case=strategy)
+            @_settings(EXAMPLES)
+            def check(case: schemathesis.Case) -> None:
+                # A schema-valid body may still name tensors the model does not have (a 400 is right),
+                # so "positive data acceptance" does not apply; every other check does: not a server
+                # error, status codes, content types and response schemas as documented, negative
+                # data refused. The admin token reaches the control plane (routes, aliases) too;
+                # schemathesis' own ignored_auth check sends each guarded call without it as well.
+                response = case.call_and_validate(timeout=10, excluded_checks=[positive_data_acceptance],
+                                                  headers={"Authorization": f"Bearer {secret}"})
+                seen.setdefault(case.operation.label, set()).add(response.status_code)
 
-        check()
+            try:
+                check()
+            except Unsatisfiable:
+                # Only a free-form string in a path (a model name) cannot be made invalid
+                assert mode is GenerationMode.NEGATIVE and "requestBody" not in raw, operation.label
+                assert {p["name"] for p in raw.get("parameters", [])} <= {"name"}, operation.label
+    return seen
+
+
+def test_api_conforms_to_its_schema(live_schema: tuple[schemathesis.BaseSchema, str]) -> None:
+    seen = _run(live_schema, GenerationMode.POSITIVE)
+    # The examples name the served model, so the 200 answers (and their schemas) are checked too.
+    for label in ("GET /v2/models/{name}", "GET /v2/models/{name}/versions/{version}", "GET /v2/models/{name}/ready",
+                  "POST /v2/models/{name}/infer", "POST /v2/models/{name}/versions/{version}/infer",
+                  "PUT /v1/routes/{name}", "GET /v1/models/{name}/aliases", "PUT /v1/models/{name}/aliases/{alias}"):
+        assert 200 in seen[label], (label, seen[label])
+
+
+def test_api_refuses_what_its_schema_does_not_allow(live_schema: tuple[schemathesis.BaseSchema, str]) -> None:
+    # Negative data in every place the schema constrains: path parameters (a version "²"), headers
+    # (inference-header-content-length), bodies. Nothing may answer 5xx.
+    seen = _run(live_schema, GenerationMode.NEGATIVE)
+    assert not [(label, s) for label, statuses in seen.items() for s in statuses if s >= 500]
+
+
+def test_api_followed_through_its_links(live_schema: tuple[schemathesis.BaseSchema, str]) -> None:
+    schema, secret = live_schema
+    links = [(path, method) for path, ops in schema.raw_schema["paths"].items() for method, op in ops.items()
+             if op["responses"].get("200", {}).get("links")]
+    assert len(links) >= 4  # route PUT -> GET/DELETE/infer, alias PUT -> GET/DELETE, metadata -> versions
+    machine = schema.as_state_machine()
+
+    class Stateful(machine):  # type: ignore[misc, valid-type]
+        def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
+            return {"headers": {"Authorization": f"Bearer {secret}"}, "timeout": 10}
+
+        def validate_response(self, response: Any, case: schemathesis.Case, additional_checks: Any = None,
+                              **kwargs: Any) -> None:
+            case.validate_response(response, excluded_checks=[positive_data_acceptance],
+                                   transport_kwargs=kwargs or None)
+
+    Stateful.run(settings=_settings(max(EXAMPLES // 3, 5), stateful_step_count=6))

@@ -37,7 +37,7 @@ from modelmill.security import Authenticator, TokenStore
 from modelmill.serving import metrics
 from modelmill.serving.admin import AdminRoutes
 from modelmill.serving.oip import OipRoutes
-from modelmill.serving.openapi import openapi_document
+from modelmill.serving.openapi import openapi_document, served_example
 from modelmill.serving.predict import PredictRoute
 from modelmill.serving.responses import JSON, json_response
 from modelmill.serving.routing import RouteTable
@@ -67,11 +67,14 @@ def create_app(server: ModelServer, *, auth: Authenticator | None = None) -> Ser
     oip = OipRoutes(server)
     predict = PredictRoute(server)
     admin = AdminRoutes(server)
-    spec = orjson.dumps(openapi_document(auth_required=auth.required))
+    spec: list[bytes] = []
     data, guard = auth.guard_data, auth.guard
 
     async def openapi(request: Request) -> Response:
-        return Response(spec, 200, media_type=JSON)
+        if not spec:  # built on first use, once models are loaded: its examples name one
+            doc = openapi_document(auth_required=auth.required, example=served_example(server))
+            spec.append(orjson.dumps(doc))
+        return Response(spec[0], 200, media_type=JSON)
 
     async def prometheus(request: Request) -> Response:
         metrics.REQUESTS.publish()

@@ -2,15 +2,26 @@
 
 A test keeps the two honest: every route of the app is here and every path
 here is a route, and schemathesis checks the answers against the schemas.
+Every operation has an ``operationId``; links lead from a change to the
+reads that show it (a route PUT to its GET) and from a model's metadata to
+its versions, so a stateful test can follow them. A server passes its first
+served model to :func:`openapi_document` so that the examples name it, with
+an inference body its signature accepts.
+
+    >>> doc = openapi_document(example=("clf", 1, ["x", "y"]))
+    >>> doc["paths"]["/v2/models/{name}/infer"]["post"]["parameters"][0]["example"]
+    'clf'
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from typing import Any
 
 import modelmill
 
-__all__ = ["openapi_document"]
+__all__ = ["openapi_document", "served_example"]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -209,6 +220,7 @@ _ALIAS = {"name": "alias", "in": "path", "required": True,
 _ADMIN_ERRORS = {
     "400": _json(_ERR, "Malformed input; `error` names the field."),
     "404": _json(_ERR, "No such model, version, alias or route."),
+    "409": _json(_ERR, "The version's artifact fails its checksum, or a rollout holds the route."),
     "413": _json(_ERR, "The body is over the size limit."),
     "503": _json(_ERR, "The metadata database or registry is unavailable."),
 }
@@ -250,14 +262,88 @@ def _admin_paths() -> dict[str, Any]:
     }
 
 
-def openapi_document(*, auth_required: bool = False) -> dict[str, Any]:
-    """The document; with ``auth_required`` predictions, metadata and metrics declare bearer security too."""
+def openapi_document(*, auth_required: bool = False,
+                     example: tuple[str, int, Sequence[str]] | None = None) -> dict[str, Any]:
+    """The document; with ``auth_required`` predictions, metadata and metrics declare bearer security too.
+
+    ``example`` is a served model (name, version, input columns): the parameters and request
+    bodies get examples that it answers with 200.
+    """
     doc = _document()
+    paths = doc["paths"]
+    for path, ops in paths.items():
+        for method, op in ops.items():
+            op["operationId"] = _operation_id(method, path)
+    _link(paths)
     if auth_required:
-        paths = doc["paths"]
         for path, ops in paths.items():
             if path in _DATA_PLANE:
                 paths[path] = {m: _guarded(op) for m, op in ops.items()}
+    if example is not None:
+        doc = _with_examples(doc, *example)
+    return doc
+
+
+def served_example(server: Any) -> tuple[str, int, list[str]] | None:
+    """The first model ``server`` serves, as :func:`openapi_document` takes its ``example``; None if none."""
+    names = server.model_names()
+    if not names:
+        return None
+    deployed = server.deployed(names[0])
+    return names[0], deployed.version, list(deployed.columns)
+
+
+def _operation_id(method: str, path: str) -> str:
+    """``put /v1/routes/{name}`` -> ``put_v1_routes_name``: unique, and stable across releases."""
+    words = [w.strip("{}") for w in path.split("/") if w]
+    return "_".join([method, *(w.replace(".", "_") for w in words)]) if words else method
+
+
+def _links(links: dict[str, tuple[str, str, dict[str, str]]]) -> dict[str, Any]:
+    return {key: {"operationId": _operation_id(method, path), "parameters": params}
+            for key, (method, path, params) in links.items()}
+
+
+def _link(paths: dict[str, Any]) -> None:
+    """Links from each change to the reads that show it, and from a model's metadata to its versions."""
+    name = {"name": "$request.path.name"}
+    version = {**name, "version": "$response.body#/versions/0"}
+    both = {**name, "alias": "$request.path.alias"}
+    follow = {
+        ("put", "/v1/routes/{name}"): {"GetRoute": ("get", "/v1/routes/{name}", name),
+                                       "DeleteRoute": ("delete", "/v1/routes/{name}", name),
+                                       "Infer": ("post", "/v2/models/{name}/infer", name)},
+        ("put", "/v1/models/{name}/aliases/{alias}"): {
+            "GetAliases": ("get", "/v1/models/{name}/aliases", name),
+            "DeleteAlias": ("delete", "/v1/models/{name}/aliases/{alias}", both)},
+        ("get", "/v2/models/{name}"): {
+            "VersionMetadata": ("get", "/v2/models/{name}/versions/{version}", version),
+            "VersionReady": ("get", "/v2/models/{name}/versions/{version}/ready", version),
+            "VersionInfer": ("post", "/v2/models/{name}/versions/{version}/infer", version)},
+        ("get", "/v1/models/{name}/aliases"): {"PutRoute": ("put", "/v1/routes/{name}", name)},
+    }
+    for (method, path), links in follow.items():
+        paths[path][method]["responses"]["200"]["links"] = _links(links)
+
+
+def _with_examples(doc: dict[str, Any], model: str, version: int, columns: Sequence[str]) -> dict[str, Any]:
+    """``doc`` with examples naming ``model``: path parameters, and bodies it answers with 200."""
+    doc = copy.deepcopy(doc)  # the parameter objects are shared between operations
+    values = {"name": model, "version": str(version), "alias": "canary"}
+    infer = {"id": "example-1", "inputs": [{"name": c, "shape": [1], "datatype": "FP64", "data": [0.5]}
+                                           for c in columns]}
+    bodies = {"InferRequest": infer,
+              "RouteRequest": {"variants": [{"name": "default", "version": version}], "reason": "example"},
+              "AliasRequest": {"version": version, "reason": "example"}}
+    for ops in doc["paths"].values():
+        for op in ops.values():
+            for param in op.get("parameters", []):
+                if param["in"] == "path" and param["name"] in values:
+                    param["example"] = values[param["name"]]
+            content = op.get("requestBody", {}).get("content", {}).get("application/json")
+            ref = content["schema"].get("$ref", "") if content else ""
+            if ref.rsplit("/", 1)[-1] in bodies:
+                content["example"] = bodies[ref.rsplit("/", 1)[-1]]
     return doc
 
 
