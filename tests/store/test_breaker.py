@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import pytest
 
@@ -59,6 +60,29 @@ def test_a_lost_trial_does_not_keep_the_circuit_open_forever() -> None:
     assert b.allow()  # its caller never reports back (cancelled, say)
     clock.now += 1.0
     assert b.allow()
+
+
+def test_with_a_probe_no_caller_is_the_trial_and_the_probe_closes_the_circuit() -> None:
+    down = threading.Event()
+    down.set()
+    pinged = threading.Event()
+
+    def ping() -> None:
+        pinged.set()
+        if down.is_set():
+            raise ConnectionError("refused")
+
+    b = Breaker("x", failures=1, retry_after_s=0.01, probe=ping)
+    b.failure("refused")
+    assert pinged.wait(10)  # the probe runs in its own thread...
+    assert b.is_open and b.blocked() and not b.allow()  # ...and callers are never let through as trials
+    down.clear()
+    for _ in range(1000):  # bounded: the probe closes it within a few intervals
+        if not b.is_open:
+            break
+        threading.Event().wait(0.01)
+    assert not b.is_open and b.allow() and (b.opened, b.closed) == (1, 1)
+    b.stop()
 
 
 def test_settings_are_checked() -> None:

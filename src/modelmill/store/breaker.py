@@ -3,8 +3,9 @@
 A backend that hangs (a paused Redis accepts connections and never answers) costs every caller a full
 timeout. The breaker turns that into one timeout per outage: after ``failures`` consecutive failures the
 circuit *opens* and :meth:`Breaker.allow` says no, so callers fail (or skip an optional tier such as a
-cache) without waiting. Every ``retry_after_s`` one call is let through as a trial; its success closes
-the circuit, so service comes back without a restart once the backend answers again.
+cache) without waiting. Every ``retry_after_s`` the backend is tried again: by ``probe`` in a background
+thread when one is given (so no caller ever waits on the trial), else by letting one call through. A
+success closes the circuit, so service comes back without a restart once the backend answers again.
 
     >>> b = Breaker("redis at redis://h:6379/0", failures=2, retry_after_s=60)
     >>> b.failure("timeout"); b.is_open
@@ -35,7 +36,7 @@ class Breaker:
     """
 
     def __init__(self, name: str, *, failures: int = 2, retry_after_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 probe: Callable[[], object] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         if failures < 1:
             raise ValueError("failures must be at least 1")
         if not retry_after_s > 0:
@@ -43,6 +44,7 @@ class Breaker:
         self.name = name
         self.failures = failures
         self.retry_after_s = retry_after_s
+        self.probe = probe
         self.clock = clock
         self.opened = 0
         self.closed = 0
@@ -51,6 +53,8 @@ class Breaker:
         self._open_since: float | None = None
         self._retry_at = 0.0
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._prober: threading.Thread | None = None
 
     def __repr__(self) -> str:
         state = "open" if self.is_open else "closed"
@@ -62,7 +66,7 @@ class Breaker:
 
     def blocked(self) -> bool:
         """Open and not yet due for a trial: a caller should not even try (does not use up the trial)."""
-        return self._open_since is not None and self.clock() < self._retry_at
+        return self._open_since is not None and (self.probe is not None or self.clock() < self._retry_at)
 
     def allow(self) -> bool:
         """May this call go to the backend? While open, yes for one call per ``retry_after_s`` (the trial)."""
@@ -72,7 +76,7 @@ class Breaker:
             now = self.clock()
             if self._open_since is None:
                 return True
-            if now < self._retry_at:
+            if self.probe is not None or now < self._retry_at:
                 return False
             # One trial per interval; if its outcome is never reported, the next interval brings another.
             self._retry_at = now + self.retry_after_s
@@ -103,5 +107,25 @@ class Breaker:
             self._open_since = now
             self.opened += 1
             self.reason = reason
-        log.warning("%s is not answering (%s): circuit open, calls fail at once and one is tried every %.1f s",
+            if self.probe is not None and (self._prober is None or not self._prober.is_alive()
+                                           or self._stop.is_set()):
+                self._stop = threading.Event()
+                self._prober = threading.Thread(target=self._probe_loop, args=(self._stop,),
+                                                name="modelmill-breaker-probe", daemon=True)
+                self._prober.start()
+        log.warning("%s is not answering (%s): circuit open, calls fail at once; tried again every %.1f s",
                     self.name, reason, self.retry_after_s)
+
+    def _probe_loop(self, stop: threading.Event) -> None:
+        assert self.probe is not None
+        while self._open_since is not None and not stop.wait(self.retry_after_s):
+            try:
+                self.probe()
+            except Exception as exc:  # still down: stay open, try again next interval
+                self.reason = str(exc) or type(exc).__name__
+                continue
+            self.success()
+
+    def stop(self) -> None:
+        """End the background probe (the backend is being closed)."""
+        self._stop.set()

@@ -174,8 +174,9 @@ class RedisKV(KeyValue):
 
     Every call is bounded by ``socket_timeout`` seconds (the URL's ``?socket_timeout=`` wins) and is never
     retried by redis-py, and goes through a :class:`~modelmill.store.breaker.Breaker`: once Redis stops
-    answering, calls raise :class:`BackendUnavailable` at once instead of each waiting out the timeout, and
-    one call every ``retry_after_s`` tries again. Callers on an event loop run calls in :attr:`executor`.
+    answering, calls raise :class:`BackendUnavailable` at once instead of each waiting out the timeout,
+    until a PING (sent every ``retry_after_s`` from the breaker's thread) is answered. Callers on an event
+    loop run calls in :attr:`executor`.
     """
 
     def __init__(self, url: str, *, prefix: str = "", socket_timeout: float = 0.5, failures: int = 2,
@@ -184,10 +185,12 @@ class RedisKV(KeyValue):
         self.prefix = prefix
         self.socket_timeout = _url_timeout(url, socket_timeout)
         self.threads = threads
-        self.breaker: Breaker = Breaker(f"redis at {mask_url(url)}", failures=failures, retry_after_s=retry_after_s)
+        # The breaker's trial is a PING from its own thread, so no request ever waits on a hung Redis.
+        self.breaker: Breaker = Breaker(f"redis at {mask_url(url)}", failures=failures, retry_after_s=retry_after_s,
+                                        probe=lambda: self.client.ping())
         self._client: Any = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._executor_lock = threading.Lock()
+        self._lock = threading.Lock()
 
     @property
     def client(self) -> Any:
@@ -198,19 +201,23 @@ class RedisKV(KeyValue):
                 from redis.retry import Retry
             except ImportError as exc:  # pragma: no cover - depends on the install
                 raise ConfigError("online", self.url, "install the 'redis' extra: pip install 'modelmill[redis]'") from exc
-            # No retries: redis-py retries a timeout up to 10 times by default, which turns a hung
-            # server into a wait of many timeouts per call; the breaker decides when to try again.
-            self._client = redis.Redis.from_url(
-                self.url, socket_timeout=self.socket_timeout, socket_connect_timeout=self.socket_timeout,
-                health_check_interval=30, retry=Retry(NoBackoff(), 0),
-            )
+            # Under the lock: of two clients made at once by two threads, the one dropped would close the
+            # other's connections when it is collected (redis-py closes its pool in __del__).
+            with self._lock:
+                if self._client is None:
+                    # No retries: redis-py retries a timeout up to 10 times by default, which turns a hung
+                    # server into a wait of many timeouts per call; the breaker decides when to try again.
+                    self._client = redis.Redis.from_url(
+                        self.url, socket_timeout=self.socket_timeout, socket_connect_timeout=self.socket_timeout,
+                        health_check_interval=30, retry=Retry(NoBackoff(), 0),
+                    )
         return self._client
 
     @property
     def executor(self) -> concurrent.futures.Executor:
         """A bounded thread pool (``threads`` workers) for calls made on behalf of an event loop."""
         if self._executor is None:
-            with self._executor_lock:
+            with self._lock:
                 if self._executor is None:
                     self._executor = concurrent.futures.ThreadPoolExecutor(
                         self.threads, thread_name_prefix="modelmill-redis")
@@ -222,7 +229,7 @@ class RedisKV(KeyValue):
         breaker = self.breaker
         if not breaker.allow():
             raise BackendUnavailable("redis", mask_url(self.url), f"not answering ({breaker.reason}); calls are "
-                                     f"refused until a trial call succeeds, one every {breaker.retry_after_s} s")
+                                     f"refused until it answers a PING, tried every {breaker.retry_after_s} s")
         try:
             out = fn(*args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -268,6 +275,7 @@ class RedisKV(KeyValue):
         return time.perf_counter() - start
 
     def close(self) -> None:
+        self.breaker.stop()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
