@@ -1,4 +1,4 @@
-"""``modelmill drift``, ``modelmill monitor`` and ``modelmill report``."""
+"""``modelmill drift``, ``modelmill monitor``, ``modelmill reference`` and ``modelmill report``."""
 
 from __future__ import annotations
 
@@ -8,14 +8,16 @@ from pathlib import Path
 
 import pyarrow as pa
 import typer
+from rich.markup import escape
 
 from modelmill.cli.output import JsonOption, console, emit_json, err_console, table
 from modelmill.config import load_settings
 from modelmill.errors import InputError, NotFoundError
-from modelmill.monitoring.drift import DriftOptions, detect_drift, summarize
+from modelmill.monitoring.drift import DriftOptions, DriftReport, detect_drift, summarize
 from modelmill.monitoring.exporter import MonitoringExporter
 from modelmill.monitoring.monitor import Monitor, MonitoringConfig
 from modelmill.monitoring.performance import parse_duration
+from modelmill.monitoring.reference import ReferenceStore
 from modelmill.monitoring.report import build_report, render_report, write_report
 from modelmill.project import open_project
 
@@ -23,6 +25,7 @@ from modelmill.project import open_project
 def register(app: typer.Typer) -> None:
     app.command()(drift)
     app.command()(monitor)
+    app.command(name="reference")(reference_cmd)
     app.command()(report)
 
 
@@ -44,12 +47,12 @@ def read_table(path: Path, *, field: str) -> pa.Table:
         raise InputError(field, f"is not a readable Parquet or CSV file: {exc}", str(path)) from exc
 
 
-def _columns(value: str | None) -> list[str] | None:
+def _columns(value: str | None, field: str = "columns") -> list[str] | None:
     if value is None:
         return None
     cols = [c.strip() for c in value.split(",") if c.strip()]
     if not cols:
-        raise InputError("columns", "name at least one column", value)
+        raise InputError(field, "name at least one column", value)
     return cols
 
 
@@ -57,21 +60,43 @@ def _drift_options() -> DriftOptions:
     return DriftOptions.from_mapping(load_settings().section("monitoring").get("drift", {}))
 
 
-def drift(
-    reference: Path = typer.Option(..., "--reference", help="Reference data: Parquet or CSV."),
-    current: Path = typer.Option(..., "--current", help="Current data: Parquet or CSV."),
-    columns: str | None = typer.Option(None, "--columns", help="Comma-separated columns (default: all in both)."),
-    drift_share: float | None = typer.Option(None, "--drift-share", help="Share of drifted columns that "
-                                             "makes the dataset drift (default 0.5)."),
-    as_json: bool = JsonOption,
-) -> None:
-    """Test every column for drift, choosing each test the way Evidently does."""
+# The column selection `drift` and `report` share, so the two give one verdict on the same files.
+ColumnsOption = typer.Option(None, "--columns", help="Comma-separated columns to test (default: all in both).")
+ExcludeOption = typer.Option(None, "--exclude", help="Comma-separated columns not to test (ids, timestamps).")
+TargetOption = typer.Option(None, "--target", help="The label column: left out of the feature drift.")
+DriftShareOption = typer.Option(None, "--drift-share", help="Share of drifted columns that makes the dataset "
+                                "drift (default 0.5).")
+
+
+def file_drift(reference: pa.Table, current: pa.Table, *, columns: str | None, exclude: str | None,
+               target: str | None, drift_share: float | None) -> tuple[DriftReport, DriftOptions]:
+    """Drift of two files as ``drift`` and ``report`` both compute it: one column selection, one set of options."""
     options = _drift_options()
     if drift_share is not None:
         options = dataclasses.replace(options, drift_share=drift_share)
+    result = detect_drift(reference, current, columns=_columns(columns), exclude=_columns(exclude, "exclude") or (),
+                          target=target, options=options)
+    return result, options
+
+
+def _verdict(result: DriftReport) -> dict[str, object]:
+    return {"dataset_drift": result.dataset_drift, "drift_share": result.drift_share,
+            "drifted": result.drifted, "n_columns": len(result.columns)}
+
+
+def drift(
+    reference: Path = typer.Option(..., "--reference", help="Reference data: Parquet or CSV."),
+    current: Path = typer.Option(..., "--current", help="Current data: Parquet or CSV."),
+    columns: str | None = ColumnsOption,
+    exclude: str | None = ExcludeOption,
+    target: str | None = TargetOption,
+    drift_share: float | None = DriftShareOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Test every column for drift, choosing each test the way Evidently does."""
     ref, cur = read_table(reference, field="reference"), read_table(current, field="current")
     started = time.perf_counter()
-    result = detect_drift(ref, cur, columns=_columns(columns), options=options)
+    result, _ = file_drift(ref, cur, columns=columns, exclude=exclude, target=target, drift_share=drift_share)
     if as_json:
         emit_json(result.to_dict())
         return
@@ -109,11 +134,17 @@ def monitor(
             if as_json:
                 emit_json(result)
             else:
-                table("monitoring windows", ["model", "version", "rows", "drift share", "dataset drift"],
-                      [[w["model"], w["version"], w["n_rows"], w["drift_share"], w["dataset_drift"]]
-                       for w in result["windows"]])
+                table("monitoring windows", ["model", "version", "rows", "drift share", "dataset drift", "status"],
+                      [[w["model"], w["version"], w["n_rows"], w["drift_share"], w["dataset_drift"],
+                        w["status"].replace("_", " ")] for w in result["windows"]])
                 table("alerts", ["rule", "state", "labels"],
                       [[a["rule"], a["state"], a["labels"]] for a in result["alerts_active"]])
+                for reason in result["reasons"]:
+                    err_console.print(f"[yellow]no data:[/] {escape(reason)}", highlight=False)
+                err_console.print(f"status: {result['status'].replace('_', ' ')}", highlight=False)
+            # a check that could not look is not a pass: "no data" exits 3, drift 1
+            if result["status"] != "pass":
+                raise typer.Exit(1 if result["status"] == "fail" else 3)
             return
         if not as_json:
             err_console.print(f"monitoring every {config.interval:g} s over a {config.window:g} s window; Ctrl-C stops")
@@ -125,22 +156,69 @@ def monitor(
         project.close()
 
 
+def reference_cmd(
+    model_ref: str = typer.Argument(..., metavar="NAME@VERSION", help="The model version (or NAME@ALIAS)."),
+    data: Path = typer.Option(..., "--data", help="Data it was trained on (Parquet or CSV): the reference."),
+    columns: str | None = typer.Option(None, "--columns", help="Comma-separated columns to profile "
+                                       "(default: the signature's inputs)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Store the reference profile that `monitor` compares the served features (and outputs) with."""
+    from modelmill.registry import Registry
+
+    data_table = read_table(data, field="data")
+    project = open_project()
+    try:
+        registry = Registry(project)
+        mv = registry.resolve(model_ref)
+        inputs = [f.name for f in mv.signature.inputs]
+        cols = _columns(columns) or inputs
+        missing = [c for c in cols if c not in data_table.column_names]
+        if missing:
+            raise InputError("data", f"has no column {', '.join(missing)}; it has {', '.join(data_table.column_names)}",
+                             str(data))
+        frame = data_table.select(cols).to_pandas()
+        predictions = None
+        if all(c in data_table.column_names for c in inputs):
+            # the model's outputs on its reference, so `monitor` also sees the served outputs drift
+            X = data_table.select(inputs).to_pandas().to_numpy(dtype="float64")
+            predictions = registry.load(mv).predict(X)
+        profile = ReferenceStore(project).compute(mv.name, mv.version, frame, predictions=predictions)
+    finally:
+        project.close()
+    out = {"model": mv.name, "version": mv.version, "rows": profile.n_rows, "columns": sorted(profile.columns)}
+    if as_json:
+        emit_json(out)
+    else:
+        console.print(f"reference profile of {mv.name}@{mv.version}: {profile.n_rows} rows, "
+                      f"{len(profile.columns)} columns", highlight=False)
+
+
 def report(
     out: Path = typer.Option(Path("report.html"), "--out", help="Where to write the HTML file."),
     model: str | None = typer.Option(None, "--model", help="Only this model."),
     window: str = typer.Option("1h", "--window", help="Bucket size of the charts over time."),
     reference: Path | None = typer.Option(None, "--reference", help="Compare this file …"),
     current: Path | None = typer.Option(None, "--current", help="… with this one instead of the prediction log."),
+    columns: str | None = ColumnsOption,
+    exclude: str | None = ExcludeOption,
+    target: str | None = TargetOption,
+    drift_share: float | None = DriftShareOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Write one self-contained HTML report with charts (no scripts, no network needed to view it)."""
     parse_duration(window)
     if (reference is None) != (current is None):
         raise InputError("reference", "pass both --reference and --current, or neither")
+    if reference is None and any(v is not None for v in (columns, exclude, target, drift_share)):
+        raise InputError("columns", "--columns, --exclude, --target and --drift-share apply to --reference and "
+                         "--current files only")
+    verdict: dict[str, object] = {}
     if reference is not None and current is not None:
         ref, cur = read_table(reference, field="reference"), read_table(current, field="current")
-        options = _drift_options()
-        result = detect_drift(ref, cur, options=options)
+        result, options = file_drift(ref, cur, columns=columns, exclude=exclude, target=target,
+                                     drift_share=drift_share)
+        verdict = _verdict(result)
         names = list(result.columns)
         ref_s = summarize(ref, columns=names, options=options)
         cur_s = summarize(cur, columns=names, kinds={k: v.kind for k, v in ref_s.items()})
@@ -154,6 +232,6 @@ def report(
             project.close()
     path = write_report(out, document)
     if as_json:
-        emit_json({"out": str(path.absolute()), "bytes": path.stat().st_size})
+        emit_json({"out": str(path.absolute()), "bytes": path.stat().st_size, **verdict})
     else:
         console.print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")

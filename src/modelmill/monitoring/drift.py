@@ -59,6 +59,7 @@ __all__ = [
     "detect_drift",
     "infer_kind",
     "register_test",
+    "select_columns",
     "summarize",
     "summarize_column",
 ]
@@ -584,23 +585,54 @@ def summarize(data: DataLike, *, columns: Sequence[str] | None = None, kinds: Ma
     return out
 
 
-def detect_drift(reference: DataLike, current: DataLike, *, columns: Sequence[str] | None = None,
-                 options: DriftOptions | None = None, workers: int | None = None) -> DriftReport:
-    """Compare two datasets column by column (columns in both; ``columns`` limits them).
+def select_columns(reference: DataLike, current: DataLike, *, columns: Sequence[str] | None = None,
+                   exclude: Sequence[str] = (), target: str | None = None) -> list[str]:
+    """The columns two datasets are compared on, the one choice every drift command makes.
 
+    ``columns`` (each in both datasets), else every column in both, in the reference's order;
+    less ``exclude`` (identifiers, timestamps) and ``target`` (the label: its drift is target
+    drift, not a feature's). A name in ``exclude`` or ``target`` that neither dataset has is
+    refused, so a misspelt exclusion cannot silently leave the column in.
+
+    >>> ref = {"id": [1, 2], "x": [0.1, 0.2], "y": [0, 1], "only_ref": [1, 1]}
+    >>> select_columns(ref, {"id": [3, 4], "x": [0.3, 0.1], "y": [1, 1]}, exclude=["id"], target="y")
+    ['x']
+    """
+    ref_names, cur_names = column_names(reference), column_names(current)
+    in_both = [c for c in ref_names if c in set(cur_names)]
+    for field, names in (("exclude", list(exclude)), ("target", [target] if target else [])):
+        unknown = [c for c in names if c not in ref_names and c not in cur_names]
+        if unknown:
+            raise InputError(field, f"names no column of either dataset (they have {', '.join(in_both)})",
+                             ", ".join(unknown))
+    if columns is not None:
+        missing = [c for c in columns if c not in ref_names or c not in cur_names]
+        if missing:
+            raise InputError("columns", "not in both the reference and the current data", ", ".join(missing))
+        chosen = list(columns)
+    else:
+        chosen = in_both
+    dropped = {*exclude, *([target] if target else [])}
+    out = [c for c in chosen if c not in dropped]
+    if columns is not None and not out:
+        raise InputError("columns", "every named column is excluded (by exclude or target)", ", ".join(columns))
+    return out
+
+
+def detect_drift(reference: DataLike, current: DataLike, *, columns: Sequence[str] | None = None,
+                 exclude: Sequence[str] = (), target: str | None = None, options: DriftOptions | None = None,
+                 workers: int | None = None) -> DriftReport:
+    """Compare two datasets column by column, on the columns :func:`select_columns` chooses.
+
+    Named ``columns`` are all tested (a text column as categorical); otherwise a column
+    that cannot be tested (free text, identifiers as strings, times) is left out.
     Each column is summarised, tested and dropped in turn (``workers`` columns at a
     time, default one per core), so the memory needed beyond the data is a few
     sorted columns.
     """
     opts = options or DriftOptions()
-    ref_names, cur_names = column_names(reference), set(column_names(current))
-    if columns is not None:
-        missing = [c for c in columns if c not in ref_names or c not in cur_names]
-        if missing:
-            raise InputError("columns", "not in both the reference and the current data", ", ".join(missing))
-        common: list[str] = list(columns)
-    else:
-        common = [c for c in ref_names if c in cur_names]
+    common = select_columns(reference, current, columns=columns, exclude=exclude, target=target)
+
     def one(name: str) -> tuple[str, ColumnDrift | None]:
         arr = _get_column(reference, name)
         kind = _kind_of(arr, name, opts, columns is not None)

@@ -53,7 +53,7 @@ from modelmill.project import Project
 from modelmill.store.maps import map_frame
 from modelmill.store.tables.monitoring import monitoring_windows
 
-__all__ = ["Monitor", "MonitoringConfig", "ProjectMeasure"]
+__all__ = ["Monitor", "MonitoringConfig", "ProjectMeasure", "missing_reference"]
 
 log = logging.getLogger("modelmill.monitoring")
 
@@ -96,6 +96,17 @@ class MonitoringConfig:
 
 def _utc(ts: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(ts, tz=dt.UTC)
+
+
+def missing_reference(model: str, version: int) -> str:
+    """Why a served version's drift is "no data" when it has no reference profile, and how to make one."""
+    return (f"no reference profile for {model}@{version}, so its drift is not checked (no data); make one from "
+            f"the data it was trained on: modelmill reference {model}@{version} --data TRAIN.parquet")
+
+
+def _is_error_status(status: str) -> bool:
+    # 422 is a model that raised on a valid request; 5xx the server's own failure. Other 4xx are the caller's.
+    return status.startswith("5") or status in ("422", "error")
 
 
 class ProjectMeasure:
@@ -197,7 +208,7 @@ class ProjectMeasure:
                 key = labels_of({k: v for k, v in s.labels.items() if k == "model"})
                 acc = totals.setdefault(key, [0.0, 0.0])
                 acc[1] += s.value
-                if status.startswith("5") or status == "error":
+                if _is_error_status(status):
                     acc[0] += s.value
         out: dict[Labels, float] = {}
         for key, (errors, total) in totals.items():
@@ -243,8 +254,7 @@ class Monitor:
         stored reference; None when the version has no reference or no traffic."""
         refs = ReferenceStore(self.project)
         if not refs.exists(model, version):
-            log.info("no reference profile for %s@%s; skipping its drift", model, version)
-            return None
+            return None  # run_once reports it as "no data", naming the missing reference
         frame = self.logged_features(model, version, start=start, end=end)
         if frame is None or len(frame) == 0:
             return None
@@ -274,7 +284,12 @@ class Monitor:
         return [(m, int(v)) for m, v in rows if not self.config.models or m in self.config.models]
 
     def run_once(self, now: float | None = None) -> dict[str, Any]:
-        """Drift and quality of the last window for every served version, stored; then the rules."""
+        """Drift and quality of the last window for every served version, stored; then the rules.
+
+        Each window says ``status``: ``pass``, ``fail`` (the dataset drifted) or ``no_data`` with a
+        ``reason`` (no reference profile, or no logged features); the round's ``status`` is the worst
+        of them, and ``no_data`` when nothing was served in the window at all.
+        """
         now = time.time() if now is None else now
         start = now - self.config.window
         perf = PerformanceMonitor(self.project)
@@ -282,17 +297,26 @@ class Monitor:
         if self.project.offline.exists("predictions") and self.project.offline.exists("labels"):
             quality = perf.summary(start=_utc(start), end=_utc(now))
         windows = []
+        refs = ReferenceStore(self.project)
         for model, version in self.served_versions(start=start, end=now):
             result = self.window_drift(model, version, start=start, end=now)
             metrics = [_jsonable(r) for r in quality if r["model"] == model and int(r["version"]) == version]
             report, n = result if result is not None else (None, 0)
+            if report is not None:
+                status, reason = ("fail" if report.dataset_drift else "pass"), None
+            elif not refs.exists(model, version):
+                status, reason = "no_data", missing_reference(model, version)
+                log.warning("%s", reason)
+            else:
+                status, reason = "no_data", f"no logged features of {model}@{version} in the window"
             row = {"model": model, "version": version, "at": now, "window_start": start, "window_end": now,
                    "n_rows": n, "drift_share": report.drift_share if report else None,
                    "dataset_drift": report.dataset_drift if report else None,
                    "drift": report.to_dict() if report else {}, "metrics": metrics}
             with self.project.db.begin() as conn:
                 conn.execute(monitoring_windows.insert().values(**row))
-            windows.append({k: row[k] for k in ("model", "version", "n_rows", "drift_share", "dataset_drift")})
+            windows.append({**{k: row[k] for k in ("model", "version", "n_rows", "drift_share", "dataset_drift")},
+                            "status": status, "reason": reason})
             if self.exporter is not None and report is not None:
                 self.exporter.set_drift(model, version, report)
         if self.exporter is not None:
@@ -303,7 +327,14 @@ class Monitor:
             self.exporter.set_alerts({a["rule"] for a in active if a["state"] == "firing"},
                                      [r.name for r in self.config.rules])
             self.exporter.mark_run(now)
-        return {"at": now, "windows": windows, "quality": [_jsonable(r) for r in quality],
+        statuses = {w["status"] for w in windows}
+        overall = "fail" if "fail" in statuses else "no_data" if "no_data" in statuses or not windows else "pass"
+        reasons = [w["reason"] for w in windows if w["reason"]]
+        if not windows:
+            reasons = [f"no predictions logged between {_utc(start).isoformat()} and {_utc(now).isoformat()}"
+                       + ("" if not self.config.models else f" for {', '.join(self.config.models)}")]
+        return {"at": now, "status": overall, "reasons": reasons, "windows": windows,
+                "quality": [_jsonable(r) for r in quality],
                 "alerts_changed": [{"rule": a.rule, "status": a.status, "labels": a.labels} for a in changed],
                 "alerts_active": [{"rule": a["rule"], "state": a["state"], "labels": a["labels"]} for a in active]}
 
