@@ -121,7 +121,8 @@ def skew_report(
         raise InputError("limit", "must be a positive integer", limit)
     with offline.connect([table]) as con:
         names = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
-    columns = ["request_id", "ts", "model", "version", "features"] + (["entities"] if "entities" in names else [])
+    columns = ["request_id", "ts", "model", "version", "features"] + [
+        c for c in ("entities", "features_at") if c in names]
     log = offline.read(table, columns=columns, where=" AND ".join(where))
     if limit is not None and log.num_rows > limit:
         log = log.slice(log.num_rows - limit)
@@ -131,7 +132,11 @@ def skew_report(
     reasons: dict[str, int] = defaultdict(int)
     entities_col = (log.column("entities").to_pylist() if "entities" in log.column_names
                     else [None] * log.num_rows)
-    for ts, name, version, vec, ents in zip(log.column("ts").to_pylist(), log.column("model").to_pylist(),
+    # Features are recomputed as of the time serving judged its online reads (under the event clock the
+    # watermark, not the wall-clock time of the request), or the request's time in logs without it.
+    at = log.column("features_at").to_pylist() if "features_at" in log.column_names else [None] * log.num_rows
+    times = [a if a is not None else t for a, t in zip(at, log.column("ts").to_pylist(), strict=True)]
+    for ts, name, version, vec, ents in zip(times, log.column("model").to_pylist(),
                                             log.column("version").to_pylist(), map_records(log.column("features")),
                                             entities_col, strict=True):
         if vec is None:

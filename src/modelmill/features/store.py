@@ -605,16 +605,18 @@ class FeatureStore:
         return plan.response(self.online, self._aggs_for(plan), entity_rows, at_us)
 
     def online_vector(self, entity_rows: Sequence[dict[str, Any]], features: Sequence[str] | FeatureService | str,
-                      *, at: Any = None) -> tuple[np.ndarray, np.ndarray]:
+                      *, at: Any = None, at_us: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The serving fast path: float64 ``[n, k]`` with NaN where not present, and int8 status codes.
 
-        Status codes are :class:`Status` values: PRESENT (0), MISSING (1) and EXPIRED (2).
+        Status codes are :class:`Status` values: PRESENT (0), MISSING (1) and EXPIRED (2). Reads are judged
+        at ``at`` (any time :func:`to_us` takes), or ``at_us`` microseconds, or :meth:`now_us`.
         """
         plan = self._plan(features)
         if not plan.numeric:
             raise InputError("features", "online_vector serves numeric features only; use get_online_features",
                              list(plan.refs))
-        at_us = to_us(at, "at") if at is not None else self.now_us()
+        if at_us is None:
+            at_us = to_us(at, "at") if at is not None else self.now_us()
         return plan.vector(self.online, self._aggs_for(plan), entity_rows, at_us)
 
     # ---- streams --------------------------------------------------------------------------------

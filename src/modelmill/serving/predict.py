@@ -81,8 +81,15 @@ class FeaturePlan:
         self.lookup: Batcher | None = None
         if refs and features is not None:
             # A remote online store is read in its own thread pool: a hung Redis must not stop the event loop.
-            # Each looked-up row is the values, then their status codes (present, missing, expired).
-            self.lookup = Batcher(lambda rows: np.hstack(features.online_vector(rows, refs)), flat=False,
+            # Each looked-up row is the values, their status codes (present, missing, expired), and the time the
+            # reads were judged at (microseconds; under the event clock, the watermark), which the log keeps
+            # so that the skew check recomputes the features as of that time.
+            def lookup(rows: Sequence[dict[str, Any]]) -> np.ndarray:
+                at = features.now_us()
+                values, status = features.online_vector(rows, refs, at_us=at)
+                return np.hstack([values, status, np.full((len(rows), 1), float(at))])
+
+            self.lookup = Batcher(lookup, flat=False,
                                   max_batch_size=max_batch_size, max_wait_us=max_wait_us,
                                   executor=features.online.executor)
         self.default_row = np.array([self.defaults.get(r, np.nan) for r in refs], dtype=np.float64)
@@ -105,8 +112,10 @@ class FeaturePlan:
                    max_batch_size=max_batch_size, max_wait_us=max_wait_us, on_missing=svc.on_missing,
                    defaults=svc.default_values, model=dep.name)
 
-    async def build(self, entities: dict[str, Any], given: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
-        """One input row, and the features the online store did not have (absent or expired).
+    async def build(self, entities: dict[str, Any], given: dict[str, Any]
+                    ) -> tuple[np.ndarray, list[str], int | None]:
+        """One input row, the features the online store did not have (absent or expired), and the time (us)
+        its reads were judged at (None without a lookup).
 
         The feature service's ``on_missing`` policy applies here: :class:`MissingFeatures` (422) under
         ``"reject"``, declared defaults under ``"default"``, NaN under ``"allow"``.
@@ -117,10 +126,11 @@ class FeaturePlan:
                              f"{self.service}", sorted(entities))
         X = np.empty((1, len(self.columns)), dtype=np.float64)
         absent: list[str] = []
+        at: int | None = None
         if self.lookup is not None:
             k = len(self.refs)
             looked = (await self.lookup.submit([entities])).reshape(-1)
-            row, status = looked[:k], looked[k:]
+            row, status, at = looked[:k], looked[k:2 * k], int(looked[-1])
             if status.any():
                 absent = self._missing(entities, status, row)
             X[0, self.ref_pos] = row
@@ -136,7 +146,7 @@ class FeaturePlan:
         if len(given) < len(index):
             lacking = [c for c in self.request_columns if c not in given]
             raise InputError("features", f"misses request-time feature(s) {', '.join(lacking)}")
-        return X, absent
+        return X, absent, at
 
 
     def _missing(self, entities: dict[str, Any], status: np.ndarray, row: np.ndarray) -> list[str]:
@@ -250,10 +260,10 @@ class PredictRoute:
         choice = server.choose(name, routing_key=key)
         chosen.append(choice)
         plan = self.plan(choice.deployed)
-        X, absent = await plan.build(entities, given)
+        X, absent, at = await plan.build(entities, given)
         try:
             pred: Prediction = await server.run(choice, X, started=t0, field="features", entities=entities,
-                                                missing=absent)
+                                                missing=absent, features_at=at)
         except ModelFailed as exc:
             if absent:
                 exc.message = (f"the online store has no value of {', '.join(absent)} for entity "

@@ -63,6 +63,7 @@ PREDICTIONS_SCHEMA = pa.schema([
     ("error", pa.string()),  # the error's class when the request failed
     ("entities", pa.map_(pa.string(), pa.string())),  # the feature route's join keys, values as JSON (typed)
     ("missing", pa.list_(pa.string())),  # features the online store did not have (absent or expired)
+    ("features_at", pa.timestamp("us", tz="UTC")),  # the time the online reads were judged at (event clock)
 ])
 
 #: SQL condition of a row that carries a prediction (works on logs written before ``status`` existed).
@@ -92,7 +93,7 @@ _DICTIONARY = ("model", "version", "variant", "routing_key", "features.key_value
 class _Columns:
     """The buffered requests of one input layout, column by column (appending is a few list appends)."""
 
-    __slots__ = ("X", "columns", "counts", "entities", "error", "keyed", "latency", "missing", "model", "out", "rid",
+    __slots__ = ("X", "columns", "counts", "entities", "error", "features_at", "keyed", "latency", "missing", "model", "out", "rid",
                  "routing_key", "rows", "status", "ts", "variant", "version")
 
     def __init__(self, columns: Sequence[str], capacity: int = 1024) -> None:
@@ -114,6 +115,7 @@ class _Columns:
         self.error: list[str | None] = []
         self.entities: list[list[tuple[str, str]] | None] = []
         self.missing: list[list[str] | None] = []
+        self.features_at: list[int | None] = []
         self.keyed = False  # some request carried entities or missing features (the feature route)
 
     def add(self, X: np.ndarray, out: np.ndarray) -> None:
@@ -143,12 +145,15 @@ class _Columns:
         status = np.asarray(self.status, dtype=np.int16)
         failed = status != 200
         n = self.rows
+        stamp = pa.timestamp("us", tz="UTC")
         if self.keyed:
             entities = per_request(self.entities, PREDICTIONS_SCHEMA.field("entities").type)
             missing = per_request(self.missing, pa.list_(pa.string()))
+            features_at = per_request(self.features_at, stamp)
         else:
             entities = pa.nulls(n, PREDICTIONS_SCHEMA.field("entities").type)
             missing = pa.nulls(n, pa.list_(pa.string()))
+            features_at = pa.nulls(n, stamp)
         output = pa.array(self.out[:n], mask=np.repeat(failed, counts) if failed.any() else None)
         return pa.table([
             pa.array(rid, pa.string()),
@@ -164,6 +169,7 @@ class _Columns:
             per_request(self.error, pa.string()),
             entities,
             missing,
+            features_at,
         ], schema=PREDICTIONS_SCHEMA)
 
 
@@ -201,21 +207,27 @@ class PredictionLog:
 
     def append(self, request_id: str, model: str, version: int, variant: str, routing_key: str | None,
                columns: Sequence[str], X: np.ndarray, out: np.ndarray, latency_ms: float, *,
-               entities: Mapping[str, Any] | None = None, missing: Sequence[str] | None = None) -> None:
-        """Record one answered request (``X`` rows and their outputs); cheap, never blocks on I/O."""
+               entities: Mapping[str, Any] | None = None, missing: Sequence[str] | None = None,
+               features_at: int | None = None) -> None:
+        """Record one answered request (``X`` rows and their outputs); cheap, never blocks on I/O.
+
+        The feature route passes the request's ``entities``, the features that were ``missing`` and
+        ``features_at``, the time (microseconds) its online reads were judged at.
+        """
         self._add(request_id, model, version, variant, routing_key, columns, X, out, latency_ms, 200, None,
-                  entities, missing)
+                  entities, missing, features_at)
 
     def append_failure(self, request_id: str, model: str, version: int, variant: str, routing_key: str | None,
                        status: int, error: str, latency_ms: float, *, entities: Mapping[str, Any] | None = None,
                        missing: Sequence[str] | None = None) -> None:
         """Record one request the variant did not answer: its status and error class, no output."""
         self._add(request_id, model, version, variant, routing_key, (), _NO_ROW, _NO_OUTPUT, latency_ms, status,
-                  error, entities, missing)
+                  error, entities, missing, None)
 
     def _add(self, request_id: str, model: str, version: int, variant: str, routing_key: str | None,
              columns: Sequence[str], X: np.ndarray, out: np.ndarray, latency_ms: float, status: int,
-             error: str | None, entities: Mapping[str, Any] | None, missing: Sequence[str] | None) -> None:
+             error: str | None, entities: Mapping[str, Any] | None, missing: Sequence[str] | None,
+             features_at: int | None) -> None:
         n = len(X)
         with self._lock:
             if self._rows + self._held + n > self.max_buffer_rows:
@@ -235,11 +247,12 @@ class PredictionLog:
             buf.counts.append(n)
             buf.status.append(status)
             buf.error.append(error)
-            if entities is not None or missing:
+            if entities is not None or missing or features_at is not None:
                 buf.keyed = True
             buf.entities.append(None if entities is None else
                                 [(str(k), orjson.dumps(v).decode()) for k, v in entities.items()])
             buf.missing.append(list(missing) if missing else None)
+            buf.features_at.append(features_at)
             self._rows += n
             full = self._rows >= self.flush_rows
         if full:

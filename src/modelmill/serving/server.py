@@ -445,7 +445,7 @@ class ModelServer:
 
     async def run(self, choice: Choice, X: np.ndarray, *, started: float | None = None,
                   field: str = "inputs", entities: Mapping[str, Any] | None = None,
-                  missing: Sequence[str] | None = None) -> Prediction:
+                  missing: Sequence[str] | None = None, features_at: int | None = None) -> Prediction:
         """Check the cache, batch, predict, mirror to shadows and log.
 
         A request that fails here is logged by whoever answers it (:meth:`log_failure`), with its status.
@@ -477,7 +477,8 @@ class ModelServer:
             self._mirror(sv.name, sdep, X, rid, routing_key)
         if self.predlog is not None:
             self.predlog.append(rid, dep.name, dep.version, choice.variant, routing_key, dep.columns, X, out,
-                                (time.perf_counter() - t0) * 1000.0, entities=entities, missing=missing)
+                                (time.perf_counter() - t0) * 1000.0, entities=entities, missing=missing,
+                                features_at=features_at)
         return Prediction(out, dep.name, dep.version, choice.variant, rid, cached)
 
     def log_failure(self, choice: Choice, status: int, error: str, started: float, *,
