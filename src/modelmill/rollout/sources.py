@@ -179,7 +179,7 @@ class ServingGuardrails:
                 errors = len(live_ids - answered) + len(live_ids & failed_ids)
             else:
                 requests = 0 if rows is None else len(rows)
-                errors = 0 if rows is None else int(failed.sum())
+                errors = 0 if rows is None or failed is None else int(failed.sum())
                 if self.metrics_url:
                     now, then = counters.get(v, {}), before.get(v, {})
                     requests = max(requests, _delta(now.get("requests", 0.0), then.get("requests", 0.0)))
