@@ -419,3 +419,10 @@ def test_real_prometheus_finds_a_series_for_every_alert_panel_and_the_hpa_metric
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_the_monitors_error_rate_rule_counts_the_canarys_model_failures(stack: Stack) -> None:
+    """The traffic has no 5xx: only the canary's 422s (and callers' 400/404) can breach ``ClfErrors``."""
+    assert 422 in stack.traffic.statuses and not any(s >= 500 for s in stack.traffic.statuses)
+    _wait("the monitor's error_rate rule firing on 422s",
+          lambda: 'modelmill_alert_active{alertname="ClfErrors"} 1.0' in _scrape(stack.monitor_url), 30)
