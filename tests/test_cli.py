@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from modelmill.store import Database
 from tests.conftest import REDIS_URL
 
 
@@ -73,11 +75,18 @@ def test_bad_setting_is_a_message_not_a_traceback(tmp_path: Path) -> None:
     assert json.loads(as_json.stdout)["key"] == "db"
 
 
-@pytest.mark.parametrize("args", [["db", "upgrade", "--json"], ["db", "status", "--json"]])
-def test_db_commands_json(tmp_path: Path, args: list[str]) -> None:
-    out = mm(args, tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert isinstance(json.loads(out.stdout), dict)
+def test_db_commands_json(tmp_path: Path) -> None:
+    heads = sorted(Database("sqlite://").code_heads())
+    status = mm(["db", "status", "--json"], tmp_path)
+    assert status.returncode == 0, status.stderr
+    db = json.loads(status.stdout)["db"]
+    assert db.endswith("modelmill.db")
+    assert json.loads(status.stdout) == {"db": db, "current": [], "expected": heads, "up_to_date": False}
+    upgrade = mm(["db", "upgrade", "--json"], tmp_path)
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert json.loads(upgrade.stdout) == {"db": db, "before": [], "after": heads}
+    again = json.loads(mm(["db", "status", "--json"], tmp_path).stdout)
+    assert again == {"db": db, "current": heads, "expected": heads, "up_to_date": True}
 
 
 def test_db_upgrade_on_postgres(tmp_path: Path, pg_url: str) -> None:
@@ -85,3 +94,134 @@ def test_db_upgrade_on_postgres(tmp_path: Path, pg_url: str) -> None:
     assert out.returncode == 0, out.stderr
     after = json.loads(out.stdout)["after"]
     assert after and after == json.loads(mm(["db", "status", "--json"], tmp_path, MODELMILL_DB=pg_url).stdout)["expected"]
+
+
+# ---- a damaged metadata database: one clear error, never a traceback ---------------------------------------
+
+
+def _project_with_a_model(folder: Path) -> Path:
+    """A project holding one registered model and one token, as a user's would; returns its SQLite file."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from modelmill.config import Settings
+    from modelmill.project import Project
+    from modelmill.registry import Field, Registry, Signature
+    from modelmill.security import TokenStore
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 2))
+    model = LogisticRegression().fit(X, (X[:, 0] > 0).astype(int))
+    settings = Settings.defaults(home=folder / ".modelmill")
+    with Project(settings) as project:
+        Registry(project).register("m", model, flavor="sklearn", actor="test",
+                                   signature=Signature(inputs=[Field("a"), Field("b")],
+                                                       outputs=[Field("probability")]))
+        TokenStore(project).create("read", name="ci", actor="test")
+    path = settings.home / "modelmill.db"
+    assert not Path(f"{path}-wal").exists()  # checkpointed on close: the file alone is the database
+    return path
+
+
+def _sql(path: Path, *statements: str) -> None:
+    con = sqlite3.connect(path)
+    for statement in statements:
+        con.execute(statement)
+    con.commit()
+    con.close()
+
+
+DAMAGE = {
+    # name: (how to damage the file, the words the error must contain)
+    "truncated": (lambda p: p.write_bytes(p.read_bytes()[:5000]), "malformed"),
+    "future_revision": (lambda p: _sql(p, "UPDATE alembic_version SET version_num = 'zz_9999_newer' "
+                                          "WHERE version_num LIKE 'security_%'"), "zz_9999_newer"),
+    "dropped_table": (lambda p: _sql(p, "DROP TABLE model_aliases"), "model_aliases"),
+    "non_json_signature": (lambda p: _sql(p, "UPDATE model_versions SET signature = 'not json{'"), "not JSON"),
+    "zero_length": (lambda p: p.write_bytes(b""), "zero-length"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_a_damaged_database_is_one_clear_error(tmp_path: Path, case: str) -> None:
+    damage, words = DAMAGE[case]
+    path = _project_with_a_model(tmp_path)
+    damage(path)
+    size = path.stat().st_size
+    # A stored value that is not JSON breaks only what reads it: the tokens have none.
+    commands = [["models", "list"]] + ([] if case == "non_json_signature" else [["token", "list"]])
+    for command in commands:
+        out = mm([*command, "--json"], tmp_path)
+        assert out.returncode == 1, (command, out.stdout, out.stderr)
+        assert out.stderr == "", out.stderr
+        error = json.loads(out.stdout)  # exactly one JSON object
+        assert error["type"] == "StoreError" and words in error["error"], error
+    human = mm(["models", "show", "m@1"], tmp_path)
+    assert human.returncode == 1 and human.stdout == "" and "Traceback" not in human.stderr
+    assert human.stderr.startswith("error: ") and words in human.stderr, human.stderr
+    assert path.stat().st_size == size  # nothing re-created or migrated over the damage
+    doctor = mm(["doctor", "--json"], tmp_path)
+    assert doctor.returncode == 1, doctor.stdout
+    report = json.loads(doctor.stdout)
+    db = report["backends"]["db"]
+    assert report["ok"] is False and db["ok"] is False, db
+    assert words in db["reason"] + " ".join(db["problems"]), db
+    assert all(b["ok"] for name, b in report["backends"].items() if name != "db")
+
+
+def test_doctor_names_a_bad_json_value_by_table_and_column(tmp_path: Path) -> None:
+    path = _project_with_a_model(tmp_path)
+    _sql(path, "UPDATE model_versions SET signature = 'not json{'")
+    db = json.loads(mm(["doctor", "--json"], tmp_path).stdout)["backends"]["db"]
+    assert db["reachable"] is True and db["problems"] == ["table model_versions: 1 value of signature not JSON"]
+    text = mm(["doctor"], tmp_path)
+    assert text.returncode == 1 and "damaged" in text.stdout and "Traceback" not in text.stderr
+
+
+def test_a_new_project_still_starts_without_a_database_file(tmp_path: Path) -> None:
+    """Only a missing file means "new project"; it is created whole, never left zero-length."""
+    out = mm(["models", "list", "--json"], tmp_path)
+    assert out.returncode == 0 and json.loads(out.stdout) == {"models": []}, out.stderr
+    assert (tmp_path / ".modelmill" / "modelmill.db").stat().st_size > 0
+
+
+def test_a_schema_revision_from_the_future_on_postgres(tmp_path: Path, pg_url: str) -> None:
+    assert mm(["db", "upgrade", "--json"], tmp_path, MODELMILL_DB=pg_url).returncode == 0
+    import sqlalchemy as sa
+
+    from modelmill.config import sqlalchemy_url
+
+    engine = sa.create_engine(sqlalchemy_url(pg_url))
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = 'zz_9999_newer' "
+                             "WHERE version_num LIKE 'security_%'"))
+    engine.dispose()
+    for command in (["models", "list", "--json"], ["token", "list", "--json"], ["db", "upgrade", "--json"]):
+        out = mm(command, tmp_path, MODELMILL_DB=pg_url)
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+        error = json.loads(out.stdout)
+        assert error["type"] == "StoreError" and error["revisions"] == ["zz_9999_newer"], error
+    doctor = json.loads(mm(["doctor", "--json"], tmp_path, MODELMILL_DB=pg_url).stdout)
+    assert doctor["ok"] is False and "zz_9999_newer" in doctor["backends"]["db"]["problems"][0]
+
+
+# ---- text is printed as written: no Rich markup in help or errors ------------------------------------------
+
+
+def test_help_keeps_bracketed_text(tmp_path: Path) -> None:
+    out = mm(["monitor", "--help"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "default [monitoring] interval" in " ".join(out.stdout.split())
+
+
+def test_error_keeps_bracketed_text(tmp_path: Path) -> None:
+    out = mm(["pipeline", "run", "no_such_pipeline"], tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "list its module in modelmill.toml [training] pipelines" in out.stderr, out.stderr
+
+
+def test_table_cells_keep_bracketed_text(tmp_path: Path) -> None:
+    _project_with_a_model(tmp_path)
+    assert mm(["models", "alias", "m", "production", "1", "--reason", "[urgent] hotfix"], tmp_path).returncode == 0
+    out = mm(["models", "alias", "m", "production"], tmp_path)
+    assert out.returncode == 0 and "[urgent] hotfix" in out.stdout, out.stdout

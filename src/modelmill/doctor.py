@@ -1,4 +1,9 @@
-"""Health of every configured backend: reachable or not, why, round-trip latency, schema version."""
+"""Health of every configured backend: reachable or not, why, round-trip latency, schema version.
+
+A backend is ok only when it answers *and* has no problems: a metadata database that answers but has a
+schema revision from a newer modelmill, a missing table or column, or a stored value that is not JSON is
+reachable and not ok.
+"""
 
 from __future__ import annotations
 
@@ -25,11 +30,16 @@ class BackendHealth:
     reachable: bool
     reason: str = ""
     latency_ms: float | None = None
+    problems: tuple[str, ...] = ()
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    @property
+    def ok(self) -> bool:
+        return self.reachable and not self.problems
+
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"url": self.url, "reachable": self.reachable, "reason": self.reason,
-                               "latency_ms": self.latency_ms}
+        out: dict[str, Any] = {"url": self.url, "ok": self.ok, "reachable": self.reachable, "reason": self.reason,
+                               "latency_ms": self.latency_ms, "problems": list(self.problems)}
         out.update(self.details)
         return out
 
@@ -43,7 +53,9 @@ def _timed(name: str, url: str, probe: Callable[[], dict[str, Any] | None]) -> B
     except Exception as exc:  # doctor reports any failure as a reason, never a traceback
         return BackendHealth(name=name, url=mask_url(url), reachable=False, reason=f"{type(exc).__name__}: {exc}")
     ms = round((time.perf_counter() - start) * 1000, 3)
-    return BackendHealth(name=name, url=mask_url(url), reachable=True, latency_ms=ms, details=details)
+    problems = tuple(details.pop("problems", ()))
+    return BackendHealth(name=name, url=mask_url(url), reachable=True, latency_ms=ms, problems=problems,
+                         details=details)
 
 
 def _check_db(url: str) -> dict[str, Any]:
@@ -51,7 +63,7 @@ def _check_db(url: str) -> dict[str, Any]:
     try:
         current, heads = db.schema_version(), db.code_heads()
         return {"schema_version": sorted(current), "schema_current": current == heads,
-                "schema_expected": sorted(heads)}
+                "schema_expected": sorted(heads), "problems": db.check()}
     finally:
         db.close()
 

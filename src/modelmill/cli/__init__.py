@@ -29,6 +29,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Help and usage errors are printed as written: Rich markup would swallow "[training] pipelines" and
+    # every other bracketed word of the help (the setting applies to every subcommand).
+    rich_markup_mode=None,
 )
 core.register(app)
 ingest.register(app)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from modelmill.cli.output import JsonOption, console, emit_json, table
 from modelmill.config import CONFIG_FILE, load_settings
@@ -63,21 +64,27 @@ def init(
     if as_json:
         emit_json({"config": str(target.absolute()), "home": str(settings.home), "schema_version": version})
     else:
-        console.print(f"wrote [bold]{target}[/]; metadata database at {settings.as_dict()['db']}")
+        console.print(Text.assemble("wrote ", (str(target), "bold"),
+                                    f"; metadata database at {settings.as_dict()['db']}"))
 
 
 def doctor(as_json: bool = JsonOption) -> None:
-    """Check every configured backend; exits 1 when one is unreachable."""
+    """Check every configured backend; exits 1 when one is unreachable or damaged."""
     settings = load_settings()
     results = check_all(settings)
-    ok = all(r.reachable for r in results)
+    ok = all(r.ok for r in results)
     if as_json:
         emit_json({"ok": ok, "config": str(settings.source) if settings.source else None,
                    "backends": {r.name: r.as_dict() for r in results}})
     else:
         rows = []
         for r in results:
-            status = "[green]ok[/]" if r.reachable else f"[red]unreachable[/]: {r.reason}"
+            if not r.reachable:
+                status = Text.assemble(("unreachable", "red"), f": {r.reason}")
+            elif r.problems:
+                status = Text.assemble(("damaged", "red"), f": {'; '.join(r.problems)}")
+            else:
+                status = Text("ok", style="green")
             extra = ", ".join(str(v) for v in r.details.get("schema_version", []))
             rows.append([r.name, r.url, status, "" if r.latency_ms is None else f"{r.latency_ms:.2f}", extra])
         table("modelmill doctor", ["backend", "url", "status", "latency ms", "schema"], rows)

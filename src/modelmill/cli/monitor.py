@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import typer
 from rich.markup import escape
+from rich.text import Text
 
 from modelmill.cli.output import JsonOption, console, emit_json, err_console, table
 from modelmill.config import load_settings
@@ -101,7 +102,7 @@ def drift(
         emit_json(result.to_dict())
         return
     rows = [[name, c.type, c.test, f"{c.statistic:.4g}", "" if c.p_value is None else f"{c.p_value:.3g}",
-             c.threshold, f"{c.psi:.3g}", "[red]DRIFT[/]" if c.drift else "ok"] for name, c in result.columns.items()]
+             c.threshold, f"{c.psi:.3g}", Text("DRIFT", style="red") if c.drift else "ok"] for name, c in result.columns.items()]
     table(f"drift: {reference.name} → {current.name}", ["column", "type", "test", "statistic", "p-value",
                                                         "threshold", "psi", "verdict"], rows)
     verdict = "[red]dataset drift[/]" if result.dataset_drift else "no dataset drift"
