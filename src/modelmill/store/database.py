@@ -349,7 +349,7 @@ def _damage(exc: BaseException) -> str | None:
     if isinstance(exc, sqlite3.OperationalError) and text.startswith(("no such table", "no such column")):
         return text
     sqlstate = getattr(exc, "sqlstate", None) or ""
-    if sqlstate in ("42P01", "42703") or sqlstate.startswith("XX00"):  # undefined table/column, data corrupted
+    if sqlstate in ("42P01", "42703", "XX001", "XX002"):  # undefined table, column; data, index corrupted
         return text
     return None
 
