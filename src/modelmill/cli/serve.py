@@ -14,6 +14,8 @@ from modelmill.errors import InputError
 
 __all__ = ["predict_batch", "register", "serve"]
 
+_APP = "modelmill.serving.app:app_from_env"
+
 
 def register(app: typer.Typer) -> None:
     app.command()(serve)
@@ -45,6 +47,7 @@ def serve(
     from modelmill.serving.metrics import prepare_multiprocess_dir
     from modelmill.serving.models import parse_ref
     from modelmill.serving.protocol import UVICORN
+    from modelmill.serving.supervisor import run_workers
 
     for ref in model:
         parse_ref(ref)
@@ -64,8 +67,11 @@ def serve(
         prepare_multiprocess_dir(tempfile.mkdtemp(prefix="modelmill-metrics-"))
     err_console.print(f"modelmill serve: http://{host}:{port} ({workers} worker{'s' if workers > 1 else ''})")
     # uvloop, and httptools with a header-read timeout and a bounded drain (see modelmill.serving.protocol)
-    uvicorn.run("modelmill.serving.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, **UVICORN)
+    if workers > 1:
+        # uvicorn's supervisor, which also drops a dead worker's live gauges from /metrics
+        run_workers(_APP, factory=True, host=host, port=port, workers=workers, log_level=log_level, **UVICORN)
+    else:
+        uvicorn.run(_APP, factory=True, host=host, port=port, log_level=log_level, **UVICORN)
 
 
 def predict_batch(
