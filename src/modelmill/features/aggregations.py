@@ -166,8 +166,9 @@ class AggregateStore(abc.ABC):
         out: list[list[Any] | None] = []
         for entity, buckets in zip(entities, self.read(agg, entities), strict=True):
             if buckets is None:
-                out.append(None)
-                continue
+                # Never seen is no events in any window: a count of 0 and an undefined mean, exactly what the
+                # offline recomputation gives (a NaN count online would be a skew of its own).
+                buckets = {}
             values = done.get(entity)
             if values is None:
                 values = done[entity] = window_values(agg, features, buckets, at_us)

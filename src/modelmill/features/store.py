@@ -228,12 +228,16 @@ class FeatureStore:
             return time.time_ns() // 1000
         return self._newest_in(view)
 
-    def now_us(self) -> int:
-        """The time online reads are judged at when the caller gives none (see :attr:`clock`)."""
+    def now_us(self, *, fresh: bool = False) -> int:
+        """The time online reads are judged at when the caller gives none (see :attr:`clock`).
+
+        Under the event clock the watermark is re-read at most every ``CLOCK_REFRESH_S`` unless ``fresh``:
+        serving asks for it fresh once per lookup batch, so the time it logs is the one the values came from.
+        """
         if self.clock == "wall":
             return time.time_ns() // 1000
         checked, value = self._clock_cache
-        if time.monotonic() - checked > CLOCK_REFRESH_S:
+        if fresh or time.monotonic() - checked > CLOCK_REFRESH_S:
             value = self.watermark() or time.time_ns() // 1000
             self._clock_cache = (time.monotonic(), value)
         return value

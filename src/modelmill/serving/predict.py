@@ -85,7 +85,7 @@ class FeaturePlan:
             # reads were judged at (microseconds; under the event clock, the watermark), which the log keeps
             # so that the skew check recomputes the features as of that time.
             def lookup(rows: Sequence[dict[str, Any]]) -> np.ndarray:
-                at = features.now_us()
+                at = features.now_us(fresh=True)
                 values, status = features.online_vector(rows, refs, at_us=at)
                 return np.hstack([values, status, np.full((len(rows), 1), float(at))])
 
