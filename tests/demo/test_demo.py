@@ -49,6 +49,14 @@ def test_quarter_on_embedded_defaults(tmp_path: Path) -> None:
     [listed] = json.loads(models.stdout)["models"]
     assert listed["name"] == "flights_delay" and listed["versions"] == result["versions"]
     assert result["timings"]
+    # The skew check recomputes every prediction served through the feature route, and finds none skewed.
+    skew = subprocess.run([sys.executable, "-m", "modelmill", "features", "skew", "--model", "flights_delay",
+                           "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("MODELMILL_")})
+    assert skew.returncode == 0, skew.stdout[-2000:] + skew.stderr[-2000:]
+    report = json.loads(skew.stdout)
+    assert report["status"] == "pass" and report["mismatches"] == 0
+    assert report["compared"] == report["rows"] >= result["months"][0]["requests"]
     # `modelmill serve` started in the same folder serves the production version over the OIP.
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "modelmill", "serve", "--port", str(port)], cwd=tmp_path,
