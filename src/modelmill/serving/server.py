@@ -473,8 +473,8 @@ class ModelServer:
             if cache is not None:
                 cache.put(key, out)
         rid, routing_key = choice.request_id, choice.routing_key
-        for sv, sdep in choice.live.shadows:
-            self._mirror(sv.name, sdep, X, rid, routing_key)
+        for sv, sdep in choice.live.shadows:  # a shadow's row carries the request's entities too (skew checks it)
+            self._mirror(sv.name, sdep, X, rid, routing_key, (entities, missing, features_at))
         if self.predlog is not None:
             self.predlog.append(rid, dep.name, dep.version, choice.variant, routing_key, dep.columns, X, out,
                                 (time.perf_counter() - t0) * 1000.0, entities=entities, missing=missing,
@@ -490,16 +490,19 @@ class ModelServer:
                                         choice.routing_key, status, error, (time.perf_counter() - started) * 1000.0,
                                         entities=entities, missing=missing)
 
-    def _mirror(self, variant: str, dep: Deployed, X: np.ndarray, rid: str, routing_key: str | None) -> None:
+    def _mirror(self, variant: str, dep: Deployed, X: np.ndarray, rid: str, routing_key: str | None,
+                meta: tuple[Mapping[str, Any] | None, Sequence[str] | None, int | None] = (None, None, None)) -> None:
         if len(self._shadow_tasks) >= self.config.max_shadow_inflight:
             self.shadow_dropped += 1
             return
-        task = asyncio.get_running_loop().create_task(self._shadow(variant, dep, X, rid, routing_key))
+        task = asyncio.get_running_loop().create_task(self._shadow(variant, dep, X, rid, routing_key, meta))
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)
 
-    async def _shadow(self, variant: str, dep: Deployed, X: np.ndarray, rid: str, routing_key: str | None) -> None:
+    async def _shadow(self, variant: str, dep: Deployed, X: np.ndarray, rid: str, routing_key: str | None,
+                      meta: tuple[Mapping[str, Any] | None, Sequence[str] | None, int | None]) -> None:
         t0 = time.perf_counter()
+        entities, missing, features_at = meta
         try:
             out = await dep.shadow_batcher.submit(X)
             if not np.isfinite(out).all():
@@ -511,8 +514,9 @@ class ModelServer:
             log.debug("shadow %s of %s failed: %s", variant, dep.name, exc)
             if self.predlog is not None:
                 self.predlog.append_failure(rid, dep.name, dep.version, variant, routing_key, 422, type(exc).__name__,
-                                            (time.perf_counter() - t0) * 1000.0)
+                                            (time.perf_counter() - t0) * 1000.0, entities=entities, missing=missing)
             return
         if self.predlog is not None:
             self.predlog.append(rid, dep.name, dep.version, variant, routing_key, dep.columns, X, out,
-                                (time.perf_counter() - t0) * 1000.0)
+                                (time.perf_counter() - t0) * 1000.0, entities=entities, missing=missing,
+                                features_at=features_at)
