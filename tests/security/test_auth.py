@@ -3,6 +3,7 @@ control plane (routes, aliases) works and is audited; predictions are guarded on
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from starlette.testclient import TestClient
 from modelmill.project import Project
 from modelmill.registry import Registry
 from modelmill.security import Authenticator, TokenStore
-from modelmill.serving import RouteTable, ServerConfig, build_server, create_app
+from modelmill.serving import RouteTable, ServerConfig, Variant, build_server, create_app
 from modelmill.serving.oip import OipRoutes
 from modelmill.serving.openapi import openapi_document
 from modelmill.store.tables import audit_log
@@ -25,24 +26,48 @@ from tests.serving.conftest import N_FEATURES, infer_body, make_project, open_pr
 
 X = np.random.default_rng(3).normal(size=(2, N_FEATURES))
 
-# (method, path, body, role needed)
-CONTROL = [
-    ("GET", "/v1/routes", None, "read"),
-    ("GET", "/v1/routes/clf", None, "read"),
-    ("PUT", "/v1/routes/clf", {"variants": [{"name": "a", "version": 1}]}, "admin"),
-    ("DELETE", "/v1/routes/clf", None, "admin"),
-    ("GET", "/v1/models/clf/aliases", None, "read"),
-    ("PUT", "/v1/models/clf/aliases/canary", {"version": 2}, "admin"),
-    ("DELETE", "/v1/models/clf/aliases/canary", None, "admin"),
-]
-DATA = [
-    ("POST", "/v2/models/clf/infer", infer_body(X), "predict"),
-    ("POST", "/v2/models/clf/versions/1/infer", infer_body(X), "predict"),
-    ("GET", "/v2/models/clf", None, "read"),
-    ("GET", "/v2/models/clf/ready", None, "read"),
-    ("GET", "/metrics", None, "read"),
-]
-OPEN = [("GET", "/v2/health/live"), ("GET", "/v2/health/ready"), ("GET", "/v2"), ("GET", "/openapi.json")]
+# Every route the app serves, by (method, path) as it declares them: who may call it, and what it answers then.
+# "open" routes never need a token, "data" routes need one only with auth = "required", "control" routes always
+# do. The tests walk the app's own route table and fail on a route this table does not list.
+PARAMS = {"name": "clf", "version": "1", "alias": "canary"}
+FEATURE_BODY = {"entities": {}, "features": {f"f{i}": float(v) for i, v in enumerate(X[0])}}
+ROUTE = {"variants": [{"name": "b", "version": 1}]}
+EXPECTED: dict[tuple[str, str], tuple[str, str | None, Any, int]] = {
+    ("POST", "/v2/models/{name}/infer"): ("data", "predict", infer_body(X), 200),
+    ("POST", "/v2/models/{name}/versions/{version}/infer"): ("data", "predict", infer_body(X), 200),
+    ("POST", "/v1/models/{name}/predict"): ("data", "predict", FEATURE_BODY, 200),
+    ("GET", "/v2/models/{name}"): ("data", "read", None, 200),
+    ("GET", "/v2/models/{name}/ready"): ("data", "read", None, 200),
+    ("GET", "/v2/models/{name}/versions/{version}"): ("data", "read", None, 200),
+    ("GET", "/v2/models/{name}/versions/{version}/ready"): ("data", "read", None, 200),
+    ("GET", "/metrics"): ("data", "read", None, 200),
+    ("GET", "/v1/routes"): ("control", "read", None, 200),
+    ("GET", "/v1/routes/{name}"): ("control", "read", None, 200),
+    ("PUT", "/v1/routes/{name}"): ("control", "admin", ROUTE, 200),
+    ("DELETE", "/v1/routes/{name}"): ("control", "admin", None, 200),
+    ("GET", "/v1/models/{name}/aliases"): ("control", "read", None, 200),
+    ("PUT", "/v1/models/{name}/aliases/{alias}"): ("control", "admin", {"version": 2}, 200),
+    ("DELETE", "/v1/models/{name}/aliases/{alias}"): ("control", "admin", None, 200),
+    ("GET", "/v2/health/live"): ("open", None, None, 200),
+    ("GET", "/v2/health/ready"): ("open", None, None, 200),
+    ("GET", "/v2"): ("open", None, None, 200),
+    ("GET", "/openapi.json"): ("open", None, None, 200),
+}
+_ORDER = ("GET", "POST", "PUT", "DELETE")  # a change is made before it is undone
+
+
+def app_routes(app: Any) -> list[tuple[str, str]]:
+    """(method, path) of every route ``app`` serves, reads before changes (HEAD is Starlette's, beside each GET)."""
+    found = [(m, r.path) for r in app.routes if isinstance(r, Route) for m in sorted((r.methods or set()) - {"HEAD"})]
+    return sorted(found, key=lambda mp: _ORDER.index(mp[0]))
+
+
+def stored_state(project: Project) -> tuple[Any, ...]:
+    """What a control-plane change writes: the route table, the model's aliases, the audit trail's length."""
+    with project.db.engine.connect() as conn:
+        audited = conn.execute(sa.select(sa.func.count()).select_from(audit_log)).scalar_one()
+    routes = {m: r.as_dict() for m, r in RouteTable(project).all().items()}
+    return routes, Registry(project).aliases("clf"), audited
 
 
 @pytest.fixture(scope="module")
@@ -84,31 +109,39 @@ def call(client: TestClient, method: str, path: str, body: Any, headers: dict[st
 
 
 @pytest.mark.parametrize("mode", ["control", "required"])
-def test_every_guarded_route_answers_401_then_403_then_works(app_for: Any, mode: str) -> None:
-    client, _, secrets = app_for(mode)
+def test_every_route_of_the_app_answers_401_then_403_then_its_status(app_for: Any, mode: str) -> None:
+    client, project, secrets = app_for(mode)
+    routes = app_routes(client.app)
+    assert sorted(routes) == sorted(EXPECTED), "a route of the app is missing from EXPECTED, or the reverse"
+    RouteTable(project).set("clf", [Variant("a", 1)])  # so reading the route answers 200, and deleting it too
     ranks = ["read", "predict", "admin"]
-    guarded = CONTROL + (DATA if mode == "required" else [])
-    for method, path, body, needed in guarded:
-        for headers in (None, bearer("mmt_0123456789ab_nope"), {"Authorization": "Basic abc"}):
+    for method, template in routes:
+        plane, needed, body, status = EXPECTED[method, template]
+        path = template.format(**PARAMS)
+        if plane == "open" or (plane == "data" and mode == "control"):
+            r = call(client, method, path, body)
+            assert r.status_code == status, (method, path, r.text)
+            continue
+        assert needed is not None
+        before = stored_state(project)
+        refusals: list[tuple[dict[str, str] | None, str | None]] = [
+            (h, None) for h in (None, bearer("mmt_0123456789ab_nope"), {"Authorization": "Basic abc"})]
+        refusals += [(bearer(secrets[role]), role) for role in ranks[:ranks.index(needed)]]
+        for headers, role in refusals:
             r = call(client, method, path, body, headers)
-            assert r.status_code == 401, (method, path, r.text)
+            assert r.status_code == (401 if role is None else 403), (method, path, headers, r.text)
             assert r.headers["content-type"] == "application/json" and r.json()["error"]
-            assert r.headers["www-authenticate"].startswith("Bearer")
-        for role in ranks:
-            r = call(client, method, path, body, bearer(secrets[role]))
-            if ranks.index(role) < ranks.index(needed):
-                assert r.status_code == 403, (method, path, role, r.text)
-                assert needed in r.json()["error"] and role in r.json()["error"]
+            if role is None:
+                assert r.headers["www-authenticate"].startswith("Bearer")
             else:
-                assert r.status_code not in (401, 403), (method, path, role, r.text)
-                if method == "PUT":  # leave the state for the DELETE that follows
-                    assert r.status_code == 200, r.text
-                break
-    if mode == "control":  # predictions and metadata answer without a token
-        for method, path, body, _ in DATA:
-            assert call(client, method, path, body).status_code == 200, path
-    for method, path in OPEN:  # health checks and the document never need one
-        assert call(client, method, path, None).status_code == 200, path
+                assert f"role {needed}" in r.json()["error"] and f"has role {role}" in r.json()["error"], r.text
+            # a refused call wrote nothing: not the route table, not the aliases, not the audit trail
+            assert stored_state(project) == before, (method, path, headers)
+        r = call(client, method, path, body, bearer(secrets[needed]))
+        assert r.status_code == status, (method, path, needed, r.text)
+        if method in ("PUT", "DELETE"):  # an allowed change is written and audited once: the check above can see one
+            after = stored_state(project)
+            assert after[:2] != before[:2] and after[2] == before[2] + 1, (method, path)
 
 
 def test_predictions_cost_nothing_when_auth_is_not_required(app_for: Any) -> None:
@@ -124,11 +157,11 @@ def test_predictions_cost_nothing_when_auth_is_not_required(app_for: Any) -> Non
 
 def test_openapi_declares_the_security_it_enforces() -> None:
     control, required = openapi_document(), openapi_document(auth_required=True)
-    assert "security" in control["paths"]["/v1/routes/{name}"]["put"]
-    assert "401" in control["paths"]["/v1/routes/{name}"]["put"]["responses"]
-    assert "security" not in control["paths"]["/v2/models/{name}/infer"]["post"]
-    assert "security" in required["paths"]["/v2/models/{name}/infer"]["post"]
-    assert "security" not in required["paths"]["/v2/health/ready"]["get"]
+    for (method, path), (plane, _, _, _) in EXPECTED.items():
+        declared = ["security" in doc["paths"][path][method.lower()] for doc in (control, required)]
+        assert declared == {"open": [False, False], "data": [False, True], "control": [True, True]}[plane], path
+        if plane != "open":
+            assert "401" in required["paths"][path][method.lower()]["responses"], path
 
 
 def test_routes_and_aliases_change_through_the_api_and_are_audited(app_for: Any) -> None:
@@ -178,18 +211,42 @@ def test_routes_and_aliases_change_through_the_api_and_are_audited(app_for: Any)
     assert actors == {f"token:{token_name}"}
 
 
-def test_revoked_and_new_tokens_are_picked_up_by_the_periodic_reload(app_for: Any) -> None:
+def test_a_revoked_token_is_refused_from_the_first_reload_after_the_revocation(app_for: Any) -> None:
     client, project, secrets = app_for("required")
+    server = client.app.state.server
     store = TokenStore(project)
-    headers = bearer(secrets["predict"])
-    assert client.post("/v2/models/clf/infer", json=infer_body(X), headers=headers).status_code == 200
-    store.revoke(store.verify(secrets["predict"]).id)  # type: ignore[union-attr]
-    _, fresh = store.create("predict", name="fresh")
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:  # reload_interval_s = 0.1
-        old = client.post("/v2/models/clf/infer", json=infer_body(X), headers=headers).status_code
-        new = client.post("/v2/models/clf/infer", json=infer_body(X), headers=bearer(fresh)).status_code
-        if (old, new) == (401, 200):
-            break
-        time.sleep(0.05)
-    assert (old, new) == (401, 200)
+    old, infer = bearer(secrets["predict"]), infer_body(X)
+
+    def status(headers: dict[str, str]) -> int:
+        return int(client.post("/v2/models/clf/infer", json=infer, headers=headers).status_code)
+
+    # A reload runs its hooks in order: `hold` before the token refresh, `count` after it. Holding one reload at
+    # `hold` while the token is revoked fixes the order: the revocation lands before that reload reads the tokens.
+    held, release, armed = threading.Event(), threading.Event(), threading.Event()
+    reads = threading.Semaphore(0)
+
+    def hold() -> None:
+        if armed.is_set():
+            held.set()
+            release.wait(30)
+
+    server.reload_hooks.insert(0, hold)
+    server.reload_hooks.append(reads.release)
+    try:
+        assert status(old) == 200
+        armed.set()
+        assert held.wait(30), "no reload started"  # reloads run every reload_interval_s (0.1 s here)
+        store.revoke(store.verify(secrets["predict"]).id)  # type: ignore[union-attr]
+        fresh = bearer(store.create("predict", name="fresh")[1])
+        # until a reload reads the tokens, the server answers from the ones it has (one dict lookup a request)
+        assert (status(old), status(fresh)) == (200, 401)
+        while reads.acquire(blocking=False):  # forget the reads that finished before the revocation
+            pass
+        armed.clear()
+        release.set()
+        assert reads.acquire(timeout=30), "the held reload never finished"
+        # the first reload to read the tokens after the revocation refuses the revoked token, and knows the new one
+        assert (status(old), status(fresh)) == (401, 200)
+    finally:
+        armed.clear()
+        release.set()

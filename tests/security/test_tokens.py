@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import inspect
+import hmac
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -13,10 +14,11 @@ import sqlalchemy as sa
 from modelmill.config import Settings
 from modelmill.errors import ConflictError, InputError, NotFoundError
 from modelmill.project import Project
-from modelmill.security import ROLES, TokenStore, allows, parse_token
-from modelmill.security import tokens as tokens_module
+from modelmill.security import ROLES, Authenticator, TokenStore, allows, parse_token
 from modelmill.store.tables import audit_log
 from modelmill.store.tables.security import api_tokens
+
+compare_digest = hmac.compare_digest  # the real one, before a test spies on it
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -52,10 +54,33 @@ def test_wrong_secret_unknown_id_and_malformed_tokens_are_refused(store: TokenSt
         assert store.verify(bad) is None, bad
 
 
-def test_comparison_is_constant_time() -> None:
-    # The stored digest is compared with hmac.compare_digest, never with ==.
-    source = inspect.getsource(tokens_module.Token.matches)
-    assert "hmac.compare_digest" in source and "==" not in source
+def test_the_secret_is_checked_by_compare_digest_on_equal_lengths(store: TokenStore,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # What is checked: every verification, by the store and by a server's Authenticator, right or wrong secret of
+    # any length, is decided by hmac.compare_digest on two sha256 digests of equal length (compare_digest's time
+    # depends only on the length). Its timing itself is not measured.
+    token, secret = store.create("read")
+    calls: list[tuple[Any, Any]] = []
+    verdict: list[bool | None] = [None]  # None: compare_digest decides; True or False: it is overruled
+
+    def spy(a: Any, b: Any) -> bool:
+        calls.append((a, b))
+        real = compare_digest(a, b)
+        return real if verdict[0] is None else verdict[0]
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    auth = Authenticator(store)
+    auth.refresh()
+    header = f"Bearer {secret}"
+    wrong = [secret[:-1] + ("A" if secret[-1] != "A" else "B"), secret + "x" * 50, f"mmt_{token.id}_x"]
+    assert store.verify(secret) is not None and auth.authenticate(header) is not None
+    assert all(store.verify(w) is None and auth.authenticate(f"Bearer {w}") is None for w in wrong)
+    assert len(calls) == 2 + 2 * len(wrong)
+    assert all(isinstance(a, str) and isinstance(b, str) and len(a) == len(b) == 64 for a, b in calls), calls
+    verdict[0] = False  # the right secret is refused when compare_digest says no: nothing else decides
+    assert store.verify(secret) is None and auth.authenticate(header) is None
+    verdict[0] = True  # and a wrong one passes when it says yes (so there is no other comparison before it)
+    assert store.verify(wrong[0]) is not None and auth.authenticate(f"Bearer {wrong[0]}") is not None
 
 
 def test_roles_nest_and_unknown_roles_are_refused(store: TokenStore) -> None:
