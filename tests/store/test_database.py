@@ -50,9 +50,12 @@ def test_unreachable_server_is_a_clear_error() -> None:
     assert info.value.backend == "database" and "127.0.0.1:1" in str(info.value)
 
 
-def _writer(url: str, worker: int, rows: int) -> None:
+def _writer(url: str, worker: int, rows: int, barrier: Any) -> None:
+    barrier.wait()  # every process is up before any migrates: the migrations race each other
     db = Database(url).ensure_schema()
     for i in range(rows):
+        if i == rows // 2:
+            barrier.wait()  # no one writes its second half before everyone has written its first
         with db.begin() as conn:
             db.audit(conn, actor=f"w{worker}", action="write", subject=f"{worker}:{i}", detail={"i": i})
     db.close()
@@ -61,16 +64,25 @@ def _writer(url: str, worker: int, rows: int) -> None:
 def test_eight_processes_writing_at_once_lose_no_rows(pg_url: str) -> None:
     """8 processes migrate and write the same PostgreSQL database concurrently."""
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(pg_url, w, 50)) for w in range(8)]
+    # Without the barrier, 8 spawned processes on 2 cores may start (and finish) one after another.
+    barrier = ctx.Barrier(8, timeout=120)
+    procs = [ctx.Process(target=_writer, args=(pg_url, w, 50, barrier)) for w in range(8)]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(120)
+        p.join(180)
         assert p.exitcode == 0
     with Database(pg_url) as db, db.engine.connect() as conn:
-        subjects = conn.execute(sa.select(audit_log.c.subject)).scalars().all()
+        rows = conn.execute(sa.select(audit_log.c.id, audit_log.c.subject).order_by(audit_log.c.id)).all()
+    subjects = [r.subject for r in rows]
     assert len(subjects) == 8 * 50
     assert set(subjects) == {f"{w}:{i}" for w in range(8) for i in range(50)}
+    # Each process did its part while all the others were writing: every first half committed before any
+    # second half (ids are taken in insert order), so the eight writing lifetimes overlapped.
+    half = [int(s.split(":")[1]) >= 25 for s in subjects]
+    assert half == sorted(half)
+    first_writers = {s.split(":")[0] for s, second in zip(subjects, half, strict=True) if not second}
+    assert first_writers == {str(w) for w in range(8)}
 
 
 # ---- a damaged database is a StoreError that says what is wrong ---------------------------------------------

@@ -53,8 +53,30 @@ def report(metrics: dict[str, float]) -> str:
 flaky = Pipeline("flaky", [load, train, report])
 
 
+_met: list[bool] = []
+
+
+def _meet() -> None:
+    """With ``MM_TEST_MEET=DIR:N``, a process's first step waits until N processes have reached theirs.
+
+    A barrier across processes (a file each in DIR) so that concurrent schedulers are concurrent: the first
+    to start holds its first trigger until the others have claimed one of their own. Bounded: after 60 s it
+    goes on, and the test that counts who ran what fails instead of hanging.
+    """
+    spec = os.environ.get("MM_TEST_MEET")
+    if not spec or _met:
+        return
+    _met.append(True)
+    folder, parties = spec.rsplit(":", 1)
+    Path(folder, str(os.getpid())).touch()
+    deadline = time.monotonic() + 60
+    while len(os.listdir(folder)) < int(parties) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 @step(inputs=["tag"], outputs=["done"])
 def slow_mark(tag: str) -> str:
+    _meet()
     time.sleep(0.2)  # long enough for two schedulers to overlap
     _count("slow_mark", f":{tag}")
     return tag

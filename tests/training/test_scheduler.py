@@ -25,8 +25,11 @@ MARKER = "tests.training.sample_pipelines:marker"
 
 
 def _schedulers(home: Path, counter: Path, n: int, db: str | None = None) -> list[dict[str, object]]:
+    meet = counter.parent / "meet"  # each scheduler's first step waits for the others' (sample_pipelines._meet)
+    meet.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELMILL_")}
-    env |= {"MODELMILL_HOME": str(home), "PYTHONPATH": str(ROOT), "MM_TEST_COUNTER": str(counter)}
+    env |= {"MODELMILL_HOME": str(home), "PYTHONPATH": str(ROOT), "MM_TEST_COUNTER": str(counter),
+            "MM_TEST_MEET": f"{meet}:{n}"}
     if db:
         env["MODELMILL_DB"] = db
     procs = [subprocess.Popen([sys.executable, "-m", "modelmill", "scheduler", "--once", "--json"], cwd=ROOT,
@@ -49,6 +52,8 @@ def _exactly_once(project: Project, home: Path, tmp_path: Path, db: str | None =
     outs = _schedulers(home, counter, 2, db)
     ran = [t["id"] for out in outs for t in out["ran"]]  # type: ignore[union-attr,index]
     assert sorted(ran) == sorted(ids), outs  # each trigger ran, and by one scheduler only
+    # both schedulers ran triggers: they competed for the queue, rather than one draining it alone
+    assert len({out["worker"] for out in outs}) == 2 and all(out["ran"] for out in outs), outs
     assert sorted(counter.read_text().split()) == sorted(f"slow_mark:t{i}" for i in range(6))
     with project.db.engine.connect() as conn:
         rows = conn.execute(sa.select(triggers)).all()
