@@ -8,17 +8,16 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-
-from modelmill.serving.predlog import PredictionLog
+from tests.prediction_log import prediction_log
 
 
 def log_served(offline: Any, model: str, rows: Sequence[tuple[str, str, int, str, float, float | None]]) -> None:
     """Log ``(request_id, variant, version, routing_key, output, label)`` rows with the server's writer, and the
     labels that arrived (``None``: no label yet) into offline table ``labels``."""
-    writer = PredictionLog(offline)
-    for rid, variant, version, key, output, _ in rows:
-        writer.append(rid, model, version, variant, key, ("x",), np.array([[output]]), np.array([output]), 1.0)
-    assert writer.flush() == len(rows)
+    with prediction_log(offline) as writer:
+        for rid, variant, version, key, output, _ in rows:
+            writer.append(rid, model, version, variant, key, ("x",), np.array([[output]]), np.array([output]), 1.0)
+    assert writer.written == len(rows)
     labelled = [(rid, label) for rid, *_, label in rows if label is not None]
     if labelled:
         ts = pa.array([dt.datetime.now(dt.UTC)] * len(labelled), pa.timestamp("us", tz="UTC"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.util
-import json
 import shutil
 import uuid
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from modelmill.project import Project
 from tests.conftest import need
+from tests.prediction_log import prediction_log
 
 
 def need_binary(name: str, how: str) -> str:
@@ -42,23 +42,18 @@ def weather() -> pd.DataFrame:
 def log_predictions(project: Project, *, model: str, version: int, ts: dt.datetime, features: pd.DataFrame,
                     outputs: np.ndarray, latency_ms: np.ndarray | float, variant: str = "main",
                     spread_s: float = 60.0) -> list[str]:
-    """Append rows to the prediction log in serving's schema; returns their request ids."""
+    """Log one request per row of ``features`` (numbers only, as the server receives them) through the server's
+    writer, stamped evenly over ``spread_s`` seconds from ``ts``; returns their request ids."""
     n = len(features)
     ids = [uuid.uuid4().hex for _ in range(n)]
-    stamps = [ts + dt.timedelta(seconds=spread_s * i / max(n, 1)) for i in range(n)]
+    stamps = {rid: ts + dt.timedelta(seconds=spread_s * i / max(n, 1)) for i, rid in enumerate(ids)}
+    columns = tuple(str(c) for c in features.columns)
+    X = features.to_numpy(dtype=np.float64)  # a string feature fails here: the log holds only numbers
+    out = np.asarray(outputs, dtype=np.float64)
     lat = np.broadcast_to(np.asarray(latency_ms, dtype=np.float64), (n,))
-    table = pa.table({
-        "request_id": pa.array(ids, pa.string()),
-        "ts": pa.array(stamps, pa.timestamp("us", tz="UTC")),
-        "model": pa.array([model] * n, pa.string()),
-        "version": pa.array([version] * n, pa.int64()),
-        "variant": pa.array([variant] * n, pa.string()),
-        "routing_key": pa.array([None] * n, pa.string()),
-        "features": pa.array([json.dumps(r) for r in features.to_dict(orient="records")], pa.string()),
-        "output": pa.array(np.asarray(outputs, dtype=np.float64)),
-        "latency_ms": pa.array(lat),
-    })
-    project.offline.write("predictions", table, time_column="ts")
+    with prediction_log(project.offline, at=stamps) as writer:
+        for i, rid in enumerate(ids):
+            writer.append(rid, model, version, variant, None, columns, X[i:i + 1], out[i:i + 1], float(lat[i]))
     return ids
 
 

@@ -23,14 +23,14 @@ def _history(project: Project) -> None:
     """A model whose inputs drift over six hourly windows, with delayed labels."""
     rng = np.random.default_rng(11)
     train = pd.DataFrame({"temp": rng.normal(5, 6, 5000), "dewp": rng.normal(-3, 7, 5000),
-                          "origin": rng.choice(["EWR", "JFK", "LGA"], 5000)})
+                          "origin": rng.integers(0, 3, 5000)})  # origin's code, as the server receives it
     ReferenceStore(project).compute("flights", 1, train, predictions=rng.beta(2, 5, 5000))
     t0 = dt.datetime(2013, 7, 1, tzinfo=dt.UTC)
     monitor = Monitor(project, MonitoringConfig(window=3600.0))
     for h in range(6):
         shift = 4.0 * h
         feats = pd.DataFrame({"temp": rng.normal(5 + shift, 6, 600), "dewp": rng.normal(-3 + shift, 7, 600),
-                              "origin": rng.choice(["EWR", "JFK", "LGA"], 600)})
+                              "origin": rng.integers(0, 3, 600)})
         y = rng.integers(0, 2, 600)
         out = np.clip(0.5 * y + rng.random(600) * 0.5 - 0.05 * h, 0, 1)
         at = t0 + dt.timedelta(hours=h)
