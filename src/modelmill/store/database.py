@@ -142,12 +142,20 @@ class Database:
                           backend="database", url=mask_url(self.url), reason=reason)
 
     def _translate_error(self, context: sa.engine.ExceptionContext) -> BaseException | None:
-        """Turn a driver error that means "this database is damaged" into one clear StoreError.
+        """Turn a driver error that means "this database is damaged" into one clear StoreError, and a server
+        that went away (refused connection, cut connection) into :class:`BackendUnavailable`.
 
-        Other errors (a lock timeout, a constraint the caller catches, a lost connection) pass unchanged.
+        Other errors (a lock timeout, a constraint the caller catches) pass unchanged. The pool's pre-ping is
+        left alone: its failure is how a restarted server is reconnected to transparently.
         """
         reason = _damage(context.original_exception)
-        return None if reason is None else self._damaged(reason)
+        if reason is not None:
+            return self._damaged(reason)
+        if self.dialect != "sqlite" and not context.is_pre_ping and (
+                context.is_disconnect or (context.connection is None
+                                          and isinstance(context.sqlalchemy_exception, sa.exc.OperationalError))):
+            return BackendUnavailable("database", mask_url(self.url), _first_line(context.original_exception))
+        return None
 
     def _load_json(self, text: str) -> Any:
         try:
