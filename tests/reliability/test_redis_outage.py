@@ -101,7 +101,8 @@ class Load:
                 time.sleep(0.002)
 
     def since(self, t: float, until: float = float("inf")) -> list[tuple[float, str, int, float, Any]]:
-        return [r for r in self.results if t <= r[0] < until]
+        """Requests sent at ``t`` or later and answered before ``until``."""
+        return [r for r in list(self.results) if r[0] - r[3] >= t and r[0] < until]
 
 
 def test_serving_survives_a_redis_outage_and_recovers_by_itself(tmp_path: Path, redis_server: RedisServer,
@@ -110,36 +111,38 @@ def test_serving_survives_a_redis_outage_and_recovers_by_itself(tmp_path: Path, 
     redis.Redis.from_url(redis_server.url).save()  # what a restarted Redis loads back
     proc = serve(root, "--model", "clf@production", "--model", "risk@production")
     load = Load(proc.url).start()
+    # Each phase lasts until it holds enough requests (counts, not seconds); the outage at least 4 s too.
     try:
-        time.sleep(2.0)
+        wait_for(lambda: len(load.since(0)) >= 100, 30, "requests before the outage")
+        kill_at = time.monotonic()
+        redis_server.kill()  # a crash, not a clean shutdown; returns once the port is closed
         down_at = time.monotonic()
-        redis_server.kill()  # a crash, not a clean shutdown
-        time.sleep(4.0)
+        wait_for(lambda: len(load.since(down_at)) >= 200 and time.monotonic() - down_at >= 4.0, 60,
+                 "requests during the outage")
         up_at = time.monotonic()
         redis_server.start()
-        wait_for(lambda: any(r[1] == "predict" and r[2] == 200 for r in load.since(up_at)), 15,
+        wait_for(lambda: any(r[1] == "predict" and r[2] == 200 for r in load.since(up_at)), 30,
                  "feature-backed predictions answering again")
         recovered_at = time.monotonic()
-        time.sleep(1.5)
+        wait_for(lambda: len(load.since(recovered_at)) >= 100, 30, "requests after the recovery")
     finally:
         load.stop()
 
-    before, during = load.since(0, down_at), load.since(down_at + 0.5, up_at)
-    after = load.since(recovered_at)
-    assert len(before) > 50 and len(during) > 100 and len(after) > 50
+    before, during, after = load.since(0, kill_at), load.since(down_at, up_at), load.since(recovered_at)
     # OIP inference never fails: the cache is bypassed while Redis is away
     infer = [r for r in load.results if r[1] == "infer"]
     assert {r[2] for r in infer} == {200}
     # feature-backed predictions: 200 before, a clear 503 naming Redis during, 200 after; never a 5xx other than 503
     assert {r[2] for r in before} == {200} and {r[2] for r in after} == {200}
     outage = [r for r in during if r[1] == "predict"]
-    assert outage and {r[2] for r in outage} == {503}
+    assert len(outage) >= 100 and {r[2] for r in outage} == {503}
     assert all("redis" in r[4]["error"] and "unreachable" in r[4]["error"] for r in outage)
     assert not [r for r in load.results if r[2] >= 500 and r[2] != 503]
-    # answers stay fast: no request waits on a dead server
-    slow = sorted(r[3] for r in during)
-    assert slow[int(0.99 * (len(slow) - 1))] < 0.5
+    # no request waits on the dead server: once two lookups failed (the breaker's threshold), every other
+    # answer during the outage is the open circuit's, given without calling Redis at all
+    called = [r[4]["error"] for r in outage if "calls are refused until it answers a PING" not in r[4]["error"]]
+    assert len(called) <= 2, called
     # no error storm: the server's log does not grow with every failed lookup
     assert len(proc.log.read_text().splitlines()) < 50, proc.log.read_text()[-3000:]
-    # recovered within a few seconds, with no restart of the server
-    assert recovered_at - up_at < 10 and proc.proc.poll() is None
+    # recovered by itself, with no restart of the server
+    assert proc.proc.poll() is None
