@@ -37,7 +37,11 @@ def payloads(start: int, stop: int) -> list[bytes]:
 
 
 class Producer(threading.Thread):
-    """Publishes N_EVENTS in batches, re-sending a batch whose acks did not all come back."""
+    """Publishes N_EVENTS in batches, re-sending a batch whose acks did not all come back.
+
+    Half-way it stops (``paused`` is set) until the test sets ``resume``, so the crash lands in the middle of
+    the stream by construction, whatever the machine's speed.
+    """
 
     def __init__(self, url: str, deadline: float) -> None:
         super().__init__(daemon=True)
@@ -45,12 +49,17 @@ class Producer(threading.Thread):
         self.deadline = deadline
         self.sent = 0
         self.retries = 0
+        self.paused = threading.Event()
+        self.resume = threading.Event()
         self.error: BaseException | None = None
 
     def run(self) -> None:
         publisher = None
         try:
             while self.sent < N_EVENTS and time.monotonic() < self.deadline:
+                if self.sent == N_EVENTS // 2 and not self.resume.is_set():
+                    self.paused.set()
+                    self.resume.wait(max(0.0, self.deadline - time.monotonic()))
                 batch = payloads(self.sent, min(self.sent + BATCH, N_EVENTS))
                 try:
                     if publisher is None:
@@ -120,10 +129,12 @@ def test_nats_crash_mid_ingestion_loses_and_doubles_nothing(tmp_path: Path, nats
     try:
         producer.start()
         consumer.start()
-        wait_for(lambda: stored(project)[0] > 2_000, 30, "the first events written")
-        assert producer.sent < N_EVENTS, "the restart must land in the middle of the stream"
+        # the crash lands mid-stream: half the events published, the ingestor part-way through them
+        wait_for(lambda: producer.paused.is_set() and stored(project)[0] > 2_000, 30, "the first events written")
+        at_kill = stored(project)[1]
         nats_server.kill()
-        time.sleep(1.0)
+        producer.resume.set()  # its next batches meet the dead broker
+        time.sleep(1.0)  # how long the broker stays away (nothing is judged by it)
         nats_server.start()
         wait_for(lambda: producer.sent >= N_EVENTS and stored(project)[1] >= N_EVENTS, 60,
                  "every event stored after the restart")
@@ -136,3 +147,4 @@ def test_nats_crash_mid_ingestion_loses_and_doubles_nothing(tmp_path: Path, nats
     total, distinct = stored(project)
     assert (total, distinct) == (N_EVENTS, N_EVENTS)  # nothing lost, nothing doubled
     assert producer.retries + consumer.restarts > 0  # the restart was felt
+    assert 0 < at_kill < N_EVENTS
