@@ -11,7 +11,6 @@ columns in signature order is accepted too. The output is ``output``,
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,14 +19,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 import modelmill
-from modelmill.errors import InputError, ModelmillError
+from modelmill.errors import InputError
 from modelmill.registry import check_version
 from modelmill.serving import metrics
 from modelmill.serving.limits import read_body
 from modelmill.serving.responses import Incoming, error_response, json_response
 from modelmill.serving.server import Choice, Deployed, ModelServer, Prediction
 
-__all__ = ["DATATYPES", "OipRoutes", "decode_inputs", "parse_infer_request", "record"]
+__all__ = ["DATATYPES", "OipRoutes", "decode_inputs", "parse_infer_request"]
 
 # OIP datatype -> numpy dtype (little-endian, as the binary extension sends them).
 DATATYPES: dict[str, np.dtype[Any]] = {
@@ -326,27 +325,5 @@ class OipRoutes:
             response = error_response(exc, timeout_s=limits.request_timeout_s)
         finally:
             stats.inflight -= 1
-        record(server, name, "infer", choice, response.status_code, t0, failure)
+        server.record(name, "infer", choice, response.status_code, t0, failure)
         return response
-
-
-def record(server: ModelServer, model: str, route: str, choice: Choice | None, status: int, t0: float,
-           error: BaseException | None = None, *, entities: Mapping[str, Any] | None = None,
-           missing: Sequence[str] | None = None) -> None:
-    """Count one answered request and its latency (unknown model names share one label).
-
-    A request is labelled with the variant and version chosen for it, whether it succeeded or
-    failed, so a failing canary's errors are charged to the canary; only a request refused
-    before a variant was chosen (unknown model, malformed body) has empty labels. A failed
-    request with a chosen variant is written to the prediction log too (a success was logged
-    when it was answered), so the log alone holds every outcome.
-    """
-    if status != 200 and choice is not None:
-        if missing is None and isinstance(error, ModelmillError):
-            missing = error.context.get("missing")
-        server.log_failure(choice, status, type(error).__name__ if error is not None else f"HTTP {status}", t0,
-                           entities=entities, missing=missing)
-    version, variant = (str(choice.deployed.version), choice.variant) if choice is not None else ("", "")
-    if choice is None and not server.serves(model):
-        model = "(unknown)"
-    metrics.REQUESTS.answered(route, model, version, variant, str(status), time.perf_counter() - t0)

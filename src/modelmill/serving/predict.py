@@ -33,7 +33,6 @@ from modelmill.features.online import EXPIRED
 from modelmill.serving import metrics
 from modelmill.serving.batching import Batcher
 from modelmill.serving.limits import TooManyRows, read_body
-from modelmill.serving.oip import record
 from modelmill.serving.responses import Incoming, ModelFailed, error_response, json_response, status_of
 from modelmill.serving.server import Choice, Deployed, ModelServer, Prediction
 
@@ -297,7 +296,7 @@ class PredictRoute:
                 failure, status = exc, status_of(exc)
                 out = {"error": exc.message if isinstance(exc, ModelmillError) else f"internal error: "
                        f"{type(exc).__name__}", "status": status}
-            record(self.server, name, "predict", chosen[0] if chosen else None, status, t0, failure,
+            self.server.record(name, "predict", chosen[0] if chosen else None, status, t0, failure,
                    entities=entities)
             return out
 
@@ -338,6 +337,6 @@ class PredictRoute:
         finally:
             metrics.REQUESTS.inflight -= 1
         if not batch:
-            record(server, name, "predict", chosen[0] if chosen else None, response.status_code, t0, failure,
+            server.record(name, "predict", chosen[0] if chosen else None, response.status_code, t0, failure,
                    entities=entities)
         return response

@@ -481,14 +481,28 @@ class ModelServer:
                                 features_at=features_at)
         return Prediction(out, dep.name, dep.version, choice.variant, rid, cached)
 
-    def log_failure(self, choice: Choice, status: int, error: str, started: float, *,
-                    entities: Mapping[str, Any] | None = None, missing: Sequence[str] | None = None) -> None:
-        """Log a request the chosen variant did not answer (so the log alone counts every outcome)."""
-        if self.predlog is not None:
+    def record(self, model: str, route: str, choice: Choice | None, status: int, t0: float,
+               error: BaseException | None = None, *, entities: Mapping[str, Any] | None = None,
+               missing: Sequence[str] | None = None) -> None:
+        """Count one answered request and its latency (unknown model names share one label).
+
+        A request is labelled with the variant and version chosen for it, whether it succeeded or
+        failed, so a failing canary's errors are charged to the canary; only a request refused
+        before a variant was chosen (unknown model, malformed body) has empty labels. A failed
+        request with a chosen variant is written to the prediction log too (a success was logged
+        when it was answered), so the log alone holds every outcome.
+        """
+        if status != 200 and choice is not None and self.predlog is not None:
+            if missing is None and isinstance(error, ModelmillError):
+                missing = error.context.get("missing")
             dep = choice.deployed
-            self.predlog.append_failure(choice.request_id, dep.name, dep.version, choice.variant,
-                                        choice.routing_key, status, error, (time.perf_counter() - started) * 1000.0,
-                                        entities=entities, missing=missing)
+            self.predlog.append_failure(choice.request_id, dep.name, dep.version, choice.variant, choice.routing_key,
+                                        status, type(error).__name__ if error is not None else f"HTTP {status}",
+                                        (time.perf_counter() - t0) * 1000.0, entities=entities, missing=missing)
+        version, variant = (str(choice.deployed.version), choice.variant) if choice is not None else ("", "")
+        if choice is None and not self.serves(model):
+            model = "(unknown)"
+        metrics.REQUESTS.answered(route, model, version, variant, str(status), time.perf_counter() - t0)
 
     def _mirror(self, variant: str, dep: Deployed, X: np.ndarray, rid: str, routing_key: str | None,
                 meta: tuple[Mapping[str, Any] | None, Sequence[str] | None, int | None] = (None, None, None)) -> None:
