@@ -8,7 +8,7 @@ PYTEST_ARGS ?= -m "not slow"
 # out (about 4 minutes on 2 cores). `make demo DEMO_MONTHS=6` stops after June.
 DEMO_MONTHS ?= 12
 
-.PHONY: demo test lint typecheck pytest bench services clean
+.PHONY: demo test lint typecheck pytest bench mutation services clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -34,8 +34,13 @@ bench: $(STAMP)
 	bash scripts/install-wrk.sh
 	@for b in benchmarks/*.py; do case $$b in */_*) continue;; esac; echo "== $$b"; $(PY) $$b || exit 1; done
 
+# Mutation testing of the safety-carrying modules (long: about an hour on 2 cores; not part of `make test`).
+# `make mutation MUTATION_MODULES="serving.limits rollout.guardrails"` runs only those.
+mutation: $(STAMP)
+	VENV=$(VENV) bash scripts/mutation.sh $(MUTATION_MODULES)
+
 services:
 	bash scripts/services.sh
 
 clean:
-	rm -rf $(VENV) .modelmill .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .modelmill .pytest_cache .mypy_cache .ruff_cache mutants
