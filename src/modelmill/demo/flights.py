@@ -48,11 +48,11 @@ from modelmill.monitoring import (
     log_losses,
     summarize,
 )
-from modelmill.monitoring.performance import query_arrow
 from modelmill.project import Project
 from modelmill.registry import Registry
 from modelmill.rollout import Guardrails, RolloutController, ServingGuardrails
 from modelmill.serving import RouteTable, Variant
+from modelmill.store.feedback import Feedback, write_labels
 from modelmill.store.maps import map_frame
 from modelmill.training import Scheduler, trigger
 
@@ -363,9 +363,7 @@ class FlightsDemo:
 
     def _end_of_day(self, now: pd.Timestamp) -> None:
         if self._labels:
-            table = pa.Table.from_pylist(self._labels, schema=pa.schema(
-                [("request_id", pa.string()), ("ts", pa.timestamp("us", tz="UTC")), ("label", pa.int64())]))
-            self.project.offline.write("labels", table, time_column="ts")
+            write_labels(self.project.offline, self.options.model, self._labels)
             self._labels = []
         assert self.controller is not None
         state = self._rollout()
@@ -432,15 +430,11 @@ class FlightsDemo:
 
     def _drift(self, ok: pd.DataFrame, row: MonthRow) -> tuple[float | None, list[str]]:
         production = row.production
-        if production is None or not self.project.offline.exists("predictions"):
+        if production is None:
             return None, []
-        ids = pa.array(ok["request_id"].dropna().tolist(), pa.string())
-        con = self.project.offline.connect(["predictions"])
-        con.register("ids", pa.table({"request_id": ids}))
-        logged = query_arrow(
-            con, "SELECT p.features, p.output FROM predictions p JOIN ids USING (request_id) WHERE p.version = ? "
-            "AND p.variant NOT LIKE 'shadow%'", [production])
-        if logged.num_rows < 100:
+        logged = Feedback(self.project.offline).served_features(
+            self.options.model, production, request_ids=ok["request_id"].dropna().tolist(), exclude_prefix="shadow")
+        if logged is None or logged.num_rows < 100:
             return None, []
         current = map_frame(logged.column("features"))
         outputs = logged.column("output").to_numpy(zero_copy_only=False).astype("float64")

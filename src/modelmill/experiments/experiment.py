@@ -34,6 +34,7 @@ from modelmill.experiments.analysis import Analysis, analyze_frame
 from modelmill.experiments.assignment import Assigner
 from modelmill.experiments.metrics import SERVED_METRICS, direction_of
 from modelmill.experiments.stats import srm_test
+from modelmill.store.feedback import Feedback
 from modelmill.store.tables.experiments import experiment_exposures, experiments
 
 __all__ = ["Arm", "Experiment", "Experiments", "parse_arms"]
@@ -262,15 +263,11 @@ class Experiments:
     def sync_exposures(self, name: str) -> int:
         """Log the first exposure of every routing key in the served model's prediction log."""
         exp = self.get(name)
-        if exp.model is None or not self.project.offline.exists("predictions"):
+        if exp.model is None:
             return 0
-        known = [v.name for v in exp.variants]
-        with self.project.offline.connect(["predictions"]) as con:
-            rows = con.execute(
-                "SELECT routing_key, variant, epoch(min(ts)) FROM predictions WHERE model = ? AND routing_key "
-                "IS NOT NULL AND ts >= to_timestamp(?) AND list_contains(?, variant) GROUP BY 1, 2",
-                [exp.model, exp.created_at, known]).fetchall()
-        return self.log_exposures(name, [(str(u), str(v), float(t)) for u, v, t in rows])
+        rows = Feedback(self.project.offline).assignments(exp.model, since=exp.created_at,
+                                                          variants=[v.name for v in exp.variants])
+        return self.log_exposures(name, rows)
 
     def status(self, name: str) -> dict[str, Any]:
         """The definition, exposures per variant and the sample-ratio p-value."""
@@ -305,20 +302,11 @@ class Experiments:
                              min_sample_size=exp.min_sample_size, direction=direction or exp.direction)
 
     def _joined_log(self, exp: Experiment) -> pd.DataFrame:
-        offline = self.project.offline
+        assert exp.model is not None  # analyze() refuses an experiment without a served model
         metric = exp.primary_metric
-        labelled = metric in _LABELLED
-        if not offline.exists("predictions") or (labelled and not offline.exists("labels")):
-            return pd.DataFrame()
-        tables = ["predictions", "labels"] if labelled else ["predictions"]
-        join = ("SELECT p.*, l.label FROM predictions p JOIN (SELECT request_id, last(label ORDER BY ts) AS label "
-                "FROM labels GROUP BY 1) l USING (request_id)") if labelled else "SELECT * FROM predictions"
         # A failed request (a row without output) has no score; it counts in the rollout guardrails, not here.
-        answered = " AND output IS NOT NULL" if metric in ("output", "log_loss", "brier") else ""
-        with offline.connect(tables) as con:
-            frame = con.execute(
-                f"SELECT * FROM ({join}) WHERE model = ? AND routing_key IS NOT NULL AND ts >= to_timestamp(?)"
-                f"{answered}", [exp.model, exp.created_at]).df()
+        frame = Feedback(self.project.offline).routed(exp.model, since=exp.created_at, labelled=metric in _LABELLED,
+                                                      answered=metric in ("output", "log_loss", "brier"))
         if metric in ("log_loss", "brier") and not frame.empty:
             from modelmill.monitoring import log_losses
 

@@ -30,6 +30,7 @@ import pandas as pd
 
 from modelmill.errors import InputError, NotFoundError
 from modelmill.features.definitions import match_columns
+from modelmill.store.feedback import Feedback
 from modelmill.store.maps import map_records
 
 if TYPE_CHECKING:
@@ -107,23 +108,13 @@ def skew_report(
     """Per feature, the rate at which the served value differs from the training-set value at the same time."""
     from modelmill.features.store import to_us
 
-    offline = store.project.offline
-    if not offline.exists(table):
+    feedback = Feedback(store.project.offline, predictions=table)
+    if not feedback.has_predictions():
         raise NotFoundError("offline table", table, "serving writes the prediction log there; serve some requests")
-    where = ["features IS NOT NULL", "output IS NOT NULL"]  # answered requests only
-    if model is not None:
-        where.append(f"model = '{model.replace(chr(39), chr(39) * 2)}'")
-    if since is not None:
-        where.append(f"epoch_us(ts) >= {to_us(since, 'since')}")
-    if until is not None:
-        where.append(f"epoch_us(ts) <= {to_us(until, 'until')}")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise InputError("limit", "must be a positive integer", limit)
-    with offline.connect([table]) as con:
-        names = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
-    columns = ["request_id", "ts", "model", "version", "features"] + [
-        c for c in ("entities", "features_at") if c in names]
-    log = offline.read(table, columns=columns, where=" AND ".join(where))
+    log = feedback.served_inputs(model=model, since_us=None if since is None else to_us(since, "since"),
+                                 until_us=None if until is None else to_us(until, "until"))
     if limit is not None and log.num_rows > limit:
         log = log.slice(log.num_rows - limit)
 

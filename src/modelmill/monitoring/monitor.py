@@ -47,9 +47,10 @@ from modelmill.monitoring.alerts import (
 )
 from modelmill.monitoring.drift import DriftOptions, DriftReport
 from modelmill.monitoring.exporter import MonitoringExporter
-from modelmill.monitoring.performance import METRICS, PerformanceMonitor, parse_duration, query_arrow
+from modelmill.monitoring.performance import METRICS, PerformanceMonitor, parse_duration
 from modelmill.monitoring.reference import ReferenceStore
 from modelmill.project import Project
+from modelmill.store.feedback import Feedback
 from modelmill.store.maps import map_frame
 from modelmill.store.tables.monitoring import monitoring_windows
 
@@ -129,13 +130,13 @@ class ProjectMeasure:
         start, end = _utc(now - rule.window), _utc(now)
         if rule.kind == "latency_p95":
             perf = PerformanceMonitor(self.project)
-            if not self.project.offline.exists(perf.predictions_table):
+            if not perf.feedback.has_predictions():
                 return {}
             rows = perf.latency(window=rule.window * 2, start=start, end=end, model=rule.model)
             return _by_group(rows, "p95_ms")
         if rule.kind == "metric_below_baseline":
             perf = PerformanceMonitor(self.project)
-            if not (self.project.offline.exists("predictions") and self.project.offline.exists("labels")):
+            if not (perf.feedback.has_predictions() and perf.feedback.has_labels()):
                 return {}
             return _by_group(perf.summary(start=start, end=end, model=rule.model), rule.metric)
         if rule.kind == "drift_share":
@@ -264,24 +265,16 @@ class Monitor:
 
     def logged_features(self, model: str, version: int, *, start: float, end: float) -> pd.DataFrame | None:
         """The logged features (one column each) and outputs (column ``__output__``) of a window."""
-        if not self.project.offline.exists("predictions"):
-            return None
-        with self.project.offline.connect(["predictions"]) as con:
-            tbl = query_arrow(con, "SELECT features, output FROM predictions WHERE model = ? AND version = ? "
-                              "AND ts >= ? AND ts < ?", [model, version, _utc(start), _utc(end)])
-        if tbl.num_rows == 0:
+        tbl = Feedback(self.project.offline).served_features(model, version, start=_utc(start), end=_utc(end))
+        if tbl is None or tbl.num_rows == 0:
             return None
         frame = map_frame(tbl.column("features"))
         frame["__output__"] = tbl.column("output").to_numpy(zero_copy_only=False)
         return frame
 
     def served_versions(self, *, start: float, end: float) -> list[tuple[str, int]]:
-        if not self.project.offline.exists("predictions"):
-            return []
-        with self.project.offline.connect(["predictions"]) as con:
-            rows = con.execute("SELECT DISTINCT model, version FROM predictions WHERE ts >= ? AND ts < ? "
-                               "ORDER BY model, version", [_utc(start), _utc(end)]).fetchall()
-        return [(m, int(v)) for m, v in rows if not self.config.models or m in self.config.models]
+        rows = Feedback(self.project.offline).served_versions(start=_utc(start), end=_utc(end))
+        return [(m, v) for m, v in rows if not self.config.models or m in self.config.models]
 
     def run_once(self, now: float | None = None) -> dict[str, Any]:
         """Drift and quality of the last window for every served version, stored; then the rules.
@@ -294,7 +287,7 @@ class Monitor:
         start = now - self.config.window
         perf = PerformanceMonitor(self.project)
         quality: list[dict[str, Any]] = []
-        if self.project.offline.exists("predictions") and self.project.offline.exists("labels"):
+        if perf.feedback.has_predictions() and perf.feedback.has_labels():
             quality = perf.summary(start=_utc(start), end=_utc(now))
         windows = []
         refs = ReferenceStore(self.project)

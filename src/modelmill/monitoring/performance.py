@@ -1,9 +1,8 @@
 """Delayed-label performance: labels that arrive later, joined to the prediction log by request id.
 
-The prediction log (offline table ``predictions``: request_id, ts, model,
-version, variant, output, latency_ms, …) and the labels (offline table
-``labels``: request_id, ts, label) are joined in DuckDB; when a request was
-labelled twice the latest label wins. Metrics are then computed per model
+The prediction log and the labels are joined by :class:`modelmill.store.Feedback`
+(the one label join): when a request was labelled twice the label with the
+newest ``ts`` wins. Metrics are then computed per model
 version, variant and time bucket with numpy:
 
     >>> import numpy as np
@@ -14,7 +13,6 @@ version, variant and time bucket with numpy:
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import math
 from collections.abc import Sequence
@@ -25,8 +23,9 @@ import numpy as np
 import pyarrow as pa
 from scipy import stats
 
-from modelmill.errors import InputError, NotFoundError
+from modelmill.errors import InputError
 from modelmill.project import Project
+from modelmill.store.feedback import Feedback
 
 __all__ = [
     "METRICS",
@@ -116,22 +115,6 @@ def query_arrow(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] 
     return table
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class _Window:
-    start: dt.datetime | None
-    end: dt.datetime | None
-
-    def where(self, column: str) -> tuple[str, list[Any]]:
-        parts, params = [], []
-        if self.start is not None:
-            parts.append(f"{column} >= ?")
-            params.append(self.start)
-        if self.end is not None:
-            parts.append(f"{column} < ?")
-            params.append(self.end)
-        return (" AND ".join(parts) or "TRUE"), params
-
-
 class PerformanceMonitor:
     """Rolling model quality and latency from the prediction log and the delayed labels."""
 
@@ -145,27 +128,14 @@ class PerformanceMonitor:
     def __repr__(self) -> str:
         return f"PerformanceMonitor({self.project!r}, predictions_table={self.predictions_table!r})"
 
-    def _require(self, table: str) -> None:
-        if not self.project.offline.exists(table):
-            raise NotFoundError("offline table", table, "nothing has been logged yet; serve some predictions first")
+    @property
+    def feedback(self) -> Feedback:
+        return Feedback(self.project.offline, predictions=self.predictions_table, labels=self.labels_table)
 
     def joined(self, *, start: dt.datetime | None = None, end: dt.datetime | None = None,
                model: str | None = None) -> pa.Table:
         """Predictions that have a label: model, version, variant, ts, output, label (latest per request)."""
-        self._require(self.predictions_table)
-        self._require(self.labels_table)
-        where, params = _Window(start=start, end=end).where("p.ts")
-        if model is not None:
-            where += " AND p.model = ?"
-            params.append(model)
-        sql = f"""
-            SELECT p.model, p.version, p.variant, p.ts, p.output, l.label
-            FROM {self.predictions_table} p
-            JOIN (SELECT request_id, CAST(arg_max(label, ts) AS DOUBLE) AS label
-                  FROM {self.labels_table} GROUP BY request_id) l USING (request_id)
-            WHERE {where} ORDER BY p.ts"""
-        with self.project.offline.connect([self.predictions_table, self.labels_table]) as con:
-            return query_arrow(con, sql, params)
+        return self.feedback.labelled(model=model, start=start, end=end)
 
     def rolling(self, *, window: str | float = "1h", start: dt.datetime | None = None,
                 end: dt.datetime | None = None, model: str | None = None,
@@ -184,20 +154,7 @@ class PerformanceMonitor:
     def latency(self, *, window: str | float = "1h", start: dt.datetime | None = None,
                 end: dt.datetime | None = None, model: str | None = None) -> list[dict[str, Any]]:
         """p50/p95/p99 latency (ms) and request count per model, version, variant and time bucket."""
-        self._require(self.predictions_table)
-        seconds = int(parse_duration(window))
-        where, params = _Window(start=start, end=end).where("ts")
-        if model is not None:
-            where += " AND model = ?"
-            params.append(model)
-        sql = f"""
-            SELECT model, version, variant, time_bucket(INTERVAL '{seconds} seconds', ts) AS bucket,
-                   count(*) AS n, quantile_cont(latency_ms, 0.5) AS p50_ms,
-                   quantile_cont(latency_ms, 0.95) AS p95_ms, quantile_cont(latency_ms, 0.99) AS p99_ms
-            FROM {self.predictions_table} WHERE {where}
-            GROUP BY ALL ORDER BY bucket, model, version, variant"""
-        with self.project.offline.connect([self.predictions_table]) as con:
-            return [dict(r) for r in query_arrow(con, sql, params).to_pylist()]
+        return self.feedback.latency(bucket_s=int(parse_duration(window)), start=start, end=end, model=model)
 
 
 def _grouped(table: pa.Table, by: Sequence[str], seconds: float | None, threshold: float) -> list[dict[str, Any]]:

@@ -281,9 +281,9 @@ def build_report(project: Project, *, model: str | None = None, window: str | fl
     start = dt.datetime.fromtimestamp(since, tz=dt.UTC) if since is not None else None
     metrics: list[dict[str, Any]] = []
     latency: list[dict[str, Any]] = []
-    if project.offline.exists("predictions"):
+    if perf.feedback.has_predictions():
         latency = perf.latency(window=window, start=start, model=model)
-        if project.offline.exists("labels"):
+        if perf.feedback.has_labels():
             metrics = perf.rolling(window=window, start=start, model=model)
     drift = reference = current = None
     latest = next((w for w in reversed(windows) if w.get("drift")), None)

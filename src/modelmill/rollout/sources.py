@@ -29,7 +29,7 @@ import numpy as np
 
 from modelmill.monitoring.performance import log_losses
 from modelmill.rollout.guardrails import Observation
-from modelmill.serving.predlog import is_error
+from modelmill.store.feedback import Feedback, is_error
 
 __all__ = ["GuardrailSource", "RouteSink", "ServingGuardrails", "ServingRoutes", "Target"]
 
@@ -136,21 +136,7 @@ class ServingGuardrails:
     # ---- the prediction log ----------------------------------------------------------------
 
     def _log(self, model: str, since: float) -> Any:
-        offline = self.project.offline
-        if not offline.exists("predictions"):
-            return None
-        labels = offline.exists("labels")
-        tables = ["predictions", "labels"] if labels else ["predictions"]
-        label = ("(SELECT last(l.label ORDER BY l.ts) FROM labels l WHERE l.request_id = p.request_id)"
-                 if labels else "NULL")
-        with offline.connect(tables) as con:
-            cols = {r[0] for r in con.execute("DESCRIBE predictions").fetchall()}
-            # A log written before outcomes were logged holds answered requests only.
-            status = "coalesce(p.status, 200)" if "status" in cols else "200"
-            return con.execute(
-                f"SELECT p.request_id, p.variant, epoch(p.ts) AS t, p.latency_ms, p.output, {status} AS status, "
-                f"{label} AS label FROM predictions p WHERE p.model = ? AND p.ts >= to_timestamp(?)",
-                [model, since]).df()
+        return Feedback(self.project.offline).outcomes(model, since=since)
 
     def window(self, model: str, *, since: float, mark: Mapping[str, Any],
                shadows: Sequence[str] = ()) -> dict[str, Observation]:
