@@ -12,6 +12,7 @@ from modelmill.cli import (
     experiment,
     features,
     ingest,
+    labels,
     models,
     monitor,
     rollout,
@@ -44,6 +45,7 @@ experiment.register(app)
 rollout.register(app)
 serve.register(app)
 monitor.register(app)
+labels.register(app)
 token.register(app)
 
 
