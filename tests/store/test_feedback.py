@@ -160,3 +160,14 @@ def test_a_bad_label_names_its_field_and_nothing_is_stored(tmp_path: Path, row: 
         write_labels(store, "m", [{"id": "a", "label": 1}, row])
     assert err.value.field == field
     assert not store.exists("labels")
+
+
+def test_a_label_sent_again_without_ts_is_a_duplicate_and_a_changed_one_wins(tmp_path: Path) -> None:
+    store = OfflineStore(str(tmp_path))
+    _log(store, ["a"])
+    assert write_labels(store, "m", [{"id": "a", "label": 1}], now=T0.timestamp()).accepted == 1
+    again = write_labels(store, "m", [{"id": "a", "label": 1}, {"id": "a", "label": 1}], now=T0.timestamp() + 60)
+    assert again.as_dict() == {"accepted": 0, "duplicates": 2, "unknown": 0}
+    assert write_labels(store, "m", [{"id": "a", "label": 0}], now=T0.timestamp() + 120).accepted == 1
+    assert Feedback(store).labelled(model="m").column("label").to_pylist() == [0.0]
+    assert store.read("labels").num_rows == 2

@@ -362,7 +362,7 @@ class LabelCounts:
         return dataclasses.asdict(self)
 
 
-def _label_row(i: int, row: Any, now_us: int) -> tuple[str, int, float]:
+def _label_row(i: int, row: Any, now_us: int) -> tuple[str, int | None, float]:
     """One label as (request id, ts in microseconds, value), or an InputError naming the field."""
     where = f"labels[{i}]"
     if not isinstance(row, Mapping):
@@ -377,13 +377,13 @@ def _label_row(i: int, row: Any, now_us: int) -> tuple[str, int, float]:
         value = int(value)
     if not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
         raise InputError(f"{where}.label", "must be a finite number", value)
-    return rid, _label_time(row.get("ts"), f"{where}.ts", now_us), float(value)
+    return rid, _label_time(row.get("ts"), f"{where}.ts"), float(value)
 
 
-def _label_time(value: Any, field: str, now_us: int) -> int:
-    # A missing ts (absent, null, or an empty cell read as NaN/NaT) is the time the label arrived.
+def _label_time(value: Any, field: str) -> int | None:
+    # A missing ts (absent, null, or an empty cell read as NaN/NaT): None, stamped with the arrival time.
     if value is None or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
-        return now_us
+        return None
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return int(float(value) * 1_000_000)
     try:
@@ -391,7 +391,7 @@ def _label_time(value: Any, field: str, now_us: int) -> int:
     except (ValueError, TypeError):
         raise InputError(field, "must be an ISO 8601 time such as 2026-12-01T10:00:00Z", value) from None
     if ts is pd.NaT:
-        return now_us
+        return None
     if ts.tzinfo is None:
         ts = ts.tz_localize("UTC")
     return int(ts.value // 1000)
@@ -457,7 +457,7 @@ class Feedback:
         """Validate and store a batch of labels; returns how many were accepted, duplicates or unknown.
 
         ``ts`` (an ISO 8601 time, a datetime or epoch seconds) is when the outcome was observed; without
-        it, now. Readers take the label with the newest ``ts`` per request id, so a late correction
+        it, now (and a repeat of the id's current label is then a duplicate, whatever its stored ``ts``). Readers take the label with the newest ``ts`` per request id, so a late correction
         wins and an out-of-order older label does not. A label whose prediction is not logged yet is
         stored (the log is written in batches, so a label can overtake its prediction) and counted as
         unknown. A bad row raises :class:`~modelmill.errors.InputError` naming it (``labels[3].label``)
@@ -471,9 +471,10 @@ class Feedback:
             return LabelCounts()
         ids = [r for r, _, _ in parsed]
         batch = pa.table({"request_id": pa.array(ids, pa.string()),
-                          "ts_us": pa.array([t for _, t, _ in parsed], pa.int64()),
+                          "ts_us": pa.array([now_us if t is None else t for _, t, _ in parsed], pa.int64()),
                           "label": pa.array([y for _, _, y in parsed], pa.float64())})
-        stored: set[tuple[str, int, float]] = set()
+        stored: set[tuple[str, int | None, float]] = set()
+        current: dict[str, float] = {}
         known: set[str] = set()
         tables = [t for t in (self.predictions, self.labels) if self.offline.exists(t)]
         with self.offline.connect(tables) as con:
@@ -484,6 +485,12 @@ class Feedback:
                     f"SELECT DISTINCT b.request_id, b.ts_us, b.label FROM batch b JOIN {self.labels} l "
                     "ON l.request_id = b.request_id AND epoch_us(l.ts) = b.ts_us AND CAST(l.label AS DOUBLE) = b.label"
                     + same_model, [model] if same_model else []).fetchall()}
+                # A label sent without ts repeats the id's current label when it equals it.
+                received = "coalesce(epoch_us(received_at), -1)" if "received_at" in _columns(con, self.labels) else "-1"
+                current = {r: float(y) for r, y in con.execute(
+                    f"SELECT l.request_id, arg_max(CAST(l.label AS DOUBLE), {{'t': epoch_us(l.ts), 'r': {received}}}) "
+                    f"FROM {self.labels} l WHERE l.request_id IN (SELECT request_id FROM batch)"
+                    + same_model + " GROUP BY 1", [model] if same_model else []).fetchall()}
             if self.predictions in tables:
                 known = {r for (r,) in con.execute(
                     f"SELECT DISTINCT request_id FROM {self.predictions} WHERE model = ? "
@@ -491,7 +498,7 @@ class Feedback:
         keep: list[int] = []
         accepted = unknown = 0
         for i, key in enumerate(parsed):
-            if key in stored:
+            if key in stored or (key[1] is None and current.get(key[0]) == key[2]):
                 continue
             stored.add(key)  # a repeat later in the same batch is a duplicate too
             keep.append(i)
