@@ -162,9 +162,10 @@ def test_label_loss_fails_on_a_significant_rise_above_the_allowed_increase_only(
     noisy = rng.normal(0.30, 2.0, 60)
     assert _one(Observation(requests=60, label_losses=noisy + 0.03),
                 Observation(requests=60, label_losses=rng.normal(0.30, 2.0, 60)), ONLY_LABELS).status == "pass"
-    # constant losses (no variance): any rise above the allowance is a failure, none is a pass
-    flat = Observation(requests=100, label_losses=np.full(100, 0.3))
-    assert _one(Observation(requests=100, label_losses=np.full(100, 0.4)), flat, ONLY_LABELS).status == "fail"
+    # constant losses (no variance; binary fractions, so the variance is exactly 0): any rise above the
+    # allowance is a failure, none is a pass
+    flat = Observation(requests=100, label_losses=np.full(100, 0.25))
+    assert _one(Observation(requests=100, label_losses=np.full(100, 0.5)), flat, ONLY_LABELS).status == "fail"
     assert _one(flat, flat, ONLY_LABELS).status == "pass"
     # exactly the allowed increase is not "more than" it
     allowance = Guardrails(max_label_loss_increase=0.25, max_error_rate_increase=None, max_latency_ratio=None,

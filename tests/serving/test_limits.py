@@ -7,6 +7,7 @@ promise of the module and fails when one operator or constant of it changes (doc
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,8 +18,9 @@ from modelmill.errors import ConfigError, InputError
 from modelmill.serving.limits import BodyTooLarge, Deadlines, Limits, TooManyRows, read_body
 from modelmill.serving.responses import error_response
 
-COUNTS = ("max_body_bytes", "max_batch_rows", "max_id_chars")
-SECONDS = ("request_timeout_s", "header_timeout_s")
+# every count and every time the settings hold (drain_bytes, the one count that may be 0, is tested on its own)
+COUNTS = tuple(f.name for f in dataclasses.fields(Limits) if f.type == "int" and f.name != "drain_bytes")
+SECONDS = tuple(f.name for f in dataclasses.fields(Limits) if f.type == "float")
 
 
 @pytest.mark.parametrize("key", COUNTS)
@@ -99,6 +101,10 @@ def test_a_body_of_several_chunks_is_read_whole_in_order() -> None:
     assert _read(_chunks(b"ab", b"", b"cd", b"e"), {}, 5) == (b"abcde", 4)
     assert _read(_chunks(b"abcde"), {"content-length": "5"}, 5) == (b"abcde", 1)
     assert _read(_chunks(b""), {}, 5) == (b"", 1)
+    # ASGI: "body" and "more_body" may be left out, meaning b"" and False
+    assert _read([{"type": "http.request"}], {}, 5) == (b"", 1)
+    assert _read([{"type": "http.request", "body": b"ab", "more_body": True}, {"type": "http.request"}], {}, 5) \
+        == (b"ab", 2)
 
 
 def test_a_body_of_exactly_the_limit_passes_and_one_byte_more_is_refused_without_reading_further() -> None:
@@ -114,7 +120,7 @@ def test_a_declared_length_over_the_limit_is_refused_before_any_read() -> None:
     receive, calls = _receiver(_chunks(b"x" * 6))
     with pytest.raises(BodyTooLarge) as info:
         asyncio.run(read_body(receive, {"content-length": "6"}, 5))
-    assert calls[0] == 0 and "(6 bytes)" in info.value.message
+    assert calls[0] == 0 and "(6 bytes); the limit is 5 bytes" in info.value.message
     # a declared length at the limit is read
     assert _read(_chunks(b"x" * 5), {"content-length": "5"}, 5)[0] == b"xxxxx"
 
