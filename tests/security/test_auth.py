@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 
 from modelmill.project import Project
 from modelmill.registry import Registry
-from modelmill.security import Authenticator, TokenStore
+from modelmill.security import ROLES, Authenticator, TokenStore, allows
 from modelmill.serving import RouteTable, ServerConfig, Variant, build_server, create_app
 from modelmill.serving.oip import OipRoutes
 from modelmill.serving.openapi import openapi_document
@@ -32,6 +32,7 @@ X = np.random.default_rng(3).normal(size=(2, N_FEATURES))
 PARAMS = {"name": "clf", "version": "1", "alias": "canary"}
 FEATURE_BODY = {"entities": {}, "features": {f"f{i}": float(v) for i, v in enumerate(X[0])}}
 ROUTE = {"variants": [{"name": "b", "version": 1}]}
+LABELS = {"labels": [{"id": "no-such-prediction", "label": 1}]}
 EXPECTED: dict[tuple[str, str], tuple[str, str | None, Any, int]] = {
     ("POST", "/v2/models/{name}/infer"): ("data", "predict", infer_body(X), 200),
     ("POST", "/v2/models/{name}/versions/{version}/infer"): ("data", "predict", infer_body(X), 200),
@@ -48,6 +49,7 @@ EXPECTED: dict[tuple[str, str], tuple[str, str | None, Any, int]] = {
     ("GET", "/v1/models/{name}/aliases"): ("control", "read", None, 200),
     ("PUT", "/v1/models/{name}/aliases/{alias}"): ("control", "admin", {"version": 2}, 200),
     ("DELETE", "/v1/models/{name}/aliases/{alias}"): ("control", "admin", None, 200),
+    ("POST", "/v1/models/{name}/labels"): ("control", "label", LABELS, 200),
     ("GET", "/v2/health/live"): ("open", None, None, 200),
     ("GET", "/v2/health/ready"): ("open", None, None, 200),
     ("GET", "/v2"): ("open", None, None, 200),
@@ -85,7 +87,7 @@ def app_for(project_root: Path) -> Iterator[Callable[[str], tuple[TestClient, Pr
         store = TokenStore(project)
         for t in store.list(include_revoked=False):
             store.revoke(t.id)
-        secrets = {role: store.create(role)[1] for role in ("read", "predict", "admin")}
+        secrets = {role: store.create(role)[1] for role in ROLES}
         config = ServerConfig(models=["clf@production"], reload_interval_s=0.1, log_predictions=False, auth=mode)
         app = create_app(build_server(project, config), auth=Authenticator(store, mode=mode))
         client = TestClient(app).__enter__()
@@ -114,7 +116,6 @@ def test_every_route_of_the_app_answers_401_then_403_then_its_status(app_for: An
     routes = app_routes(client.app)
     assert sorted(routes) == sorted(EXPECTED), "a route of the app is missing from EXPECTED, or the reverse"
     RouteTable(project).set("clf", [Variant("a", 1)])  # so reading the route answers 200, and deleting it too
-    ranks = ["read", "predict", "admin"]
     for method, template in routes:
         plane, needed, body, status = EXPECTED[method, template]
         path = template.format(**PARAMS)
@@ -126,7 +127,7 @@ def test_every_route_of_the_app_answers_401_then_403_then_its_status(app_for: An
         before = stored_state(project)
         refusals: list[tuple[dict[str, str] | None, str | None]] = [
             (h, None) for h in (None, bearer("mmt_0123456789ab_nope"), {"Authorization": "Basic abc"})]
-        refusals += [(bearer(secrets[role]), role) for role in ranks[:ranks.index(needed)]]
+        refusals += [(bearer(secrets[role]), role) for role in ROLES if not allows(role, needed)]
         for headers, role in refusals:
             r = call(client, method, path, body, headers)
             assert r.status_code == (401 if role is None else 403), (method, path, headers, r.text)
@@ -142,6 +143,11 @@ def test_every_route_of_the_app_answers_401_then_403_then_its_status(app_for: An
         if method in ("PUT", "DELETE"):  # an allowed change is written and audited once: the check above can see one
             after = stored_state(project)
             assert after[:2] != before[:2] and after[2] == before[2] + 1, (method, path)
+        elif method == "POST" and plane == "control":  # posted labels leave routes and aliases alone, and are audited once
+            after = stored_state(project)
+            assert after[:2] == before[:2] and after[2] == before[2] + 1, (method, path)
+        if plane == "control" and needed != "admin":  # and admin may do what any other role may
+            assert call(client, method, path, body, bearer(secrets["admin"])).status_code == status, (method, path)
 
 
 def test_predictions_cost_nothing_when_auth_is_not_required(app_for: Any) -> None:

@@ -84,8 +84,11 @@ def test_the_secret_is_checked_by_compare_digest_on_equal_lengths(store: TokenSt
 
 
 def test_roles_nest_and_unknown_roles_are_refused(store: TokenStore) -> None:
-    assert ROLES == ("read", "predict", "admin")
+    assert ROLES == ("read", "predict", "label", "admin")
     assert allows("admin", "read") and allows("predict", "read") and not allows("read", "predict")
+    # label and predict are siblings: each reads, neither may do the other's job; admin does both
+    assert allows("label", "label") and allows("label", "read") and allows("admin", "label")
+    assert not allows("label", "predict") and not allows("predict", "label") and not allows("label", "admin")
     assert not allows("nobody", "read")
     with pytest.raises(InputError, match="role"):
         store.create("root")

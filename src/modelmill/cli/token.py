@@ -23,7 +23,8 @@ def _when(ts: float | None) -> str:
 
 @app.command()
 def create(
-    role: str = typer.Option(..., "--role", "-r", help=f"One of {', '.join(ROLES)}; each includes the ones before."),
+    role: str = typer.Option(..., "--role", "-r", help=f"One of {', '.join(ROLES)}: read looks, predict also predicts, "
+                              "label also posts labels, admin does all."),
     name: str | None = typer.Option(None, "--name", "-n", help="A name to recognise it by (default: ROLE-ID)."),
     as_json: bool = JsonOption,
 ) -> None:

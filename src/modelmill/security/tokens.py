@@ -2,8 +2,11 @@
 
 A token reads ``mmt_<id>_<secret>``: ``id`` (12 hex digits) finds its row,
 ``secret`` (32 random bytes) is what proves it. Only the sha256 of the whole
-token is stored, so a copy of the database grants nothing. Roles nest:
-``admin`` may do what ``predict`` may, and ``predict`` what ``read`` may.
+token is stored, so a copy of the database grants nothing. Roles grant
+(:data:`GRANTS`): ``read`` looks; ``predict`` also predicts; ``label`` also
+posts ground truth (``POST /v1/models/{name}/labels``) but may not predict,
+so a labelling job's token cannot be used to query the model; ``admin`` may
+do everything.
 
     >>> import tempfile
     >>> from modelmill.config import Settings
@@ -13,8 +16,8 @@ token is stored, so a copy of the database grants nothing. Roles nest:
     >>> token, secret = store.create("predict", name="web")
     >>> secret.startswith("mmt_"), token.role, store.verify(secret).name
     (True, 'predict', 'web')
-    >>> allows(token.role, "read"), allows(token.role, "admin")
-    (True, False)
+    >>> allows(token.role, "read"), allows(token.role, "admin"), allows(token.role, "label")
+    (True, False, False)
     >>> store.revoke("web").revoked
     True
     >>> store.verify(secret) is None
@@ -37,20 +40,29 @@ import sqlalchemy as sa
 from modelmill.errors import ConflictError, InputError, NotFoundError
 from modelmill.store.tables.security import api_tokens
 
-__all__ = ["PREFIX", "ROLES", "Token", "TokenStore", "allows", "hash_token", "parse_token"]
+__all__ = ["GRANTS", "PREFIX", "ROLES", "Token", "TokenStore", "allows", "hash_token", "parse_token"]
 
-#: Roles from least to most; each may do everything the ones before it may.
-ROLES = ("read", "predict", "admin")
+#: The roles a token may have, from least to most.
+ROLES = ("read", "predict", "label", "admin")
+#: What each role may call: a route needs one of these names. ``label`` and ``predict`` are siblings, not
+#: ranks: a feedback job posting labels has no business predicting, nor a client predicting labelling.
+GRANTS: dict[str, frozenset[str]] = {
+    "read": frozenset({"read"}),
+    "predict": frozenset({"read", "predict"}),
+    "label": frozenset({"read", "label"}),
+    "admin": frozenset(ROLES),
+}
 PREFIX = "mmt_"
 
-_RANK = {role: i for i, role in enumerate(ROLES)}
 _ID = re.compile(r"^[0-9a-f]{12}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:\-]{0,99}$")
 
 
 def allows(role: str, needed: str) -> bool:
-    """Whether a token of ``role`` may call something that needs ``needed``."""
-    return _RANK.get(role, -1) >= _RANK[needed]
+    """Whether a token of ``role`` may call something that needs ``needed`` (one of :data:`ROLES`)."""
+    if needed not in GRANTS:  # a route guarded by a misspelt role is a bug, not a route nobody may call
+        raise KeyError(f"unknown role {needed!r}; roles are {', '.join(ROLES)}")
+    return needed in GRANTS.get(role, frozenset())
 
 
 def hash_token(token: str) -> str:
@@ -69,7 +81,7 @@ def parse_token(token: str) -> str | None:
 
 
 def check_role(role: Any) -> str:
-    if role not in _RANK:
+    if role not in GRANTS:
         raise InputError("role", f"must be one of {', '.join(ROLES)}", role)
     return str(role)
 

@@ -36,6 +36,7 @@ from starlette.types import Receive, Scope, Send
 from modelmill.security import Authenticator, TokenStore
 from modelmill.serving import metrics
 from modelmill.serving.admin import AdminRoutes
+from modelmill.serving.labels import LabelRoute
 from modelmill.serving.oip import OipRoutes
 from modelmill.serving.openapi import openapi_document, served_example
 from modelmill.serving.predict import PredictRoute
@@ -67,6 +68,7 @@ def create_app(server: ModelServer, *, auth: Authenticator | None = None) -> Ser
     oip = OipRoutes(server)
     predict = PredictRoute(server)
     admin = AdminRoutes(server)
+    labels = LabelRoute(server)
     spec: list[bytes] = []
     data, guard = auth.guard_data, auth.guard
 
@@ -101,6 +103,7 @@ def create_app(server: ModelServer, *, auth: Authenticator | None = None) -> Ser
         Route("/v1/models/{name}/aliases", guard(admin.get_aliases, "read"), methods=["GET"]),
         Route("/v1/models/{name}/aliases/{alias}", guard(admin.put_alias, "admin"), methods=["PUT"]),
         Route("/v1/models/{name}/aliases/{alias}", guard(admin.delete_alias, "admin"), methods=["DELETE"]),
+        Route("/v1/models/{name}/labels", guard(labels.post, "label"), methods=["POST"]),
         Route("/metrics", data(prometheus, "read"), methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]

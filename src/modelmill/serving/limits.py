@@ -14,14 +14,17 @@ from typing import Any
 
 from modelmill.errors import ConfigError, InputError
 
-__all__ = ["BodyTooLarge", "Deadlines", "Limits", "TooManyRows", "read_body"]
+__all__ = ["BodyTooLarge", "Deadlines", "Limits", "TooManyRows", "client_id", "read_body"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Limits:
-    """``max_body_bytes`` -> 413, ``max_batch_rows`` -> 413, ``request_timeout_s`` -> 408, ``max_id_chars`` -> 400.
+    """``max_body_bytes`` -> 413, ``max_batch_rows`` -> 413, ``request_timeout_s`` -> 408, ``max_id_chars`` -> 400,
+    ``max_labels`` -> 413.
 
     ``max_id_chars`` bounds a client's request ``id``, which is stored with every prediction.
+    ``max_labels`` bounds the labels of one ``POST /v1/models/{name}/labels`` (each batch is checked
+    against the prediction log and the stored labels in one query, so its cost grows with its size).
     The connection-level two are applied by :mod:`modelmill.serving.protocol`:
     ``header_timeout_s`` -> 408 for a request head that has not fully arrived in time, and
     ``drain_bytes``, how much of a body the server reads and drops after answering early (a
@@ -32,11 +35,12 @@ class Limits:
     max_batch_rows: int = 4096
     request_timeout_s: float = 10.0
     max_id_chars: int = 256
+    max_labels: int = 10_000
     header_timeout_s: float = 10.0
     drain_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
-        for key in ("max_body_bytes", "max_batch_rows", "max_id_chars", "drain_bytes"):
+        for key in ("max_body_bytes", "max_batch_rows", "max_id_chars", "max_labels", "drain_bytes"):
             value = getattr(self, key)
             least = 0 if key == "drain_bytes" else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -65,6 +69,21 @@ class TooManyRows(InputError):
 
     def __init__(self, field: str, limit: int, rows: int) -> None:
         super().__init__(field, f"has {rows} rows; the limit is {limit} per request; split the batch")
+
+
+def client_id(value: Any, field: str, limit: int) -> str | None:
+    """A client's request ``id`` (None when it sent none), which becomes the prediction's id; or an InputError.
+
+    >>> client_id("order-7", "id", 256), client_id(None, "id", 256)
+    ('order-7', None)
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InputError(field, "must be a string", value)
+    if len(value) > limit:  # it is logged with every prediction
+        raise InputError(field, f"has {len(value)} characters; the limit is {limit} (serving.max_id_chars)")
+    return value
 
 
 async def read_body(receive: Any, headers: Any, limit: int) -> bytes:

@@ -22,7 +22,7 @@ import modelmill
 from modelmill.errors import InputError
 from modelmill.registry import check_version
 from modelmill.serving import metrics
-from modelmill.serving.limits import read_body
+from modelmill.serving.limits import client_id, read_body
 from modelmill.serving.responses import Incoming, error_response, json_response
 from modelmill.serving.server import Choice, Deployed, ModelServer, Prediction
 
@@ -157,11 +157,7 @@ def parse_infer_request(body: bytes, header_length: int | None, *,
     inputs = _field(req, "inputs", list, "body")
     if not inputs:
         raise InputError("inputs", "must hold at least one tensor")
-    rid = req.get("id")
-    if rid is not None and not isinstance(rid, str):
-        raise InputError("id", "must be a string", rid)
-    if rid is not None and len(rid) > max_id_chars:  # it is logged with every prediction
-        raise InputError("id", f"has {len(rid)} characters; the limit is {max_id_chars} (serving.max_id_chars)")
+    client_id(req.get("id"), "id", max_id_chars)
     params = req.get("parameters")
     if params is not None and not isinstance(params, dict):
         raise InputError("parameters", "must be an object", params)

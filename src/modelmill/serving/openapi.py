@@ -121,6 +121,8 @@ SCHEMAS: dict[str, Any] = {
             "features": {"type": "object", "description": "Request-time features.",
                          "additionalProperties": {"type": "number"}},
             "routing_key": {"type": "string"},
+            "id": {"type": "string", "description": "The prediction's id (default: one the server picks), "
+                   "at most serving.max_id_chars characters: post its label under it."},
         },
     },
     "PredictRequest": {
@@ -129,7 +131,9 @@ SCHEMAS: dict[str, Any] = {
             _ref("PredictInstance"),
             {"type": "object", "required": ["instances"],
              "properties": {"instances": {"type": "array", "minItems": 1, "items": _ref("PredictInstance")},
-                            "routing_key": {"type": "string"}}},
+                            "routing_key": {"type": "string"},
+                            "id": {"type": "string", "description": "Instance i without its own id gets "
+                                                                    "<id>/<i>."}}},
         ],
     },
     "Variant": {
@@ -162,6 +166,28 @@ SCHEMAS: dict[str, Any] = {
     "AliasSet": {"type": "object", "required": ["name", "alias", "version"],
                  "properties": {"name": {"type": "string"}, "alias": {"type": "string"},
                                 "version": {"type": "integer"}}},
+    "Label": {
+        "type": "object", "required": ["id", "label"],
+        "properties": {"id": {"oneOf": [{"type": "string", "minLength": 1}, {"type": "integer"}],
+                              "description": "The prediction's id: its request_id, or the client's own id."},
+                       "label": {"oneOf": [{"type": "number"}, {"type": "boolean"}],
+                                 "description": "The observed outcome (true and false are 1 and 0)."},
+                       "ts": {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "number"}],
+                              "nullable": True,
+                              "description": "When the outcome was observed, ISO 8601 or epoch seconds (default: "
+                                             "now); per id the label with the newest ts wins."}},
+    },
+    "LabelsRequest": {"type": "object", "required": ["labels"], "additionalProperties": False,
+                      "properties": {"labels": {"type": "array", "minItems": 1, "items": _ref("Label")}}},
+    "LabelCounts": {
+        "type": "object", "required": ["accepted", "duplicates", "unknown"],
+        "properties": {"accepted": {"type": "integer", "minimum": 0,
+                                    "description": "Stored, for a logged prediction of the model."},
+                       "duplicates": {"type": "integer", "minimum": 0,
+                                      "description": "Already stored (or repeated in the batch): not stored again."},
+                       "unknown": {"type": "integer", "minimum": 0,
+                                   "description": "Stored, but no prediction of the model has that id (yet)."}},
+    },
     "Deleted": {"type": "object", "required": ["deleted"], "properties": {"deleted": {"type": "boolean"}}},
     "Prediction": {
         "type": "object", "required": ["prediction", "model", "version", "variant", "request_id"],
@@ -259,6 +285,10 @@ def _admin_paths() -> dict[str, Any]:
             **_control("delete", [name, _ALIAS], "Delete an alias (role admin)",
                        _json(_ref("Deleted"), "Deleted.")),
         },
+        "/v1/models/{name}/labels": _control("post", [name], "Store ground truth for a model's predictions "
+                                             "(role label or admin)",
+                                             _json(_ref("LabelCounts"), "How the labels were counted."),
+                                             "LabelsRequest"),
     }
 
 
@@ -334,7 +364,8 @@ def _with_examples(doc: dict[str, Any], model: str, version: int, columns: Seque
                                            for c in columns]}
     bodies = {"InferRequest": infer,
               "RouteRequest": {"variants": [{"name": "default", "version": version}], "reason": "example"},
-              "AliasRequest": {"version": version, "reason": "example"}}
+              "AliasRequest": {"version": version, "reason": "example"},
+              "LabelsRequest": {"labels": [{"id": "example-1", "label": 1, "ts": "2026-12-01T10:00:00Z"}]}}
     for ops in doc["paths"].values():
         for op in ops.values():
             for param in op.get("parameters", []):

@@ -4,7 +4,8 @@ Request::
 
     {"entities": {"carrier": "UA", "origin": "EWR"},   # keys of the model's feature service
      "features": {"dep_hour": 7},                       # request-time features (optional)
-     "routing_key": "user-42"}                          # sticky A/B bucket (optional)
+     "routing_key": "user-42",                          # sticky A/B bucket (optional)
+     "id": "order-7"}                                   # the prediction's id (optional)
 
 Response::
 
@@ -14,6 +15,13 @@ The model version's lineage names its feature service; its signature names
 the columns. How each column is filled (from the online store, or from the
 request) is worked out once per version in a :class:`FeaturePlan`, so a
 request costs one online lookup and one array fill.
+
+A client's ``id`` (at most ``serving.max_id_chars`` characters) becomes the
+prediction's ``request_id``, as the OIP request's ``id`` does, so ground truth
+can be posted under the client's own id (``POST /v1/models/{name}/labels``).
+Under ``instances`` each instance may carry its own ``id``; an instance without
+one, in a request with a top-level ``id``, gets ``<id>/<i>`` (the form the log
+gives the rows of a multi-row OIP request); otherwise the server picks one.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from modelmill.features.definitions import match_columns
 from modelmill.features.online import EXPIRED
 from modelmill.serving import metrics
 from modelmill.serving.batching import Batcher
-from modelmill.serving.limits import TooManyRows, read_body
+from modelmill.serving.limits import TooManyRows, client_id, read_body
 from modelmill.serving.responses import Incoming, ModelFailed, error_response, json_response, status_of
 from modelmill.serving.server import Choice, Deployed, ModelServer, Prediction
 
@@ -216,8 +224,9 @@ def _parse(body: bytes) -> dict[str, Any]:
     return req
 
 
-def _instance(req: Any, prefix: str = "") -> tuple[dict[str, Any], dict[str, Any], str | None]:
-    """Entity keys, request-time features and routing key of one prediction request."""
+def _instance(req: Any, prefix: str = "", max_id_chars: int = 256
+              ) -> tuple[dict[str, Any], dict[str, Any], str | None, str | None]:
+    """Entity keys, request-time features, routing key and client id of one prediction request."""
     if not isinstance(req, dict):
         raise InputError(prefix.rstrip(".") or "body", "must be a JSON object with 'entities'")
     entities = req.get("entities")
@@ -234,7 +243,7 @@ def _instance(req: Any, prefix: str = "") -> tuple[dict[str, Any], dict[str, Any
     key = req.get("routing_key")
     if key is not None and not isinstance(key, str):
         raise InputError(f"{prefix}routing_key", "must be a string", key)
-    return entities, given, key
+    return entities, given, key, client_id(req.get("id"), f"{prefix}id", max_id_chars) or None
 
 
 class PredictRoute:
@@ -253,10 +262,10 @@ class PredictRoute:
         return plan
 
     async def _one(self, name: str, entities: dict[str, Any], given: dict[str, Any], key: str | None,
-                   t0: float, chosen: list[Choice]) -> dict[str, Any]:
+                   t0: float, chosen: list[Choice], rid: str | None = None) -> dict[str, Any]:
         """One prediction; the variant chosen is appended to ``chosen`` before anything can fail."""
         server = self.server
-        choice = server.choose(name, routing_key=key)
+        choice = server.choose(name, routing_key=key, request_id=rid)
         chosen.append(choice)
         plan = self.plan(choice.deployed)
         X, absent, at = await plan.build(entities, given)
@@ -275,7 +284,8 @@ class PredictRoute:
             out["missing"] = absent  # defaulted, or passed as NaN: the caller is told either way
         return out
 
-    async def _many(self, name: str, instances: Any, key: str | None, t0: float) -> list[dict[str, Any]]:
+    async def _many(self, name: str, instances: Any, key: str | None, t0: float,
+                    rid: str | None = None) -> list[dict[str, Any]]:
         """``{"instances": [...]}``: each instance is routed, looked up, predicted, logged and counted as if
         it came alone (concurrent instances share the online lookup and the model call); an instance that
         fails gets ``{"error", "status"}`` in its place."""
@@ -284,13 +294,17 @@ class PredictRoute:
             raise InputError("instances", "must be a non-empty list of prediction requests")
         if len(instances) > limit:
             raise TooManyRows("instances", limit, len(instances))
-        parsed = [_instance(item, f"instances[{i}].") for i, item in enumerate(instances)]
+        max_id = self.server.config.limits.max_id_chars
+        parsed = [_instance(item, f"instances[{i}].", max_id) for i, item in enumerate(instances)]
+        if rid is not None:
+            parsed = [(e, g, k, own if own is not None else f"{rid}/{i}") for i, (e, g, k, own) in enumerate(parsed)]
 
-        async def guarded(entities: dict[str, Any], given: dict[str, Any], k: str | None) -> dict[str, Any]:
+        async def guarded(entities: dict[str, Any], given: dict[str, Any], k: str | None,
+                          own: str | None) -> dict[str, Any]:
             chosen: list[Choice] = []
             failure: BaseException | None = None
             try:
-                out = await self._one(name, entities, given, k if k is not None else key, t0, chosen)
+                out = await self._one(name, entities, given, k if k is not None else key, t0, chosen, own)
                 status = 200
             except Exception as exc:
                 failure, status = exc, status_of(exc)
@@ -322,13 +336,15 @@ class PredictRoute:
                     key = req.get("routing_key")
                     if key is not None and not isinstance(key, str):
                         raise InputError("routing_key", "must be a string", key)
+                    rid = client_id(req.get("id"), "id", limits.max_id_chars) or None
                     batch = True
-                    results = await self._many(name, req["instances"], key if key is not None else header_key, t0)
+                    results = await self._many(name, req["instances"], key if key is not None else header_key, t0,
+                                               rid)
                     response = json_response({"predictions": results})
                 else:
-                    entities, given, key = _instance(req)
+                    entities, given, key, rid = _instance(req, max_id_chars=limits.max_id_chars)
                     result = await self._one(name, entities, given, key if key is not None else header_key, t0,
-                                             chosen)
+                                             chosen, rid)
                     response = json_response(result)
         except Exception as exc:
             batch = False  # the request as a whole was refused: count it once
