@@ -38,7 +38,10 @@ def check_result(out: subprocess.CompletedProcess[str], folder: Path) -> dict:
     return result
 
 
+# A quarter of the demo takes one to two minutes on a quiet 2-core machine; the suite's 300 s default is too
+# tight when the machine is busy (seen in CI: the real-servers run passed 300 s under load).
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_quarter_on_embedded_defaults(tmp_path: Path) -> None:
     result = check_result(run_demo(tmp_path), tmp_path)
     assert (tmp_path / "modelmill.toml").exists()
@@ -87,6 +90,7 @@ def test_quarter_on_embedded_defaults(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_quarter_on_real_servers(tmp_path: Path, pg_url: str, redis_url: str, nats_url: str) -> None:
     # A Redis database of its own: the demo clears its feature keys (mm:*) at the start.
     online = redis_url.rsplit("/", 1)[0] + "/7"
