@@ -380,21 +380,31 @@ def _label_row(i: int, row: Any, now_us: int) -> tuple[str, int | None, float]:
     return rid, _label_time(row.get("ts"), f"{where}.ts"), float(value)
 
 
+_MAX_EPOCH_S = 9_223_372_036.0  # pandas' nanosecond times end here (2262-04-11)
+
+
 def _label_time(value: Any, field: str) -> int | None:
     # A missing ts (absent, null, or an empty cell read as NaN/NaT): None, stamped with the arrival time.
     if value is None or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
         return None
+    # Readers turn ts into pandas (nanosecond) times: a time outside 1677-2262 (or inf) is refused here, as bad
+    # input, rather than overflowing there or in the int64 column.
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return int(float(value) * 1_000_000)
+        seconds = float(value)
+        if not math.isfinite(seconds) or abs(seconds) >= _MAX_EPOCH_S:
+            raise InputError(field, "must be epoch seconds of a time between 1677 and 2262", value)
+        return int(seconds * 1_000_000)
     try:
         ts = pd.Timestamp(value)
+        if ts is pd.NaT:
+            return None
+        if ts.tzinfo is None:
+            ts = ts.tz_localize("UTC")
+        return int(ts.value // 1000)
     except (ValueError, TypeError):
         raise InputError(field, "must be an ISO 8601 time such as 2026-12-01T10:00:00Z", value) from None
-    if ts is pd.NaT:
-        return None
-    if ts.tzinfo is None:
-        ts = ts.tz_localize("UTC")
-    return int(ts.value // 1000)
+    except OverflowError:
+        raise InputError(field, "must be a time between 1677 and 2262", value) from None
 
 
 def write_labels(offline: Any, model: str, rows: Iterable[Mapping[str, Any]], *,
