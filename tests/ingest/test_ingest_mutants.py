@@ -7,16 +7,20 @@ same root spelt with a trailing slash gets another, or when the counters start o
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from pathlib import Path
 
+import orjson
 import pyarrow as pa
 import pytest
 from sqlalchemy.engine import Connection
 
 from modelmill.config import Settings
+from modelmill.errors import ConfigError
 from modelmill.ingest import OfflineSink, Rejected, Validator
+from modelmill.ingest.validation import TimeWindow
 from modelmill.project import Project
-from tests.ingest.conftest import CLICKS, clicks
+from tests.ingest.conftest import CLICKS, click, clicks
 
 
 def _batch(start: int, n: int) -> pa.Table:
@@ -90,3 +94,59 @@ def test_within_runs_in_the_commit_and_a_failure_there_leaves_no_event_behind(pr
     ids = project.offline.read("clicks", columns=["id"]).column("id").to_pylist()
     assert sorted(ids) == [f"e{i:07d}" for i in range(25)]
 
+
+
+US = 1_000_000
+
+
+def test_an_ingest_window_reads_iso_text_toml_dates_and_datetimes_naive_as_utc() -> None:
+    window = TimeWindow.from_section({"min_time": "2000-01-01", "max_time": "2030-01-01T02:00:00+02:00"})
+    assert (window.min_us, window.max_us) == (946_684_800 * US, 1_893_456_000 * US)
+    assert repr(window) == "TimeWindow(2000-01-01T00:00:00Z .. 2030-01-01T00:00:00Z)"
+    assert window.describe() == "2000-01-01T00:00:00Z .. 2030-01-01T00:00:00Z"
+    toml = TimeWindow.from_section({"min_time": dt.date(2001, 2, 3), "max_time": dt.datetime(2001, 2, 3, 4, 5, 6)})
+    assert (toml.min_us, toml.max_us) == (981_158_400 * US, (981_158_400 + 4 * 3600 + 5 * 60 + 6) * US)
+    aware = TimeWindow.from_section({"max_time": dt.datetime(2001, 2, 3, 4, 5, 6, 7, tzinfo=dt.UTC)})
+    assert aware.max_us == (981_158_400 + 4 * 3600 + 5 * 60 + 6) * US + 7 and aware.min_us == TimeWindow().min_us
+    assert TimeWindow.from_section({}) == TimeWindow()
+
+
+@pytest.mark.parametrize("value", ["next tuesday", 2020, None, ["2020-01-01"]])
+def test_an_ingest_window_that_is_not_a_time_names_the_setting_and_the_accepted_form(value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        TimeWindow.from_section({"min_time": value})
+    assert (info.value.key, info.value.value) == ("ingest.min_time", value)
+    assert info.value.accepted == "an ISO 8601 time such as '2000-01-01T00:00:00Z', between 0001-01-01 and 9999-12-31"
+
+
+def test_an_empty_or_reversed_window_is_refused_and_an_event_outside_it_says_the_window() -> None:
+    with pytest.raises(ConfigError) as info:
+        TimeWindow.from_section({"min_time": "2030-01-01", "max_time": "2000-01-01"})
+    assert (info.value.key, info.value.value) == ("ingest.max_time", "2000-01-01T00:00:00Z")
+    assert info.value.accepted == "a time after min_time (2030-01-01T00:00:00Z)"
+    window = TimeWindow.from_section({"min_time": "2024-01-02", "max_time": "2030-01-01"})
+    _, rejected = Validator(CLICKS, window=window).validate(clicks(1))
+    (r,) = rejected
+    assert (r.reason, r.field) == ("out_of_range", "ts")
+    assert r.detail == ("field 'ts' is 2024-01-01T00:00:00Z, outside the accepted window 2024-01-02T00:00:00Z .. "
+                        "2030-01-01T00:00:00Z (set [ingest] min_time / max_time)")
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    ("many", 'a string "many"'), (True, "a boolean true"), ([1, 2], "an array [1,2]"), ({"a": 1}, 'an object {"a":1}'),
+    (1.5, "a number 1.5"), ("x" * 60, 'a string "' + "x" * 38 + '…'),
+])
+def test_a_wrong_type_says_what_arrived_json_kind_and_value_cut_to_40_characters(value: object, shown: str) -> None:
+    event = {**click(0), "user": value}
+    _, rejected = Validator(CLICKS).validate([orjson.dumps(event)])
+    (r,) = rejected
+    assert (r.reason, r.field) == ("wrong_type", "user")
+    kind, _, text = shown.partition(" ")[2].partition(" ")
+    assert r.detail == f"field 'user' must be int, got {kind} {text}"
+
+
+def test_an_empty_or_null_required_field_is_missing_saying_which() -> None:
+    for name, value, what in (("id", "", "empty"), ("id", None, "missing or null"), ("user", None, "missing or null")):
+        _, rejected = Validator(CLICKS).validate([orjson.dumps({**click(0), name: value})])
+        (r,) = rejected
+        assert (r.reason, r.field, r.detail) == ("missing_required", name, f"required field {name!r} is {what}")
