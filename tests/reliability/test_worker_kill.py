@@ -153,7 +153,7 @@ def test_a_killed_worker_is_replaced_while_the_other_answers_and_leaves_the_metr
         clear_cache()
     # the workers import HeldLoad from this repository's tests package
     proc = serve(root, "--model", "clf@production", "--workers", "2", "--log-level", "info",
-                 env={"PYTHONPATH": str(REPO)})
+                 env={"PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"})
     wait_for(lambda: len(workers(proc.proc.pid)) == 2 and started(proc.log) == 2, 60, "two workers started")
     original = workers(proc.proc.pid)
     victim, survivor = sorted(original)

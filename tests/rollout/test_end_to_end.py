@@ -158,6 +158,7 @@ def test_failing_candidate_is_rolled_back_and_few_users_see_errors(served: Any) 
         started = time.time()
         ctl.start("clf", 3, plan="5,50,100", min_requests=50, stage_seconds=3)
         result = ctl.run("clf", interval_s=0.5, max_seconds=60)
+        rolled_back_at = time.time()
         assert result.action == "rollback", result.reason
         assert [b.check for b in result.breaches] == ["error_rate"]
         assert result.state.current == 5  # caught during the 5% canary
@@ -171,13 +172,28 @@ def test_failing_candidate_is_rolled_back_and_few_users_see_errors(served: Any) 
         traffic.stop()
         project.close()
     assert_errors_within_stage(traffic, started, stage_share=0.05, failure_rate=0.10)
+    assert_canary_share_within_stage(traffic, started, rolled_back_at, candidate="3", stage_share=0.05)
     assert traffic.errors(since=quiet_from) == (0, traffic.errors(since=quiet_from)[1])
     assert traffic.errors(since=quiet_from)[1] > 20  # and traffic did go on after the rollback
 
 
+def assert_canary_share_within_stage(traffic: Traffic, since: float, until: float, *, candidate: str,
+                                     stage_share: float) -> None:
+    """The share of user requests the candidate got (its answers and its failures, the only ones) before the
+    rollback is at most the stage's share, with three binomial standard deviations. The error share alone
+    cannot show this: a router sending 40% to the canary gets it rolled back sooner, so fewer users see errors."""
+    rows = [s for s in traffic.statuses if since <= s[0] < until]
+    canary = sum(1 for s in rows if s[1] != 200 or s[2] == candidate)
+    bound = stage_share + 3 * (stage_share * (1 - stage_share) / len(rows)) ** 0.5
+    print(f"{canary} of {len(rows)} user requests went to the candidate ({canary / len(rows):.2%}); the stage is "
+          f"{stage_share:.0%}, bound {bound:.2%}")
+    assert len(rows) > 100 and 0 < canary / len(rows) <= bound
+
+
 def assert_errors_within_stage(traffic: Traffic, since: float, *, stage_share: float, failure_rate: float) -> None:
     """The share of user requests that failed is what the stage implies (share x failure rate), with a margin
-    of three binomial standard deviations: a router sending 40% to the canary, not 5%, fails it."""
+    of three binomial standard deviations. (A router sending 40% to the canary may still pass this, being
+    rolled back sooner: :func:`assert_canary_share_within_stage` bounds the canary's share itself.)"""
     errors, total = traffic.errors(since=since)
     expected = stage_share * failure_rate
     bound = expected + 3 * (expected * (1 - expected) / total) ** 0.5

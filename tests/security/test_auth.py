@@ -156,6 +156,22 @@ def test_predictions_cost_nothing_when_auth_is_not_required(app_for: Any) -> Non
     # the hot routes are the OIP handler itself, not a wrapper around it
     assert getattr(endpoint["/v2/models/{name}/infer"], "__self__", None).__class__ is OipRoutes
     assert not hasattr(endpoint["/v2/models/{name}/infer"], "__wrapped__")
+    # ... and a prediction never reaches Starlette at all: the ASGI app dispatches it straight to that handler.
+    reached: list[str] = []
+    starlette = client.app.app
+
+    async def spy(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(scope["path"])
+        await starlette(scope, receive, send)
+
+    client.app.app = spy
+    try:
+        assert client.post("/v2/models/clf/infer", json=infer_body(X)).status_code == 200
+        assert client.post("/v2/models/clf/versions/1/infer", json=infer_body(X)).status_code == 200
+        assert client.get("/v2/models/clf").status_code == 200
+    finally:
+        client.app.app = starlette
+    assert reached == ["/v2/models/clf"]
     required, _, _ = app_for("required")
     endpoint = {r.path: r.endpoint for r in required.app.routes if isinstance(r, Route)}
     assert hasattr(endpoint["/v2/models/{name}/infer"], "__wrapped__")

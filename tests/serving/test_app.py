@@ -149,3 +149,26 @@ def test_api_followed_through_its_links(live_schema: tuple[schemathesis.BaseSche
                                    transport_kwargs=kwargs or None)
 
     Stateful.run(settings=_settings(max(EXAMPLES // 3, 5), stateful_step_count=6))
+
+
+@pytest.mark.parametrize("odd", ["²", "٣", "３", "1\n"])
+def test_path_parameters_that_only_look_like_digits_are_a_4xx(live_schema: tuple[schemathesis.BaseSchema, str],
+                                                              odd: str) -> None:
+    """Negative data that generation rarely makes: a version that Python's str.isdigit() or int() takes but
+    the schema's ASCII-digit pattern refuses. Every operation with a version in its path answers a 4xx, never
+    a 5xx and never the version int() would read."""
+    schema, secret = live_schema
+    checked = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        names = [p["name"] for p in operation.definition.raw.get("parameters", []) if p["in"] == "path"]
+        if "version" not in names:
+            continue
+        values = {"name": "clf", "alias": "canary", "version": odd}
+        content = operation.definition.raw.get("requestBody", {}).get("content", {}).get("application/json", {})
+        body = {"body": content.get("example"), "media_type": "application/json"} if content else {}
+        case = operation.Case(path_parameters={n: values[n] for n in names}, **body)
+        response = case.call(timeout=10, headers={"Authorization": f"Bearer {secret}"})
+        checked.append(operation.label)
+        assert 400 <= response.status_code < 500, (operation.label, odd, response.status_code, response.text)
+    assert len(checked) >= 3

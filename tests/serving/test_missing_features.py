@@ -48,12 +48,15 @@ def _setup(project: Project, online: Any = None) -> tuple[FeatureStore, ModelSer
                     fields=[Field("clicks", "float64")]),
         *[FeatureService(name=name, features=REFS, **policy) for name, policy in POLICIES.items()],
         FeatureService(name="stale", features=["recent:clicks"]),
+        FeatureService(name="stale_lenient", features=["recent:clicks"], on_missing="allow"),
     ])
     store.materialize(T0 - dt.timedelta(days=1), T0 + dt.timedelta(days=1))
     models = [FunctionModel(name, 1, ["profile__age", "profile__score"], _nan_tolerant,
                             lineage={"feature_service": name}) for name in POLICIES]
     models.append(FunctionModel("stale", 1, ["recent__clicks"], lambda X: np.nan_to_num(X[:, 0]),
                                 lineage={"feature_service": "stale"}))
+    models.append(FunctionModel("stale_lenient", 1, ["recent__clicks"], lambda X: np.nan_to_num(X[:, 0], nan=-1.0),
+                                lineage={"feature_service": "stale_lenient"}))
     source = StaticSource(models, aliases={f"{m.name}@production": 1 for m in models})
     server = ModelServer(source, config=ServerConfig(models=[f"{m.name}@production" for m in models], cache=False),
                          offline=project.offline, features=store)
@@ -121,6 +124,13 @@ def test_expired_reads_are_refused_naming_them(client: tuple[TestClient, ModelSe
     r = _predict(c, "stale", 1)  # the value exists, but is older than the view's ttl
     assert r.status_code == 422 and "expired recent:clicks" in r.json()["error"], r.text
     assert _count("stale", "recent:clicks", "expired") == before + 1
+
+
+def test_an_expired_value_allowed_through_is_nan_not_the_stale_value(client: tuple[TestClient, ModelServer]) -> None:
+    c, _ = client
+    r = _predict(c, "stale_lenient", 1)  # the stored value is 3.0, older than the view's ttl
+    assert r.status_code == 200 and r.json()["missing"] == ["recent:clicks"], r.text
+    assert r.json()["prediction"] == -1.0  # the model saw NaN, not the expired 3.0
 
 
 def test_an_emptied_redis_online_store_is_refused(project: Project, redis_url: str, redis_prefix: str) -> None:
