@@ -54,6 +54,8 @@ def test_unacked_events_are_delivered_again(broker: Broker) -> None:
     assert set(again) == set(events)
 
 
+# Waits for Tansu to rebalance a second consumer into the group (about 20 s).
+@pytest.mark.slow
 def test_consumers_of_one_group_split_the_work(broker: Broker) -> None:
     n = 4_000
     options = {"partitions": 2} if broker.kind in ("local", "kafka") else {}

@@ -26,6 +26,8 @@ def _equivalent(registry: Registry, native, flavor: str, Xt: np.ndarray, signatu
     np.testing.assert_allclose(loaded.predict(Xt), registry.load(mv).predict(Xt), atol=1e-5)
 
 
+# Converting a HistGradientBoosting model to ONNX takes about 20 s here.
+@pytest.mark.slow
 def test_sklearn_hist_gradient_boosting(sqlite_registry: Registry, classification, signature6: Signature) -> None:
     X, y, Xt, _ = classification
     Xm = X.copy()

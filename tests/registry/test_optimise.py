@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from sklearn.ensemble import HistGradientBoostingClassifier
 
@@ -41,6 +42,8 @@ def test_structured_pruning_shrinks_and_registers(sqlite_registry: Registry, cla
     assert result.version.lineage["derived_from"] == "mlp@1"
 
 
+# Trains a teacher and a student network: the slowest test of the suite (45 s on a busy 2-core machine).
+@pytest.mark.slow
 def test_distilled_student_tracks_the_teacher(sqlite_registry: Registry, classification,
                                               signature6: Signature) -> None:
     X, y, Xt, yt = classification
