@@ -280,3 +280,44 @@ def test_samples_refuse_what_is_not_a_sample_naming_the_variant() -> None:
         with pytest.raises(InputError) as info:
             ztest(s, s, alpha=alpha)
         assert (info.value.field, info.value.problem) == ("alpha", "must lie strictly between 0 and 1")
+
+
+def test_every_comparison_carries_its_samples_name_lifts_and_level() -> None:
+    rng = np.random.default_rng(6)
+    a, b = Sample.from_values("A", rng.normal(4.0, 1.0, 80)), Sample.from_values("B", rng.normal(4.5, 1.0, 90))
+    for result, name in ((ztest_means(a, b, alpha=0.1), "delta"), (welch_ttest(a, b, alpha=0.1), "welch"),
+                         (sequential_test(a, b, alpha=0.1), "sequential")):
+        assert (result.test, result.control, result.treatment, result.alpha) == (name, a, b, 0.1)
+        assert result.lift_abs == pytest.approx(b.mean - a.mean) and result.lift_rel == pytest.approx(b.mean / a.mean - 1)
+        lo, hi = result.ci_rel
+        assert lo < result.lift_rel < hi
+    p, q = Sample.from_counts("A", 40, 100), Sample.from_counts("B", 50, 100)
+    z = ztest(p, q, alpha=0.1)
+    assert (z.test, z.control, z.treatment, z.alpha, z.lift_rel) == ("ztest", p, q, 0.1, pytest.approx(0.25))
+
+
+def test_a_sequential_test_without_mixing_or_variance_has_no_evidence() -> None:
+    a, b = Sample.from_counts("A", 40, 100), Sample.from_counts("B", 60, 100)
+    none = sequential_test(a, b, tau=0.0)
+    assert none.p_value == 1.0 and none.ci_abs == pytest.approx((0.2, 0.2))
+    assert sequential_test(a, b).p_value <= 1.0  # a first look: no previous p-value to carry
+    # one 0/1 variant and one numeric variant: the numeric formula (pooled per-unit variance)
+    numeric = Sample.from_values("A", [0.0, 1.0, 1.0, 0.0])
+    unit_var = (3 * numeric.variance + 99 * b.variance) / 102
+    assert sequential_test(numeric, b).p_value == pytest.approx(float(always_valid_p(
+        0.1, numeric.sem2 + b.sem2, (0.1 * math.sqrt(unit_var)) ** 2)), rel=1e-9)
+
+
+def test_cuped_works_on_small_variances_too() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(0.0, 0.1, 500)  # variance 0.01
+    y = 2.0 * x + rng.normal(0.0, 0.05, 500)  # variance about 0.04
+    result = cuped(y, x)
+    assert result.theta == pytest.approx(np.polyfit(x, y, 1)[0], rel=1e-9)
+    assert result.variance_reduction == pytest.approx(np.corrcoef(x, y)[0, 1] ** 2, rel=1e-9)
+    assert cuped([1.0, 2.0], [0.0, 1.0]).theta == pytest.approx(1.0)  # two units are enough
+
+
+def test_one_proportion_interval_defaults_to_wald_and_takes_a_single_unit() -> None:
+    assert proportion_confint(7, 20) == proportion_confint(7, 20, method="normal")
+    assert proportion_confint(1, 1, method="wilson") == pytest.approx(sm_confint(1, 1, method="wilson"))

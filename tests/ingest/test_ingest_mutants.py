@@ -12,6 +12,7 @@ from pathlib import Path
 
 import orjson
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from sqlalchemy.engine import Connection
 
@@ -57,6 +58,8 @@ def test_the_counters_count_rows_written_and_duplicates_dropped_from_zero(projec
     sink.commit(_batch(0, 100))
     sink.commit(_batch(50, 100))  # 50 of them stored before
     assert (sink.rows_written, sink.duplicates_dropped) == (150, 50)
+    sink.commit(_batch(140, 20))  # 10 more
+    assert (sink.rows_written, sink.duplicates_dropped) == (160, 60)
 
 
 def test_a_batch_of_only_rejected_events_writes_nothing_and_keeps_the_dead_letters(project: Project) -> None:
@@ -66,6 +69,25 @@ def test_a_batch_of_only_rejected_events_writes_nothing_and_keeps_the_dead_lette
     assert written.num_rows == 0 and written.schema == empty.schema
     assert [d.reason for d in sink.dead_letters.list()] == ["invalid_json"]
     assert (sink.rows_written, sink.duplicates_dropped) == (0, 0)
+
+
+def test_a_rolled_back_batch_on_an_object_store_is_replaced_by_its_redelivery(tmp_path: Path) -> None:
+    # fsspec's in-memory filesystem stands for S3: the sink finds orphans by glob, not os.scandir
+    settings = Settings.defaults(home=tmp_path / "h").replace(offline=f"memory://{tmp_path.name}/offline")
+    with Project(settings) as project:
+        sink = OfflineSink(project, CLICKS)
+        sink.commit(_batch(0, 10))
+
+        def crash(conn: Connection) -> None:
+            raise RuntimeError("the process died before the commit")
+
+        with pytest.raises(RuntimeError):
+            sink.commit(_batch(10, 10), within=crash)
+        assert sink.commit(_batch(10, 10)).num_rows == 10
+        fs = project.offline.fs
+        files = fs.glob(f"{project.offline.table_path('clicks')}/**/*.parquet")
+        ids = [i for f in files for i in pq.read_table(fs.open(f)).column("id").to_pylist()]
+        assert sorted(ids) == [f"e{i:07d}" for i in range(20)]
 
 
 def test_two_tables_with_the_same_event_ids_keep_their_own_ids(project: Project) -> None:
@@ -150,3 +172,45 @@ def test_an_empty_or_null_required_field_is_missing_saying_which() -> None:
         _, rejected = Validator(CLICKS).validate([orjson.dumps({**click(0), name: value})])
         (r,) = rejected
         assert (r.reason, r.field, r.detail) == ("missing_required", name, f"required field {name!r} is {what}")
+
+
+def test_the_bounds_of_an_event_are_inclusive_size_integers_and_window() -> None:
+    base = orjson.dumps({**click(0), "kind": ""})
+    exact = orjson.dumps({**click(0), "kind": "k" * (CLICKS.max_event_bytes - len(base))})
+    assert len(exact) == CLICKS.max_event_bytes
+    for batch in ([exact], [exact, b"{"]):  # the fast path, and the slow one (a bad event beside it)
+        table, _ = Validator(CLICKS).validate(batch)
+        assert table.num_rows == 1
+    too_big = orjson.dumps({**click(0), "kind": "k" * (CLICKS.max_event_bytes - len(base) + 1)})
+    assert [r.reason for r in Validator(CLICKS).validate([too_big])[1]] == ["oversized"]
+    for user in ((1 << 63) - 1, -(1 << 63)):
+        for batch in ([orjson.dumps({**click(0), "user": user})], [orjson.dumps({**click(0), "user": user}), b"{"]):
+            table, _ = Validator(CLICKS).validate(batch)
+            assert table.column("user").to_pylist() == [user]
+    start = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    window = TimeWindow.from_section({"min_time": start, "max_time": start + dt.timedelta(seconds=37)})
+    for batch in (clicks(2), [*clicks(2), b"{"]):
+        table, rejected = Validator(CLICKS, window=window).validate(batch)
+        assert table.num_rows == 2 and [r.reason for r in rejected] == ["invalid_json"] * (len(batch) - 2)
+
+
+def test_a_rejection_keeps_its_place_in_the_batch_after_an_oversized_event() -> None:
+    big = b'{"id": "x", "pad": "' + b"a" * 3000 + b'"}'
+    _, rejected = Validator(CLICKS).validate([big, *clicks(2), b"{", *clicks(1, 5)])
+    assert [(r.reason, r.index) for r in rejected] == [("oversized", 0), ("invalid_json", 3)]
+    assert rejected[1].payload == b"{"
+
+
+@pytest.mark.parametrize("key", ["min_us", "max_us"])
+def test_a_window_bound_outside_the_calendar_or_not_a_whole_number_is_refused(key: str) -> None:
+    lowest, highest = TimeWindow.from_section({"min_time": "0001-01-01"}).min_us, TimeWindow.from_section(
+        {"max_time": "9999-12-31T23:59:59.999999"}).max_us
+    assert TimeWindow(min_us=lowest, max_us=highest).describe() == "0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999Z"
+    for bad in (lowest - 1, highest + 1, True, 1.5):
+        with pytest.raises(ConfigError) as info:
+            TimeWindow(**{key: bad})
+        assert (info.value.key, info.value.value, info.value.accepted) == (
+            f"ingest.{key[:3]}_time", bad, "a time between 0001-01-01 and 9999-12-31")
+    with pytest.raises(ConfigError) as same:
+        TimeWindow(min_us=0, max_us=0)
+    assert same.value.key == "ingest.max_time"
