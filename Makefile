@@ -34,7 +34,7 @@ bench: $(STAMP)
 	bash scripts/install-wrk.sh
 	@for b in benchmarks/*.py; do case $$b in */_*) continue;; esac; echo "== $$b"; $(PY) $$b || exit 1; done
 
-# Mutation testing of the safety-carrying modules (long: about an hour on 2 cores; not part of `make test`).
+# Mutation testing of the safety-carrying modules (long: hours on 2 cores; not part of `make test` or .ci/run).
 # `make mutation MUTATION_MODULES="serving.limits rollout.guardrails"` runs only those.
 mutation: $(STAMP)
 	VENV=$(VENV) bash scripts/mutation.sh $(MUTATION_MODULES)
