@@ -68,7 +68,6 @@ class FeaturePlan:
         self.model = model
         self.entity_keys = list(entity_keys)
         self.on_missing = on_missing
-        self.defaults = dict(defaults or {})
         refs: list[str] = []
         ref_pos: list[int] = []
         request: list[str] = []
@@ -99,7 +98,8 @@ class FeaturePlan:
             self.lookup = Batcher(lookup, flat=False,
                                   max_batch_size=max_batch_size, max_wait_us=max_wait_us,
                                   executor=features.online.executor)
-        self.default_row = np.array([self.defaults.get(r, np.nan) for r in refs], dtype=np.float64)
+        given = defaults or {}  # per reference; NaN marks a feature with no declared default
+        self.default_row = np.array([given.get(r, np.nan) for r in refs], dtype=np.float64)
 
     def __repr__(self) -> str:
         return f"FeaturePlan(service={self.service!r}, refs={self.refs}, request={self.request_columns})"

@@ -448,7 +448,7 @@ class ModelServer:
                   missing: Sequence[str] | None = None, features_at: int | None = None) -> Prediction:
         """Check the cache, batch, predict, mirror to shadows and log.
 
-        A request that fails here is logged by whoever answers it (:meth:`log_failure`), with its status.
+        A request that fails here is logged by whoever answers it (:meth:`record`), with its status.
         """
         t0 = time.perf_counter() if started is None else started
         dep = choice.deployed
@@ -492,17 +492,18 @@ class ModelServer:
         request with a chosen variant is written to the prediction log too (a success was logged
         when it was answered), so the log alone holds every outcome.
         """
+        seconds = time.perf_counter() - t0
         if status != 200 and choice is not None and self.predlog is not None:
             if missing is None and isinstance(error, ModelmillError):
                 missing = error.context.get("missing")
             dep = choice.deployed
             self.predlog.append_failure(choice.request_id, dep.name, dep.version, choice.variant, choice.routing_key,
                                         status, type(error).__name__ if error is not None else f"HTTP {status}",
-                                        (time.perf_counter() - t0) * 1000.0, entities=entities, missing=missing)
+                                        seconds * 1000.0, entities=entities, missing=missing)
         version, variant = (str(choice.deployed.version), choice.variant) if choice is not None else ("", "")
         if choice is None and not self.serves(model):
             model = "(unknown)"
-        metrics.REQUESTS.answered(route, model, version, variant, str(status), time.perf_counter() - t0)
+        metrics.REQUESTS.answered(route, model, version, variant, str(status), seconds)
 
     def _mirror(self, variant: str, dep: Deployed, X: np.ndarray, rid: str, routing_key: str | None,
                 meta: tuple[Mapping[str, Any] | None, Sequence[str] | None, int | None] = (None, None, None)) -> None:
