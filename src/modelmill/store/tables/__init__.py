@@ -10,6 +10,7 @@ from __future__ import annotations
 from modelmill.store.tables import experiments as experiments  # its tables join `metadata`
 from modelmill.store.tables import features as features  # its tables join `metadata`
 from modelmill.store.tables import ingest as ingest  # its tables join `metadata`
+from modelmill.store.tables import loop as loop  # its tables join `metadata`
 from modelmill.store.tables import monitoring as monitoring  # its tables join `metadata`
 from modelmill.store.tables import registry as registry  # its tables join `metadata`
 from modelmill.store.tables import security as security  # its tables join `metadata`
