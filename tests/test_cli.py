@@ -225,3 +225,50 @@ def test_table_cells_keep_bracketed_text(tmp_path: Path) -> None:
     assert mm(["models", "alias", "m", "production", "1", "--reason", "[urgent] hotfix"], tmp_path).returncode == 0
     out = mm(["models", "alias", "m", "production"], tmp_path)
     assert out.returncode == 0 and "[urgent] hotfix" in out.stdout, out.stdout
+
+
+def test_version_prints_the_package_version(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    import modelmill
+
+    out = mm(["--version"], tmp_path)
+    assert out.returncode == 0 and out.stdout == f"modelmill {modelmill.__version__}\n"
+    assert modelmill.__version__ == version("modelmill")  # the installed distribution says the same
+
+
+def test_serve_in_a_fresh_home_says_that_nothing_is_served_and_how_to_name_a_model(tmp_path: Path) -> None:
+    out = mm(["serve", "--port", "1"], tmp_path)  # port 1: were it to start listening, it could not
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    message = " ".join(out.stderr.split())
+    assert "nothing to serve" in message and "modelmill serve NAME@ALIAS" in message
+    assert "modelmill models alias NAME production VERSION" in message
+    # A registered model without a production alias is named in the advice.
+    _project_with_a_model(tmp_path)
+    named = " ".join(mm(["serve"], tmp_path).stderr.split())
+    assert "registered models (m) have no 'production' alias" in named and "modelmill serve m@ALIAS" in named
+
+
+def test_serve_with_no_model_named_serves_every_model_with_a_production_alias(tmp_path: Path) -> None:
+    import httpx
+
+    from modelmill.config import load_settings
+    from modelmill.project import Project
+    from modelmill.registry import Registry
+    from tests.serving.conftest import ServeProcess, make_project, signature, train_lr
+
+    root = make_project(tmp_path / "proj")  # clf v1 and v2, production -> 1
+    with Project(load_settings(cwd=root)) as project:
+        registry = Registry(project)
+        registry.register("risk", train_lr(2), flavor="sklearn", signature=signature())
+        registry.set_alias("risk", "production", 1)
+        registry.register("draft", train_lr(3), flavor="sklearn", signature=signature())  # no alias: not served
+    proc = ServeProcess(root).wait_ready()
+    try:
+        for name, served in (("clf", True), ("risk", True), ("draft", False)):
+            meta = httpx.get(f"{proc.url}/v2/models/{name}", timeout=5)
+            assert (meta.status_code == 200) is served, (name, meta.text)
+        assert httpx.get(f"{proc.url}/v2/models/clf/versions/1/ready", timeout=5).status_code == 200
+    finally:
+        proc.stop()
+    assert "serving clf@production, risk@production" in proc.log.read_text()

@@ -34,6 +34,24 @@ app = typer.Typer(
     # every other bracketed word of the help (the setting applies to every subcommand).
     rich_markup_mode=None,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from modelmill import __version__
+
+        typer.echo(f"modelmill {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                 help="Print the package version and exit."),
+) -> None:
+    """The whole machine-learning loop: ingest, features, train, register, serve, monitor, test, roll out."""
+
+
 core.register(app)
 ingest.register(app)
 models.register(app)

@@ -23,6 +23,8 @@ def register(app: typer.Typer) -> None:
 
 
 def serve(
+    refs: list[str] = typer.Argument(None, metavar="[NAME@ALIAS]...",
+                                     help="Models to serve (the same as --model)."),
     model: list[str] = typer.Option([], "--model", "-m",
                                     help="NAME@ALIAS to serve (repeatable); models with a stored route are served too."),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
@@ -39,7 +41,11 @@ def serve(
                                                "'required' (for predictions too); see modelmill token."),
     log_level: str = typer.Option("warning", help="uvicorn log level."),
 ) -> None:
-    """Serve models over the Open Inference Protocol v2 and the feature-backed predict route."""
+    """Serve models over the Open Inference Protocol v2 and the feature-backed predict route.
+
+    With no model named (here or in [serving] models), every model with a stored route or a `production`
+    alias is served; when there is none, it exits 2 and says how to name one.
+    """
     import uvicorn
 
     from modelmill.security import MODES
@@ -49,6 +55,7 @@ def serve(
     from modelmill.serving.protocol import UVICORN
     from modelmill.serving.supervisor import run_workers
 
+    model = [*(refs or []), *model]
     for ref in model:
         parse_ref(ref)
     # A request's rows are few: OpenMP thread pools (scikit-learn's tree ensembles) cost far more to wake
@@ -58,20 +65,47 @@ def serve(
     os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("MODELMILL_INFERENCE_THREADS", "1"))
     if auth is not None and auth not in MODES:
         raise InputError("--auth", f"must be one of {', '.join(MODES)}", auth)
-    os.environ[MODELS_ENV] = ",".join(model)
+    served = model or default_models()
+    os.environ[MODELS_ENV] = ",".join(served)
     options = {"max_batch_size": max_batch_size, "max_wait_us": max_wait_us, "cache": cache, "compile": compile,
                "log_predictions": log_predictions, "auth": auth}
     os.environ[OPTIONS_ENV] = json.dumps({k: v for k, v in options.items() if v is not None})
     if workers > 1:
         # Every worker writes its samples here; /metrics sums them (prometheus_client multiprocess mode).
         prepare_multiprocess_dir(tempfile.mkdtemp(prefix="modelmill-metrics-"))
-    err_console.print(f"modelmill serve: http://{host}:{port} ({workers} worker{'s' if workers > 1 else ''})")
+    err_console.print(f"modelmill serve: http://{host}:{port} ({workers} worker{'s' if workers > 1 else ''}); "
+                      f"serving {', '.join(served) or '[serving] models'} and every model with a stored route",
+                      highlight=False, markup=False, soft_wrap=True)
     # uvloop, and httptools with a header-read timeout and a bounded drain (see modelmill.serving.protocol)
     if workers > 1:
         # uvicorn's supervisor, which also drops a dead worker's live gauges from /metrics
         run_workers(_APP, factory=True, host=host, port=port, workers=workers, log_level=log_level, **UVICORN)
     else:
         uvicorn.run(_APP, factory=True, host=host, port=port, log_level=log_level, **UVICORN)
+
+
+def default_models() -> list[str]:
+    """What ``serve`` serves when no model is named: ``NAME@production`` of every model with that alias.
+
+    Empty when ``[serving] models`` names models or a route is stored (the server serves those); an
+    :class:`InputError` when there is nothing at all to serve, rather than a server that serves nothing.
+    """
+    from modelmill.project import open_project
+    from modelmill.registry import Registry
+    from modelmill.serving import RouteTable
+
+    with open_project() as project:
+        configured = project.settings.section("serving").get("models")
+        production = [f"{m.name}@production" for m in Registry(project).models() if "production" in m.aliases]
+        if configured or production or RouteTable(project).all():
+            return [] if configured else production
+        registered = [m.name for m in Registry(project).models()]
+    example = registered[0] if registered else "NAME"
+    have = (f"registered models ({', '.join(registered)}) have no 'production' alias"
+            if registered else "no model is registered (`modelmill train ... --register NAME`)")
+    raise InputError("model", "nothing to serve: no model was named, none has a stored route and "
+                     f"{have}; name one with `modelmill serve {example}@ALIAS` (or --model {example}@VERSION), "
+                     f"or point its alias: `modelmill models alias {example} production VERSION`")
 
 
 def predict_batch(
