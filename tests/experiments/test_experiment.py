@@ -148,3 +148,58 @@ def test_a_served_experiment_on_a_metric_the_log_cannot_give_is_refused_when_cre
     # Without a served model the metric is a column of the user's own log: anything goes.
     assert store.create(Experiment(name="rev", primary_metric="revenue", variants=(Arm("a", 1), Arm("b", 1)))
                         ).direction == "higher"
+
+
+def test_accuracy_and_conversion_are_label_derived_served_metrics(project: Project) -> None:
+    store = Experiments(project)
+    arms = (Arm("control", 50, 1), Arm("treatment", 50, 2))
+    acc = store.create(Experiment(name="acc", model="m", primary_metric="accuracy", min_sample_size=100,
+                                  variants=arms))
+    conv = store.create(Experiment(name="conv", model="m", primary_metric="conversion", min_sample_size=100,
+                                   variants=arms))
+    label = store.create(Experiment(name="lab", model="m", primary_metric="label", min_sample_size=100,
+                                    variants=arms))
+    assert acc.direction == "higher" and conv.direction == "higher"
+    rows = _worse_treatment_rows(acc)
+    # A log of requests answered but not labelled yet: no accuracy from them, only from the labelled ones.
+    unlabelled = [(f"late-{i}", v, ver, key, out, None) for i, (_, v, ver, key, out, _) in enumerate(rows[:500])]
+    log_served(project.offline, "m", rows + unlabelled)
+    out = store.analyze("acc").as_dict()
+    # The control predicts 0.3 (class 0, right on every 0 label), the treatment 0.7 (class 1, right on every 1).
+    for arm, right in (("control", 0.0), ("treatment", 1.0)):
+        labels = [y for _, v, _, _, _, y in rows if v == arm]
+        assert out[arm]["mean"] == pytest.approx(sum(y == right for y in labels) / len(labels), abs=1e-12)
+    assert out["metric"] == "accuracy" and out["direction"] == "higher"
+    assert out["decision"] == "keep_control" and "treatment is worse" in out["reason"], out["reason"]
+    # conversion: the mean of the 0/1 label, the same numbers as 'label', under the name A/B tests use.
+    got, same = store.analyze(conv.name).as_dict(), store.analyze(label.name).as_dict()
+    for arm in ("control", "treatment"):
+        labels = [y for _, v, _, _, _, y in rows if v == arm]
+        assert got[arm]["mean"] == pytest.approx(sum(labels) / len(labels), abs=1e-12) == same[arm]["mean"]
+
+
+def test_a_label_derived_score_on_labels_that_are_not_0_or_1_is_refused(project: Project) -> None:
+    store = Experiments(project)
+    arms = (Arm("control", 50, 1), Arm("treatment", 50, 2))
+    exp = store.create(Experiment(name="acc", model="m", primary_metric="accuracy", min_sample_size=1,
+                                  variants=arms))
+    store.create(Experiment(name="lab", model="m", primary_metric="label", min_sample_size=1, variants=arms))
+    assigner = exp.assigner()
+    log_served(project.offline, "m", [(f"r{i}", assigner.assign(f"u{i}"), 1 if assigner.assign(f"u{i}") ==
+                                       "control" else 2, f"u{i}", 0.5, 3.5) for i in range(40)])
+    with pytest.raises(InputError, match="0/1 labels") as info:
+        store.analyze("acc")
+    assert info.value.field == "label" and info.value.value == 3.5
+    # 'label' itself takes any number: its mean is still defined.
+    assert store.analyze("lab").as_dict()["control"]["mean"] == pytest.approx(3.5)
+
+
+def test_an_unknown_served_metric_lists_every_accepted_one_with_its_direction(project: Project) -> None:
+    from modelmill.experiments import SERVED_METRICS
+
+    with pytest.raises(InputError, match="primary_metric") as info:
+        Experiments(project).create(Experiment(name="x", model="m", primary_metric="auc",
+                                               variants=(Arm("control", 50, 1), Arm("treatment", 50, 2))))
+    message = info.value.message
+    assert all(m in message for m in SERVED_METRICS), message
+    assert "accuracy (higher is better)" in message and "brier (lower is better)" in message

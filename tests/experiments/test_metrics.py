@@ -52,3 +52,24 @@ def test_summarize_kinds_and_errors() -> None:
         summarize(df.assign(y=["x", 0, 1, 1, 0]), variant_column="v", metric="y")
     with pytest.raises(InputError, match="0/1"):
         proportion("p", [0.5, 1])
+
+
+def test_served_values_score_each_request_from_output_and_label() -> None:
+    from modelmill.experiments.metrics import served_values
+    from modelmill.monitoring import classification_metrics
+
+    rng = np.random.default_rng(4)
+    p = rng.uniform(size=300)
+    p[:3] = (0.5, 0.4999, 0.5001)  # the threshold itself counts as class 1
+    y = (rng.uniform(size=300) < p).astype(float)
+    frame = pd.DataFrame({"output": p, "label": y, "latency_ms": rng.uniform(size=300)})
+    whole = classification_metrics(y, p)
+    for metric in ("accuracy", "log_loss", "brier"):
+        assert served_values(frame, metric).mean() == pytest.approx(whole[metric], rel=1e-12), metric
+    assert served_values(frame, "accuracy")[:3].tolist() == [float(y[0] == 1), float(y[1] == 0), float(y[2] == 1)]
+    assert served_values(frame, "conversion").tolist() == y.tolist()
+    assert served_values(frame, "latency_ms").equals(frame["latency_ms"])
+    with pytest.raises(InputError, match="accuracy needs 0/1 labels"):
+        served_values(frame.assign(label=frame["label"] * 2), "accuracy")
+    with pytest.raises(InputError, match="is not measured for a served model"):
+        served_values(frame, "auc")

@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from modelmill.cli.output import JsonOption, console, emit_json, table
 from modelmill.errors import InputError
-from modelmill.experiments import Analysis, Experiment, Experiments, analyze_frame, parse_arms
+from modelmill.experiments import SERVED_METRICS, Analysis, Experiment, Experiments, analyze_frame, parse_arms
 from modelmill.project import open_project
 
 app = typer.Typer(help="A/B tests: create, watch, analyse and stop experiments.", no_args_is_help=True)
@@ -28,7 +28,8 @@ def create(
     name: str = typer.Argument(..., help="Experiment name (letters, digits, '_', '.', '-')."),
     variant: list[str] = typer.Option(..., "--variant", "-v",
                                       help="NAME:WEIGHT, or NAME=VERSION:WEIGHT on a served model; control first."),
-    metric: str = typer.Option(..., "--metric", help="Primary metric the decision is made on."),
+    metric: str = typer.Option(..., "--metric", help="Primary metric the decision is made on; on a served model "
+                               f"one of {', '.join(SERVED_METRICS)} (see the README)."),
     direction: str | None = typer.Option(None, "--direction", help=_DIRECTION_HELP),
     model: str | None = typer.Option(None, "--model", help="Served model whose traffic route is split."),
     unit: str = typer.Option("user_id", "--unit", help="Assignment unit (the routing key)."),

@@ -32,7 +32,13 @@ import sqlalchemy as sa
 from modelmill.errors import ConflictError, InputError, NotFoundError
 from modelmill.experiments.analysis import Analysis, analyze_frame
 from modelmill.experiments.assignment import Assigner
-from modelmill.experiments.metrics import SERVED_METRICS, direction_of
+from modelmill.experiments.metrics import (
+    LABELLED_METRICS,
+    SCORED_METRICS,
+    check_served_metric,
+    direction_of,
+    served_values,
+)
 from modelmill.experiments.stats import srm_test
 from modelmill.store.feedback import Feedback
 from modelmill.store.tables.experiments import experiment_exposures, experiments
@@ -40,7 +46,6 @@ from modelmill.store.tables.experiments import experiment_exposures, experiments
 __all__ = ["Arm", "Experiment", "Experiments", "parse_arms"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
-_LABELLED = ("label", "log_loss", "brier")  # served metrics that need the delayed label
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,9 +160,7 @@ class Experiments:
         if experiment.model is not None:
             for field, metric in [("primary_metric", experiment.primary_metric),
                                   *(("guardrails", g) for g in experiment.guardrails)]:
-                if metric not in SERVED_METRICS:
-                    raise InputError(field, "is not measured for a served model; the prediction log gives "
-                                            f"{', '.join(SERVED_METRICS)}", metric)
+                check_served_metric(field, metric)
         exp = dataclasses.replace(experiment, status="running", created_at=time.time(), stopped_at=None,
                                   result=None)
         db = self.project.db
@@ -282,21 +285,20 @@ class Experiments:
         """Analyse a served-model experiment from the prediction log joined with the delayed labels.
 
         The metric is one of :data:`~modelmill.experiments.metrics.SERVED_METRICS`: a column of
-        the log (``output``, ``latency_ms``), the label, or a per-request score of output and label
-        (``log_loss``, ``brier``), aggregated per routing key (the unit) as a ratio metric.
+        the log (``output``, ``latency_ms``), the label (``label``, ``conversion``), or a per-request score
+        of output and label (``log_loss``, ``brier``, ``accuracy``), aggregated per routing key (the unit)
+        as a ratio metric.
         ``direction`` overrides the one stored with the experiment.
         """
         exp = self.get(name)
         if exp.model is None:
             raise InputError("experiment", "has no served model; analyse its log with "
                                            "`modelmill experiment analyze --input FILE`", name)
-        if exp.primary_metric not in SERVED_METRICS:  # stored before create() checked it
-            raise InputError("primary_metric", "is not measured for a served model; the prediction log gives "
-                                               f"{', '.join(SERVED_METRICS)}", exp.primary_metric)
+        check_served_metric("primary_metric", exp.primary_metric)  # stored before create() checked it
         frame = self._joined_log(exp)
         if frame.empty:
             raise InputError("experiment", "has no logged predictions with a routing key yet"
-                             + (" that have labels" if exp.primary_metric in _LABELLED else ""), name)
+                             + (" that have labels" if exp.primary_metric in LABELLED_METRICS else ""), name)
         return analyze_frame(frame, variant_column="variant", metric=exp.primary_metric, control=exp.control,
                              unit_column="routing_key", test=test, alpha=exp.alpha, weights=exp.weights,
                              min_sample_size=exp.min_sample_size, direction=direction or exp.direction)
@@ -305,13 +307,11 @@ class Experiments:
         assert exp.model is not None  # analyze() refuses an experiment without a served model
         metric = exp.primary_metric
         # A failed request (a row without output) has no score; it counts in the rollout guardrails, not here.
-        frame = Feedback(self.project.offline).routed(exp.model, since=exp.created_at, labelled=metric in _LABELLED,
-                                                      answered=metric in ("output", "log_loss", "brier"))
-        if metric in ("log_loss", "brier") and not frame.empty:
-            from modelmill.monitoring import log_losses
-
-            y, p = frame["label"].to_numpy(dtype=float), frame["output"].to_numpy(dtype=float)
-            frame[metric] = log_losses(y, p) if metric == "log_loss" else (p - y) ** 2
+        frame = Feedback(self.project.offline).routed(exp.model, since=exp.created_at,
+                                                      labelled=metric in LABELLED_METRICS,
+                                                      answered=metric in ("output", *SCORED_METRICS))
+        if not frame.empty:
+            frame[metric] = served_values(frame, metric)
         return frame
 
 

@@ -21,6 +21,25 @@ a name ending in ``loss``, ``error`` or ``latency`` and the served metrics
 
     >>> direction_of("log_loss"), direction_of("val_error"), direction_of("click"), direction_of("click", "lower")
     ('lower', 'lower', 'higher', 'lower')
+
+An experiment on a served model measures one of :data:`SERVED_METRICS` per request, from the
+prediction log joined with the delayed labels (see :func:`served_values`):
+
+- ``output`` and ``latency_ms``: columns of the log;
+- ``label``: the label itself; ``conversion``: the same mean under its usual name, for 0/1 labels
+  (the conversion rate);
+- ``log_loss``, ``brier`` and ``accuracy``: per-request scores of the output (the probability of
+  class 1) against a 0/1 label; ``accuracy`` counts ``output >= 0.5`` as predicting 1.
+
+    >>> frame = pd.DataFrame({"output": [0.9, 0.4, 0.2], "label": [1.0, 1.0, 0.0]})
+    >>> served_values(frame, "accuracy").tolist(), served_values(frame, "conversion").tolist()
+    ([1.0, 0.0, 1.0], [1.0, 1.0, 0.0])
+    >>> check_served_metric("metric", "auc")
+    Traceback (most recent call last):
+    ...
+    modelmill.errors.InputError: metric: is not measured for a served model; the prediction log gives
+    label, conversion, output, accuracy (higher is better) and latency_ms, log_loss, brier (lower is better)
+    (got auc)
 """
 
 from __future__ import annotations
@@ -32,13 +51,20 @@ from numpy.typing import ArrayLike
 from modelmill.errors import InputError
 from modelmill.experiments.stats import Sample
 
-__all__ = ["DIRECTIONS", "SERVED_METRICS", "direction_of", "is_binary", "mean", "proportion", "ratio", "summarize"]
+__all__ = ["DIRECTIONS", "LABELLED_METRICS", "SCORED_METRICS", "SERVED_METRICS", "check_served_metric",
+           "direction_of", "is_binary", "mean", "proportion", "ratio", "served_values", "summarize"]
 
 DIRECTIONS = ("higher", "lower")
-# What an experiment on a served model can measure per request: columns of the prediction log, the joined
-# label, and the per-request scores computed from output and label.
-SERVED_METRICS: dict[str, str] = {"label": "higher", "output": "higher", "latency_ms": "lower",
-                                  "log_loss": "lower", "brier": "lower"}
+# What an experiment on a served model can measure per request, with the direction that is better: columns of
+# the prediction log, the joined label (``conversion`` is its mean under the name A/B tests give it), and the
+# per-request scores computed from output and label.
+SERVED_METRICS: dict[str, str] = {"label": "higher", "conversion": "higher", "output": "higher",
+                                  "latency_ms": "lower", "log_loss": "lower", "brier": "lower", "accuracy": "higher"}
+# Served metrics scored from the output against the label: they need both.
+SCORED_METRICS = ("log_loss", "brier", "accuracy")
+# Served metrics that need the delayed label (only labelled predictions count).
+LABELLED_METRICS = ("label", "conversion", *SCORED_METRICS)
+ACCURACY_THRESHOLD = 0.5
 _LOWER_SUFFIXES = ("loss", "error", "latency")
 
 
@@ -51,6 +77,42 @@ def direction_of(metric: str, direction: str | None = None) -> str:
     if metric in SERVED_METRICS:
         return SERVED_METRICS[metric]
     return "lower" if metric.lower().endswith(_LOWER_SUFFIXES) else "higher"
+
+
+def check_served_metric(field: str, metric: str) -> str:
+    """``metric`` when an experiment on a served model can measure it; an :class:`InputError` listing the
+    served metrics and their directions otherwise."""
+    if metric not in SERVED_METRICS:
+        accepted = " and ".join(", ".join(m for m, d in SERVED_METRICS.items() if d == way) + f" ({way} is better)"
+                                for way in DIRECTIONS)
+        raise InputError(field, f"is not measured for a served model; the prediction log gives {accepted}", metric)
+    return metric
+
+
+def served_values(frame: pd.DataFrame, metric: str) -> pd.Series:
+    """The per-request values of served metric ``metric`` on ``frame`` (the joined log: ``output``,
+    ``latency_ms``, and ``label`` for the labelled metrics). A label-derived score or ``conversion`` on labels
+    that are not all 0 or 1 is an :class:`InputError`: there is no rate or probability score to compare."""
+    check_served_metric("metric", metric)
+    if metric in ("output", "latency_ms", "label"):
+        return frame[metric]
+    y = frame["label"].to_numpy(dtype=np.float64)
+    if y.size and not is_binary(y):
+        bad = y[~np.isin(y, (0.0, 1.0))][0]
+        raise InputError("label", f"{metric} needs 0/1 labels (a binary model); use 'label' for the mean "
+                                  "of any label", float(bad))
+    if metric == "conversion":
+        return pd.Series(y, index=frame.index)
+    p = frame["output"].to_numpy(dtype=np.float64)
+    if metric == "log_loss":
+        from modelmill.monitoring import log_losses
+
+        score = log_losses(y, p)
+    elif metric == "brier":
+        score = (p - y) ** 2
+    else:
+        score = ((p >= ACCURACY_THRESHOLD) == (y == 1.0)).astype(np.float64)
+    return pd.Series(score, index=frame.index)
 
 
 def is_binary(values: ArrayLike) -> bool:
