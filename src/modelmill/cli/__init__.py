@@ -13,6 +13,7 @@ from modelmill.cli import (
     features,
     ingest,
     labels,
+    loop,
     models,
     monitor,
     rollout,
@@ -64,6 +65,7 @@ rollout.register(app)
 serve.register(app)
 monitor.register(app)
 labels.register(app)
+loop.register(app)
 token.register(app)
 
 

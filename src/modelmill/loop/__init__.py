@@ -16,7 +16,7 @@ The format (every key is checked by :mod:`modelmill.loop.config`; an unknown key
     data = "holdout"                      # the pipeline output holding the labelled holdout frame (default)
     against = "production"                # alias it must not regress against (default; unset: skipped)
     min = { auc = 0.70 }                  # absolute minimums      } at least one of the three
-    max = { log_loss = 0.60 }             # absolute maximums      }
+    max = { logloss = 0.60 }              # absolute maximums      }
     max_regression = { auc = 0.01 }       # how much worse than `against` it may be
 
     [models.clicks.rules.drift]           # each rule optional; each fires, then acts (default: retrain)
@@ -90,16 +90,27 @@ from modelmill.loop.config import (
     load_loop_config,
     parse_models,
 )
+from modelmill.loop.decisions import Decider
+from modelmill.loop.lease import Lease
+from modelmill.loop.measure import LoopMeasure
+from modelmill.loop.runner import Loop, pipeline_params
+from modelmill.loop.status import loop_status
 
 __all__ = [
     "ACTIONS",
     "RULE_KINDS",
+    "Decider",
     "GateSpec",
+    "Lease",
+    "Loop",
     "LoopConfig",
+    "LoopMeasure",
     "ModelLoop",
     "PipelineSpec",
     "RolloutSpec",
     "RuleSpec",
     "load_loop_config",
+    "loop_status",
     "parse_models",
+    "pipeline_params",
 ]

@@ -1,0 +1,74 @@
+"""What the loop's rules measure: the monitor's own measure, with the minimum counts and windows of the loop.
+
+Two kinds differ from :class:`~modelmill.monitoring.ProjectMeasure`, and only in what counts as data:
+
+- ``metric_below_baseline``: a version (and variant) with fewer labelled predictions in the window than the
+  rule's ``min_labels`` has no value (no data), so an AUC over five labels never starts a retraining;
+- ``error_rate``: measured from the prediction log (every outcome of every server, 422 and 5xx being the
+  model's failures) over the rule's own window, per model, and no data below ``min_requests``; so it needs
+  no ``metrics_url`` and sees the whole fleet.
+
+The alert evaluator, its states and its actions are the monitor's: this class only measures.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from modelmill.monitoring.alerts import Labels, Rule, labels_of
+from modelmill.monitoring.monitor import ProjectMeasure
+from modelmill.monitoring.performance import PerformanceMonitor
+from modelmill.store.feedback import Feedback, is_error
+
+__all__ = ["LoopMeasure"]
+
+
+class LoopMeasure(ProjectMeasure):
+    """:class:`~modelmill.monitoring.ProjectMeasure` with each rule's minimum count (``min_counts`` by rule name)."""
+
+    def __init__(self, project: Any, *, min_counts: Mapping[str, int] | None = None, **kwargs: Any) -> None:
+        super().__init__(project, **kwargs)
+        self.min_counts = dict(min_counts or {})
+
+    def measure(self, rule: Rule, now: float) -> dict[Labels, float]:
+        if rule.kind == "metric_below_baseline":
+            return self._metric(rule, now)
+        if rule.kind == "error_rate":
+            return self._log_error_rate(rule, now)
+        return super().measure(rule, now)
+
+    def _metric(self, rule: Rule, now: float) -> dict[Labels, float]:
+        perf = PerformanceMonitor(self.project)
+        if not (perf.feedback.has_predictions() and perf.feedback.has_labels()):
+            return {}
+        start, end = _utc(now - rule.window), _utc(now)
+        need = self.min_counts.get(rule.name, 0)
+        out: dict[Labels, float] = {}
+        for r in perf.summary(start=start, end=end, model=rule.model):
+            value = r.get(rule.metric)
+            labels = labels_of({"model": r["model"], "version": r["version"], "variant": r["variant"]})
+            if r.get("n", 0) < need or value is None or math.isnan(value):
+                out[labels] = math.nan  # measured, too few labels: no data, and a firing alert stays firing
+            else:
+                out[labels] = float(value)
+        return out
+
+    def _log_error_rate(self, rule: Rule, now: float) -> dict[Labels, float]:
+        if rule.model is None:
+            return super().measure(rule, now)
+        frame = Feedback(self.project.offline).outcomes(rule.model, since=_utc(now - rule.window))
+        if frame is None:
+            return {}
+        frame = frame[frame["t"] < now]
+        labels = labels_of({"model": rule.model})
+        if len(frame) < max(1, self.min_counts.get(rule.name, 0)):
+            return {labels: math.nan} if len(frame) else {}
+        errors = int(sum(is_error(int(s)) for s in frame["status"]))
+        return {labels: errors / len(frame)}
+
+
+def _utc(ts: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC)

@@ -1,0 +1,136 @@
+"""A round of the loop: a firing rule retrains, the new version is gated, and its rollout starts."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from modelmill.loop import Lease, Loop, loop_status
+from modelmill.registry import Registry
+from modelmill.rollout import RolloutController
+from modelmill.store.tables.experiments import rollouts
+from modelmill.store.tables.loop import loop_decisions
+from modelmill.store.tables.training import triggers
+from modelmill.training import Scheduler, trigger
+from tests.loop import pipelines
+from tests.loop.helpers import config, log_traffic, open_project
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest) -> str | None:
+    return None if request.param == "sqlite" else str(request.getfixturevalue("pg_url"))
+
+
+def count(project: object, table: sa.Table) -> int:
+    with project.db.engine.connect() as conn:  # type: ignore[attr-defined]
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+def test_a_firing_rule_retrains_gates_and_starts_a_rollout(tmp_path: Path, db: str | None) -> None:
+    with open_project(tmp_path / "home", db) as project:
+        assert pipelines.first_version(project) == 1
+        log_traffic(project, ok=20, failed=20)  # error rate 0.5 > 0.1 over 40 >= 10 requests
+        loop = Loop(project, config(), lease=Lease(project.db, holder="a"))
+        out = loop.round()
+
+        assert out["leader"] is True
+        phases = out["models"]["clicks"]
+        assert [(a["rule"], a["status"]) for a in phases["monitor"]["alerts_changed"]] == [
+            ("clicks.error_rate", "firing")]
+        assert [(t["pipeline"], t["status"]) for t in out["scheduler"]] == [("loop_test_retrain", "finished")]
+        (decision,) = phases["decisions"]
+        assert decision["status"] == "rolling_out" and decision["version"] == 2
+        assert decision["gate"]["accepted"] is True and decision["gate"]["against"] == "clicks@1"
+        assert Registry(project).get("clicks", 2).gate["decision"] == "accept"
+        state = RolloutController(project).get("clicks")
+        assert (state.id, state.candidate, state.status, state.current) == (decision["rollout_id"], 2, "running",
+                                                                            "shadow")
+        assert phases["rollout"]["action"] == "hold" and phases["rollout"]["stage"] == "shadow"
+        assert state.plan == ("shadow", 100) and state.min_requests == 50
+
+        status = loop_status(project, config())
+        assert status["leader"] == "a" and status["last_round_at"] is not None
+        m = status["models"]["clicks"]
+        assert (m["feature_service"], m["latest_version"], m["production"]) == ("clicks_features", 2, 1)
+        assert m["rollout"]["candidate"] == 2 and m["rollout"]["stage"] == "shadow"
+        assert [(a["rule"], a["state"]) for a in m["alerts"]] == [("clicks.error_rate", "firing")]
+        assert m["last_trigger"]["status"] == "finished" and m["last_decision"]["status"] == "rolling_out"
+        assert m["last_round"]["decisions"] == [{"trigger_id": decision["trigger_id"], "status": "rolling_out",
+                                                 "version": 2}]
+
+        # The alert keeps firing: the next round queues nothing more and starts no second rollout.
+        again = loop.round()
+        assert again["scheduler"] == [] and again["models"]["clicks"]["decisions"] == []
+        assert count(project, triggers) == 1 and count(project, rollouts) == 1
+
+
+def test_a_rejected_version_starts_no_rollout(tmp_path: Path) -> None:
+    cfg = config(pipeline={"function": "loop_test_retrain", "params": {"seed": 1, "flip": True}})
+    with open_project(tmp_path / "home") as project:
+        pipelines.first_version(project)
+        log_traffic(project)
+        out = Loop(project, cfg, lease=Lease(project.db, holder="a")).round()
+        (decision,) = out["models"]["clicks"]["decisions"]
+        assert decision["status"] == "rejected" and decision["version"] == 2
+        assert "auc" in decision["reason"] and decision["gate"]["accepted"] is False
+        assert count(project, rollouts) == 0
+        assert Registry(project).aliases("clicks") == {"production": 1}
+
+
+def test_below_the_minimum_count_a_rule_has_no_data_and_nothing_retrains(tmp_path: Path) -> None:
+    with open_project(tmp_path / "home") as project:
+        pipelines.first_version(project)
+        log_traffic(project, ok=2, failed=5)  # a 70% error rate, but over 7 of the 10 requests needed
+        out = Loop(project, config(), lease=Lease(project.db, holder="a")).round()
+        assert out["models"]["clicks"]["monitor"]["alerts_changed"] == []
+        assert out["scheduler"] == [] and count(project, triggers) == 0
+
+
+def test_without_a_production_alias_an_accepted_version_waits(tmp_path: Path) -> None:
+    with open_project(tmp_path / "home") as project:
+        pipelines.first_version(project)
+        Registry(project).delete_alias("clicks", "production", actor="test")
+        trigger("loop_test_retrain", "by hand", project=project, params={"seed": 1, "flip": False, "model": "clicks"})
+        loop = Loop(project, config(), lease=Lease(project.db, holder="a"))
+        (decision,) = loop.round()["models"]["clicks"]["decisions"]
+        assert decision["status"] == "waiting" and "clicks@production is not set" in decision["reason"]
+        assert count(project, rollouts) == 0
+        Registry(project).set_alias("clicks", "production", 1, actor="test")
+        (decision,) = loop.round()["models"]["clicks"]["decisions"]
+        assert decision["status"] == "rolling_out" and decision["version"] == 2
+
+
+def test_a_run_that_failed_is_recorded_and_starts_nothing(tmp_path: Path) -> None:
+    with open_project(tmp_path / "home") as project:
+        pipelines.first_version(project)
+        # The model param names a model the pipeline cannot register under (an invalid name): the run fails.
+        trigger("loop_test_retrain", "by hand", project=project, params={"seed": 1, "flip": False, "model": "bad name"})
+        out = Loop(project, config(), lease=Lease(project.db, holder="a")).round()
+        assert out["scheduler"][0]["status"] == "failed"
+        (decision,) = out["models"]["clicks"]["decisions"]
+        assert decision["status"] == "failed" and "failed" in decision["reason"]
+        assert count(project, rollouts) == 0
+
+
+def test_a_restarted_loop_resumes_from_the_database(tmp_path: Path, db: str | None) -> None:
+    home = tmp_path / "home"
+    with open_project(home, db) as project:
+        pipelines.first_version(project)
+        # The last loop died right after its scheduler ran the retraining, before it decided anything.
+        trigger("loop_test_retrain", "alert", project=project, params={"seed": 1, "flip": False, "model": "clicks"})
+        assert [t.status for t in Scheduler(project).tick()] == ["finished"]
+    with open_project(home, db) as project:  # a new process
+        loop = Loop(project, config(), lease=Lease(project.db, holder="b"))
+        (decision,) = loop.round()["models"]["clicks"]["decisions"]
+        assert decision["status"] == "rolling_out" and decision["version"] == 2
+        rollout_id = decision["rollout_id"]
+    with open_project(home, db) as project:  # and another, after that one died too
+        # Its lease (30 s) has expired by the clock of this one.
+        later = Lease(project.db, holder="c", ttl=30, clock=lambda: time.time() + 60)
+        out = Loop(project, config(), lease=later).round()
+        assert out["leader"] is True and out["models"]["clicks"]["decisions"] == []
+        assert out["models"]["clicks"]["rollout"]["rollout"] == rollout_id
+        assert count(project, rollouts) == 1 and count(project, loop_decisions) == 1
