@@ -7,13 +7,16 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.linear_model import LogisticRegression
 from tests.prediction_log import prediction_log
 
 from modelmill.project import Project, load_settings
+from modelmill.registry import Field, Registry, Signature
 from modelmill.store import Feedback
 
 
@@ -22,13 +25,23 @@ def mm(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           timeout=120)
 
 
+def register(project: Project, name: str, **record: Any) -> None:
+    """A version of ``name``: a binary classifier unless ``record`` (tags, lineage, signature) says otherwise."""
+    X, y = np.array([[0.0], [1.0], [2.0], [3.0]]), np.array([0, 0, 1, 1])
+    record.setdefault("signature", Signature(inputs=[Field("x")]))  # output 'probability': binary
+    Registry(project).register(name, LogisticRegression().fit(X, y), flavor="sklearn", **record)
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
-    """A project with three logged predictions of model ``m`` (ids r1, r2, r3)."""
+    """A project with model ``m`` (a binary classifier) and three logged predictions of it (ids r1, r2, r3)."""
     (tmp_path / "modelmill.toml").write_text('home = ".modelmill"\n')
-    with Project(load_settings(cwd=tmp_path)) as project, prediction_log(project.offline) as log:
-        for i, rid in enumerate(("r1", "r2", "r3")):
-            log.append(rid, "m", 1, "main", None, ("x",), np.array([[float(i)]]), np.array([0.2 + 0.3 * i]), 1.0)
+    with Project(load_settings(cwd=tmp_path)) as project:
+        register(project, "m")
+        with prediction_log(project.offline) as log:
+            for i, rid in enumerate(("r1", "r2", "r3")):
+                log.append(rid, "m", 1, "main", None, ("x",), np.array([[float(i)]]), np.array([0.2 + 0.3 * i]),
+                           1.0)
     return tmp_path
 
 
@@ -68,7 +81,7 @@ def test_a_later_file_with_older_labels_does_not_win(home: Path) -> None:
 
 
 def test_labels_without_ts_are_stamped_when_they_arrive(home: Path) -> None:
-    (home / "l.jsonl").write_text('{"id": "r1", "label": 1}\n\n{"id": "r2", "label": 0.5}\n')
+    (home / "l.jsonl").write_text('{"id": "r1", "label": 1}\n\n{"id": "r2", "label": false}\n')
     before = dt.datetime.now(dt.UTC)
     out = mm(home, "labels", "ingest", "l.jsonl", "--model", "m", "--json")
     assert json.loads(out.stdout)["accepted"] == 2
@@ -80,19 +93,82 @@ def test_labels_without_ts_are_stamped_when_they_arrive(home: Path) -> None:
 @pytest.mark.parametrize(("content", "field", "says"), [
     ("rid,label\nr1,1\n", "id", "no id (or request_id) column"),
     ("id,y\nr1,1\n", "label", "no label column"),
-    ("id,label\nr1,1\nr2,yes\n", "label", "row 2"),
-    ("id,label\nr1,1\nr2,\n", "label", "row 2"),
-    ("id,label,ts\nr1,1,someday\n", "labels[0].ts", "ISO 8601"),
+    ("id,label\nr1,1\nr2,yes\n", "row 2.label", "must be 0 or 1"),
+    ("id,label\nr1,1\nr2,\n", "row 2.label", "must be 0 or 1"),
+    ("id,label\nr1,1\nr2,0\nr3,0.5\n", "row 3.label", "m@1 (signature output 'probability') is binary"),
+    ("id,label\nr1,1\nr2,2\n", "row 2.label", "must be 0 or 1"),
+    ("id,label\nr1,inf\n", "row 1.label", "must be 0 or 1"),
+    ("id,label,ts\nr1,1,someday\n", "row 1.ts", "ISO 8601"),
+    (",label\n,1\n", "id", "no id (or request_id) column"),
+    ("id,label\n,1\n", "row 1.id", "non-empty string"),
 ])
-def test_a_bad_file_is_a_clear_error_naming_the_column(home: Path, content: str, field: str, says: str) -> None:
+def test_a_bad_file_is_a_clear_error_naming_the_row(home: Path, content: str, field: str, says: str) -> None:
     (home / "bad.csv").write_text(content)
     out = mm(home, "labels", "ingest", "bad.csv", "--model", "m", "--json")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     error = json.loads(out.stdout)
     assert error["field"] == field and says in error["error"], error
-    if field == "label" and says == "row 2":  # the text form once: the message on stderr, no traceback
+    if field == "row 2.label" and "yes" in content:  # the text form once: the message on stderr, no traceback
         text = mm(home, "labels", "ingest", "bad.csv", "--model", "m")
-        assert text.returncode == 2 and "error:" in text.stderr and "Traceback" not in text.stderr
+        assert text.returncode == 2 and "error: row 2.label: must be 0 or 1" in text.stderr, text.stderr
+        assert "Traceback" not in text.stderr
+    with Project(load_settings(cwd=home)) as project:
+        assert not project.offline.exists("labels")
+
+
+@pytest.mark.parametrize(("record", "content", "want"), [
+    # a recorded task wins over the signature; a binary file of true/false reads as 1 and 0
+    ({"tags": {"task": "binary"}}, "id,label\nr1,true\nr2,False\n", {0.2: 1.0, 0.5: 0.0}),
+    ({"tags": {"task": "regression"}}, "id,label\nr1,3.25\nr2,-7\n", {0.2: 3.25, 0.5: -7.0}),
+    ({"lineage": {"task": "multiclass", "classes": [0, 1, 5]}}, "id,label\nr1,5\nr2,0\n", {0.2: 5.0, 0.5: 0.0}),
+    ({"tags": {"task": "multiclass"}}, "id,label\nr1,4\nr2,12\n", {0.2: 4.0, 0.5: 12.0}),
+    # no task recorded (an output that is not 'probability'): any finite number
+    ({"signature": Signature(inputs=[Field("x")], outputs=[Field("value")])}, "id,label\nr1,0.75\n", {0.2: 0.75}),
+])
+def test_labels_are_checked_against_the_task_the_model_records(tmp_path: Path, record: dict[str, Any],
+                                                                content: str, want: dict[float, float]) -> None:
+    (tmp_path / "modelmill.toml").write_text('home = ".modelmill"\n')
+    with Project(load_settings(cwd=tmp_path)) as project:
+        register(project, "m", **record)
+        with prediction_log(project.offline) as log:
+            for i, rid in enumerate(("r1", "r2")):
+                log.append(rid, "m", 1, "main", None, ("x",), np.array([[float(i)]]), np.array([0.2 + 0.3 * i]),
+                           1.0)
+    (tmp_path / "ok.csv").write_text(content)
+    out = mm(tmp_path, "labels", "ingest", "ok.csv", "--model", "m", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["accepted"] == len(want), out.stdout + out.stderr
+    assert _labelled(tmp_path) == want
+
+
+@pytest.mark.parametrize(("record", "content", "field", "says"), [
+    ({"tags": {"task": "regression"}}, "id,label\nr1,1\nr2,true\n", "row 2.label", "must be a finite number"),
+    ({"lineage": {"task": "multiclass", "classes": [0, 1, 5]}}, "id,label\nr1,5\nr2,2\n", "row 2.label",
+     "one of the classes 0, 1, 5"),
+    ({"tags": {"task": "multiclass"}}, "id,label\nr1,4\nr2,1.5\n", "row 2.label", "a whole number"),
+    ({"signature": Signature(inputs=[Field("x")], outputs=[Field("value")])}, "id,label\nr1,nan\n", "row 1.label",
+     "m@1 records no task"),
+])
+def test_a_label_that_does_not_fit_the_recorded_task_names_its_row(tmp_path: Path, record: dict[str, Any],
+                                                                   content: str, field: str, says: str) -> None:
+    (tmp_path / "modelmill.toml").write_text('home = ".modelmill"\n')
+    with Project(load_settings(cwd=tmp_path)) as project:
+        register(project, "m", **record)
+    (tmp_path / "bad.csv").write_text(content)
+    out = mm(tmp_path, "labels", "ingest", "bad.csv", "--model", "m", "--json")
+    error = json.loads(out.stdout)
+    assert out.returncode == 2 and error["field"] == field and says in error["error"], error
+    with Project(load_settings(cwd=tmp_path)) as project:
+        assert not project.offline.exists("labels")
+
+
+def test_a_model_nobody_registered_or_an_unknown_task_is_refused(home: Path) -> None:
+    (home / "l.csv").write_text("id,label\nr1,1\n")
+    out = mm(home, "labels", "ingest", "l.csv", "--model", "nope", "--json")
+    assert out.returncode == 1 and "'nope' not found" in json.loads(out.stdout)["error"], out.stdout
+    with Project(load_settings(cwd=home)) as project:
+        register(project, "odd", tags={"task": "ranking"})
+    out = mm(home, "labels", "ingest", "l.csv", "--model", "odd", "--json")
+    assert out.returncode == 1 and "records task 'ranking'" in json.loads(out.stdout)["error"], out.stdout
     with Project(load_settings(cwd=home)) as project:
         assert not project.offline.exists("labels")
 

@@ -4,16 +4,19 @@ module queries the prediction log or the labels itself."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
 import pytest
 from tests.prediction_log import prediction_log
 
-from modelmill.errors import InputError
+from modelmill.errors import ConflictError, InputError, NotFoundError
 from modelmill.store import Feedback, OfflineStore, write_labels
+from modelmill.store.feedback import LabelTask, check_label, label_task, model_task
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "modelmill"
 T0 = dt.datetime(2026, 12, 1, 10, tzinfo=dt.UTC)
@@ -171,3 +174,97 @@ def test_a_label_sent_again_without_ts_is_a_duplicate_and_a_changed_one_wins(tmp
     assert write_labels(store, "m", [{"id": "a", "label": 0}], now=T0.timestamp() + 120).accepted == 1
     assert Feedback(store).labelled(model="m").column("label").to_pylist() == [0.0]
     assert store.read("labels").num_rows == 2
+
+
+BINARY, REGRESSION, UNKNOWN = LabelTask(kind="binary"), LabelTask(kind="regression"), LabelTask()
+CLASSES, WHOLE = LabelTask(kind="multiclass", classes=(0, 1, 5)), LabelTask(kind="multiclass")
+
+
+@pytest.mark.parametrize(("task", "good", "bad"), [
+    (BINARY, [0, 1, 0.0, 1.0, True, False, np.int64(1), np.bool_(False)], [2, -1, 0.5, "1", "true", None]),
+    (CLASSES, [0, 1, 5, 5.0, np.int32(5)], [2, 0.5, True, "5", None]),
+    (WHOLE, [0, 3, -2, 12.0], [1.5, True, "3", None]),
+    (REGRESSION, [0, -3.25, 1e300, np.float32(2.5)], [True, "3.2", None, [1.0]]),
+    (UNKNOWN, [0, 0.75, -3, True], ["0.75", None, {"v": 1}]),
+])
+def test_each_task_takes_its_labels_and_refuses_others(task: LabelTask, good: list[object], bad: list[object]) -> None:
+    for value in good:
+        assert task.check(value, "label") == float(value), value  # type: ignore[arg-type]
+    for value in [*bad, float("nan"), float("inf"), -float("inf"), np.float64("nan")]:
+        with pytest.raises(InputError) as err:
+            task.check(value, "labels[3].label")
+        assert err.value.field == "labels[3].label" and task.expects in err.value.problem, value
+        assert json.dumps(err.value.to_dict(), allow_nan=False)  # NaN is shown as text: the CLI's --json holds it
+
+
+def version(tags: dict[str, str] | None = None, lineage: dict[str, object] | None = None,
+            outputs: tuple[str, ...] = ("probability",)) -> SimpleNamespace:
+    """What label_task reads of a registry version (the registry's ModelVersion has these attributes)."""
+    return SimpleNamespace(name="clf", version=3, tags=tags or {}, lineage=lineage or {},
+                           signature=SimpleNamespace(output_names=list(outputs)))
+
+
+@pytest.mark.parametrize(("mv", "want"), [
+    (version(), LabelTask(kind="binary", source="clf@3 (signature output 'probability')")),
+    (version(outputs=("value",)), LabelTask(source="clf@3")),
+    (version(outputs=("probability", "class"),), LabelTask(source="clf@3")),
+    (SimpleNamespace(name="clf", version=3), LabelTask(source="clf@3")),  # a static source's version: nothing recorded
+    (version(tags={"task": "Regression"}), LabelTask(kind="regression", source="clf@3 (tags.task)")),
+    (version(tags={"task": "multiclass", "classes": "0, 1,5"}),
+     LabelTask(kind="multiclass", classes=(0, 1, 5), source="clf@3 (tags.task)")),
+    (version(lineage={"task": "multiclass", "classes": [2, 4]}),
+     LabelTask(kind="multiclass", classes=(2, 4), source="clf@3 (lineage.task)")),
+    (version(tags={"task": "multiclass"}, lineage={"classes": [2, 4]}),
+     LabelTask(kind="multiclass", classes=(2, 4), source="clf@3 (tags.task)")),
+    (version(tags={"task": "binary"}, lineage={"task": "regression"}), LabelTask(kind="binary", source="clf@3 (tags.task)")),
+    (version(tags={"task": "binary", "classes": "0,1,2"}), LabelTask(kind="binary", source="clf@3 (tags.task)")),
+    (version(lineage={"task": "regression"}, outputs=("probability",)),
+     LabelTask(kind="regression", source="clf@3 (lineage.task)")),
+])
+def test_the_task_is_read_from_tags_then_lineage_then_the_signature(mv: SimpleNamespace, want: LabelTask) -> None:
+    assert label_task(mv) == want
+
+
+@pytest.mark.parametrize("mv", [version(tags={"task": "ranking"}),
+                                version(lineage={"task": "multiclass", "classes": ["a", "b"]}),
+                                version(lineage={"task": "multiclass", "classes": [0, float("nan")]}),
+                                version(lineage={"task": "multiclass", "classes": 3})])
+def test_a_task_record_modelmill_cannot_read_is_a_conflict_not_a_guess(mv: SimpleNamespace) -> None:
+    with pytest.raises(ConflictError) as err:
+        label_task(mv)
+    assert "clf@3" in err.value.message
+
+
+def test_the_task_comes_from_the_models_newest_version_of_the_registry(tmp_path: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from modelmill.config import Settings
+    from modelmill.project import Project
+    from modelmill.registry import Field, Registry, Signature
+
+    with Project(Settings.defaults(home=tmp_path / "home")) as project:
+        registry = Registry(project)
+        lr = LogisticRegression().fit(np.array([[0.0], [1.0]]), np.array([0, 1]))
+        registry.register("m", lr, flavor="sklearn", signature=Signature(inputs=[Field("x")]))
+        assert model_task(registry, "m").kind == "binary"
+        registry.register("m", lr, flavor="sklearn", signature=Signature(inputs=[Field("x")]),
+                          tags={"task": "regression"})
+        assert model_task(registry, "m") == LabelTask(kind="regression", source="m@2 (tags.task)")
+        with pytest.raises(NotFoundError):
+            model_task(registry, "nope")
+        with pytest.raises(InputError) as err:
+            model_task(registry, "m@1")
+        assert err.value.field == "model"
+
+
+def test_write_labels_checks_every_row_against_the_task_before_storing_any(tmp_path: Path) -> None:
+    store = OfflineStore(str(tmp_path))
+    _log(store, ["a", "b"])
+    rows = [{"id": "a", "label": True}, {"id": "b", "label": 0.5}]
+    with pytest.raises(InputError) as err:
+        write_labels(store, "m", rows, task=BINARY, where=lambda i: f"row {i + 1}")
+    assert err.value.field == "row 2.label" and not store.exists("labels")
+    assert write_labels(store, "m", rows, task=UNKNOWN).accepted == 2
+    assert sorted(Feedback(store).labelled(model="m").column("label").to_pylist()) == [0.5, 1.0]
+    assert check_label({"request_id": 7, "label": 1, "ts": "2026-12-01T10:00:00Z"}, BINARY) == (
+        "7", int(T0.timestamp() * 1e6), 1.0)

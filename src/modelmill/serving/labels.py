@@ -10,12 +10,15 @@ Response::
 
 ``id`` is the prediction's id: the ``request_id`` a prediction answered with,
 which is the client's own ``id`` when it sent one (OIP infer and the feature
-route). The labels are stored by :func:`modelmill.store.feedback.write_labels`,
-the one label writer, so HTTP, ``modelmill labels ingest`` and streams count
-accepted, duplicate and unknown labels by the same rule. A batch holds at most
-``serving.max_labels`` labels (413 past it); a bad label is a 400 naming it
-(``labels[3].label``) and stores nothing; a model that is neither served nor
-registered is a 404. Every answered POST is audited with the token's name.
+route). The labels are checked against the task of the model's newest version
+(:func:`modelmill.store.feedback.label_task`: binary 0/1, multiclass classes,
+regression numbers) and stored by :func:`modelmill.store.feedback.write_labels`,
+the one label writer, so HTTP, ``modelmill labels ingest`` and ``modelmill labels
+consume`` validate and count accepted, duplicate and unknown labels by the same
+rule. A batch holds at most ``serving.max_labels`` labels (413 past it); a bad
+label is a 400 naming it (``labels[3].label``) and stores nothing; a model nobody
+registered is a 404, one whose recorded task modelmill does not know a 409.
+Every answered POST is audited with the token's name.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from modelmill.serving.admin import _object as json_object
 from modelmill.serving.limits import TooManyRows, read_body
 from modelmill.serving.responses import error_response, json_response
 from modelmill.serving.server import ModelServer
-from modelmill.store.feedback import write_labels
+from modelmill.store.feedback import LabelTask, model_task, write_labels
 
 __all__ = ["LabelRoute", "parse_labels"]
 
@@ -74,10 +77,10 @@ class LabelRoute:
         raise BackendUnavailable("metadata database", "(not configured)",
                                  "this server was built without a project, so it cannot audit a label write")
 
-    def _check_model(self, name: str) -> None:
-        """A model this server serves, or one the registry knows (labels may come after it stopped serving)."""
-        if not self.server.serves(name):
-            self.server.source.resolve(name)  # NotFoundError (404) for a model nobody registered
+    def _task(self, name: str) -> LabelTask:
+        """The task of the model's newest version: one the registry knows, served or not (labels may come
+        after it stopped serving); NotFoundError (404) for a model nobody registered."""
+        return model_task(self.server.source, name)
 
     async def post(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -94,9 +97,9 @@ class LabelRoute:
             if offline is None:
                 raise BackendUnavailable("offline store", "(not configured)",
                                          "this server has no offline store to keep labels in")
-            self._check_model(name)
+            task = self._task(name)
             db = self._project().db
-            counts = write_labels(offline, name, rows)
+            counts = write_labels(offline, name, rows, task=task)
             # After the write: a retry of a POST whose audit line failed stores nothing twice (duplicates).
             with db.begin() as conn:
                 db.audit(conn, actor=who, action="labels.post", subject=name,

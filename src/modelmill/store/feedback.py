@@ -51,7 +51,7 @@ import math
 import numbers
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -59,7 +59,7 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
-from modelmill.errors import InputError, NotFoundError
+from modelmill.errors import ConflictError, InputError, NotFoundError
 from modelmill.store.maps import MAP_TYPE, map_column
 
 __all__ = [
@@ -67,10 +67,15 @@ __all__ = [
     "ERROR_STATUS",
     "LABELS_SCHEMA",
     "PREDICTIONS_SCHEMA",
+    "TASKS",
     "Feedback",
     "LabelCounts",
+    "LabelTask",
     "PredictionLog",
+    "check_label",
     "is_error",
+    "label_task",
+    "model_task",
     "write_labels",
 ]
 
@@ -362,22 +367,152 @@ class LabelCounts:
         return dataclasses.asdict(self)
 
 
-def _label_row(i: int, row: Any, now_us: int) -> tuple[str, int | None, float]:
-    """One label as (request id, ts in microseconds, value), or an InputError naming the field."""
-    where = f"labels[{i}]"
+#: The tasks a model version may record (``tags["task"]`` or ``lineage["task"]``); each says what its labels are.
+TASKS = ("binary", "multiclass", "regression")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LabelTask:
+    """What a label of a model must be; :func:`label_task` reads it off the model's newest version.
+
+    ``kind`` is ``"binary"`` (0 or 1; true and false are 1 and 0), ``"multiclass"`` (one of ``classes``
+    when the version records them, else a whole number), ``"regression"`` (any finite number), or None:
+    the version records no task, and a label may be any finite number (true and false as 1 and 0). NaN
+    and infinities are refused whatever the task. ``source`` says where the task was read (messages
+    name it, so a user sees why a label was refused and where to change it).
+
+        >>> LabelTask(kind="binary").check(True, "labels[0].label")
+        1.0
+        >>> LabelTask(kind="multiclass", classes=(0, 1, 2)).check(2, "label")
+        2.0
+        >>> LabelTask(kind="binary", source="clf@3 (tags.task)").check(0.5, "labels[3].label")
+        Traceback (most recent call last):
+        ...
+        modelmill.errors.InputError: labels[3].label: must be 0 or 1 (or true/false): clf@3 (tags.task) is binary (got 0.5)
+    """
+
+    kind: str | None = None
+    classes: tuple[float, ...] = ()
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind is not None and self.kind not in TASKS:
+            raise InputError("task", f"must be one of {', '.join(TASKS)} (or None: not recorded)", self.kind)
+        classes = tuple(float(c) for c in self.classes)
+        if classes and self.kind != "multiclass":
+            raise InputError("classes", "are recorded for a multiclass task only", self.classes)
+        if not all(math.isfinite(c) for c in classes):
+            raise InputError("classes", "must be finite numbers", self.classes)
+        object.__setattr__(self, "classes", classes)
+
+    @property
+    def expects(self) -> str:
+        """What a label of this task must be, in words."""
+        if self.kind == "binary":
+            return "0 or 1 (or true/false)"
+        if self.kind == "multiclass":
+            return (f"one of the classes {', '.join(f'{c:g}' for c in self.classes)}" if self.classes
+                    else "a whole number (the class)")
+        if self.kind == "regression":
+            return "a finite number"
+        return "a finite number (true and false are 1 and 0)"
+
+    def check(self, value: Any, field: str) -> float:
+        """``value`` as the float the labels table stores, or an InputError naming ``field``."""
+        if isinstance(value, np.generic):
+            value = value.item()
+        flag = isinstance(value, bool)
+        if not (flag or isinstance(value, numbers.Real)) or not math.isfinite(float(value)) or (
+                flag and self.kind in ("multiclass", "regression")):
+            raise self._refuse(field, value)
+        y = float(value)
+        if self.kind == "binary" and y not in (0.0, 1.0):
+            raise self._refuse(field, value)
+        if self.kind == "multiclass" and (y not in self.classes if self.classes else not y.is_integer()):
+            raise self._refuse(field, value)
+        return y
+
+    def _refuse(self, field: str, value: Any) -> InputError:
+        about = f": {self.source} is {self.kind}" if self.kind and self.source else ""
+        if self.kind is None and self.source:
+            about = f" ({self.source} records no task)"
+        return InputError(field, f"must be {self.expects}{about}", _shown(value))
+
+
+def _shown(value: Any) -> Any:
+    # NaN and infinities as text: an error's JSON form (CLI --json, HTTP) cannot hold them as numbers.
+    return str(value) if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def label_task(version: Any) -> LabelTask:
+    """The :class:`LabelTask` a model version records, read the same way for HTTP, files and streams.
+
+    In order: ``tags["task"]``, then ``lineage["task"]`` (``binary``, ``multiclass`` or ``regression``,
+    with the classes in ``classes``: a list in lineage, ``"0,1,2"`` in a tag); else a signature whose one
+    output is ``probability`` (the default, and what every built-in trainer registers: the positive-class
+    probability of a binary classifier) is binary; else the task is not recorded (None). A task
+    modelmill does not know is a :class:`~modelmill.errors.ConflictError`: the record, not the label, is
+    wrong. ``version`` is the registry's ``ModelVersion`` or anything with ``name``, ``version`` and
+    optionally ``tags``, ``lineage`` and ``signature``.
+
+        >>> import types
+        >>> v = types.SimpleNamespace(name="m", version=2, tags={"task": "multiclass", "classes": "0,1,2"})
+        >>> label_task(v)
+        LabelTask(kind='multiclass', classes=(0.0, 1.0, 2.0), source='m@2 (tags.task)')
+    """
+    ref = f"{version.name}@{version.version}"
+    holders = (("tags", getattr(version, "tags", None) or {}), ("lineage", getattr(version, "lineage", None) or {}))
+    for where, holder in holders:
+        recorded = holder.get("task")
+        if recorded is None:
+            continue
+        kind = str(recorded).strip().lower()
+        if kind not in TASKS:
+            raise ConflictError(f"{ref} records task {recorded!r} ({where}.task), which modelmill does not know; "
+                                f"record one of {', '.join(TASKS)}", model=str(version.name), task=str(recorded))
+        raw = holder.get("classes")
+        if raw is None:
+            raw = next((h.get("classes") for _, h in holders if h.get("classes") is not None), None)
+        try:
+            classes = () if raw is None else tuple(
+                float(c) for c in (raw.split(",") if isinstance(raw, str) else raw))
+            return LabelTask(kind=kind, classes=classes if kind == "multiclass" else (),
+                             source=f"{ref} ({where}.task)")
+        except (TypeError, ValueError, InputError):
+            raise ConflictError(f"{ref} records classes {raw!r}, which are not a list of finite numbers",
+                                model=str(version.name)) from None
+    outputs = getattr(getattr(version, "signature", None), "output_names", None)
+    if outputs == ["probability"]:
+        return LabelTask(kind="binary", source=f"{ref} (signature output 'probability')")
+    return LabelTask(source=ref)
+
+
+def model_task(source: Any, model: str) -> LabelTask:
+    """The task of ``model``'s newest version in ``source`` (a ``Registry``, or a server's model source):
+    :class:`~modelmill.errors.NotFoundError` for a model nobody registered."""
+    if not isinstance(model, str) or not model or "@" in model:
+        raise InputError("model", "must be a model's name (labels are for the model, not NAME@VERSION)", model)
+    return label_task(source.resolve(model))
+
+
+def check_label(row: Any, task: LabelTask, *, where: str = "") -> tuple[str, int | None, float]:
+    """One label ``{"id", "label", "ts"?}`` as (request id, ts in microseconds or None, value): the one check
+    that HTTP, files and streams share. A bad field is an InputError naming it under ``where``
+    (``labels[3].label``; ``label`` with no ``where``).
+
+        >>> check_label({"id": "r1", "label": True, "ts": 0}, LabelTask(kind="binary"))
+        ('r1', 0, 1.0)
+    """
+    prefix = f"{where}." if where else ""
     if not isinstance(row, Mapping):
-        raise InputError(where, "must be an object with 'id', 'label' and an optional 'ts'", row)
+        raise InputError(where or "label", "must be an object with 'id', 'label' and an optional 'ts'", row)
     rid = row.get("id", row.get("request_id"))
     if isinstance(rid, numbers.Integral) and not isinstance(rid, bool):
         rid = str(rid)
     if not isinstance(rid, str) or not rid:
-        raise InputError(f"{where}.id", "must be the prediction's id (a non-empty string)", rid)
-    value = row.get("label")
-    if isinstance(value, bool | np.bool_):
-        value = int(value)
-    if not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise InputError(f"{where}.label", "must be a finite number", value)
-    return rid, _label_time(row.get("ts"), f"{where}.ts"), float(value)
+        raise InputError(f"{prefix}id", "must be the prediction's id (a non-empty string)", rid)
+    value = task.check(row.get("label"), f"{prefix}label")
+    return rid, _label_time(row.get("ts"), f"{prefix}ts"), value
 
 
 _MAX_EPOCH_S = 9_223_372_036.0  # pandas' nanosecond times end here (2262-04-11)
@@ -392,7 +527,7 @@ def _label_time(value: Any, field: str) -> int | None:
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         seconds = float(value)
         if not math.isfinite(seconds) or abs(seconds) >= _MAX_EPOCH_S:
-            raise InputError(field, "must be epoch seconds of a time between 1677 and 2262", value)
+            raise InputError(field, "must be epoch seconds of a time between 1677 and 2262", _shown(seconds))
         return int(seconds * 1_000_000)
     try:
         ts = pd.Timestamp(value)
@@ -407,13 +542,17 @@ def _label_time(value: Any, field: str) -> int | None:
         raise InputError(field, "must be a time between 1677 and 2262", value) from None
 
 
-def write_labels(offline: Any, model: str, rows: Iterable[Mapping[str, Any]], *,
-                 now: float | None = None) -> LabelCounts:
+def _item(i: int) -> str:
+    return f"labels[{i}]"
+
+
+def write_labels(offline: Any, model: str, rows: Iterable[Mapping[str, Any]], *, task: LabelTask | None = None,
+                 where: Callable[[int], str] = _item, now: float | None = None) -> LabelCounts:
     """Store ground truth for predictions of ``model``: each row ``{"id", "label", "ts"?}``.
 
     A shortcut for :meth:`Feedback.write_labels` on the default tables.
     """
-    return Feedback(offline).write_labels(model, rows, now=now)
+    return Feedback(offline).write_labels(model, rows, task=task, where=where, now=now)
 
 
 # ---- the reader, and the one label join ---------------------------------------------------------
@@ -463,20 +602,24 @@ class Feedback:
 
     # ---- writing labels
 
-    def write_labels(self, model: str, rows: Iterable[Mapping[str, Any]], *, now: float | None = None) -> LabelCounts:
+    def write_labels(self, model: str, rows: Iterable[Mapping[str, Any]], *, task: LabelTask | None = None,
+                     where: Callable[[int], str] = _item, now: float | None = None) -> LabelCounts:
         """Validate and store a batch of labels; returns how many were accepted, duplicates or unknown.
 
-        ``ts`` (an ISO 8601 time, a datetime or epoch seconds) is when the outcome was observed; without
-        it, now (and a repeat of the id's current label is then a duplicate, whatever its stored ``ts``). Readers take the label with the newest ``ts`` per request id, so a late correction
-        wins and an out-of-order older label does not. A label whose prediction is not logged yet is
-        stored (the log is written in batches, so a label can overtake its prediction) and counted as
-        unknown. A bad row raises :class:`~modelmill.errors.InputError` naming it (``labels[3].label``)
-        before anything is stored.
+        Each label must fit ``task`` (:func:`label_task` of the model's newest version; None: a task not
+        recorded, any finite number). ``ts`` (an ISO 8601 time, a datetime or epoch seconds) is when the
+        outcome was observed; without it, now (and a repeat of the id's current label is then a duplicate,
+        whatever its stored ``ts``). Readers take the label with the newest ``ts`` per request id, so a late
+        correction wins and an out-of-order older label does not. A label whose prediction is not logged yet
+        is stored (the log is written in batches, so a label can overtake its prediction) and counted as
+        unknown. A bad row raises :class:`~modelmill.errors.InputError` naming it (``where(i)``, by default
+        ``labels[3]``, and the field: ``labels[3].label``) before anything is stored.
         """
         if not isinstance(model, str) or not model:
             raise InputError("model", "must be the name of the model the labels are for", model)
         now_us = int((time.time() if now is None else now) * 1_000_000)
-        parsed = [_label_row(i, row, now_us) for i, row in enumerate(rows)]
+        task = task or LabelTask()
+        parsed = [check_label(row, task, where=where(i)) for i, row in enumerate(rows)]
         if not parsed:
             return LabelCounts()
         ids = [r for r, _, _ in parsed]
