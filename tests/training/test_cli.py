@@ -103,3 +103,31 @@ def test_train_cli_torch_mlp_on_two_processes(tmp_path: Path) -> None:
     res = json.loads(out.stdout)
     hashes = res["ddp"]["rank_hashes"]
     assert len(hashes) == 2 and hashes[0] == hashes[1] and res["metrics"]["auc"] > 0.9
+
+
+def test_runs_search_json_and_a_bad_filter_is_a_message(home: Path) -> None:
+    ids = {}
+    with Project(Settings.defaults(home=home)) as project:
+        for depth, auc in ((4, 0.75), (6, 0.72), (6, 0.81), (6, 0.60)):
+            with start_run("search", project=project, tags={"team": "ml"}) as run:
+                run.log_params({"max_depth": depth})
+                run.log_metric("auc", auc)
+            ids[auc] = run.run_id
+    found = _invoke("runs", "search", "metrics.auc > 0.7 and params.max_depth = 6", "--order-by", "metrics.auc DESC")
+    assert [r["run_id"] for r in found["runs"]] == [ids[0.81], ids[0.72]]  # type: ignore[index]
+    assert found["count"] == 2 and found["order_by"] == ["metrics.auc DESC"]
+    assert found["filter"] == "metrics.auc > 0.7 and params.max_depth = 6"
+    first = found["runs"][0]  # type: ignore[index]
+    assert first["metrics"] == {"auc": 0.81} and first["params"] == {"max_depth": "6"} and first["tags"] == {"team": "ml"}
+    assert set(first) >= {"run_id", "experiment", "status", "start_time", "params", "metrics", "tags"}
+    limited = _invoke("runs", "search", "", "-e", "search", "--order-by", "metrics.auc", "--max-results", "1")
+    assert [r["run_id"] for r in limited["runs"]] == [ids[0.60]]  # type: ignore[index]
+    text = CliRunner().invoke(app, ["runs", "search", "metrics.auc > 0.7"])
+    assert text.exit_code == 0 and "runs matching metrics.auc > 0.7: 3" in " ".join(text.stdout.split())
+    bad = _mm(["runs", "search", "metrics.auc >> 0.7", "--json"], home.parent, home)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    err = json.loads(bad.stdout)
+    assert err["type"] == "InputError" and err["field"] == "filter" and err["value"] == ">>"
+    assert "unknown comparator '>>' at character 13" in err["error"]
+    plain = _mm(["runs", "search", "params.model = CNN"], home.parent, home)
+    assert plain.returncode == 2 and "write 'CNN' in quotes" in " ".join(plain.stderr.split())

@@ -1,4 +1,4 @@
-"""``modelmill runs list|show|compare``: tracked training runs."""
+"""``modelmill runs list|search|show|compare``: tracked training runs."""
 
 from __future__ import annotations
 
@@ -50,6 +50,36 @@ def list_runs(
                             if isinstance(v["last"], float))
         rows.append([i.run_id[:12], i.experiment, i.status, _when(i.start_time), metrics[:80]])
     table("runs", ["run", "experiment", "status", "started (UTC)", "metrics (last)"], rows)
+
+
+@runs_app.command("search")
+def search_runs(
+    filter: str = typer.Argument("", metavar="FILTER",
+                                 help="MLflow's filter syntax, e.g. \"metrics.auc > 0.7 and params.max_depth = 6\"; "
+                                      "metrics./params./tags./attributes.; =, !=, <, <=, >, >=, LIKE, ILIKE; "
+                                      "'and' between clauses; string values quoted. Empty: every run."),
+    experiment: list[str] = typer.Option([], "--experiment", "-e", help="Only these experiments (repeatable)."),
+    order_by: list[str] = typer.Option([], "--order-by", help="'metrics.auc DESC', 'params.lr', "
+                                       "'attributes.start_time ASC' (repeatable; then newest first)."),
+    max_results: int = typer.Option(100, "--max-results", help="At most this many runs."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Runs matching a filter, as MLflow's search_runs reads one (see the README, Tracking)."""
+    with open_project() as project:
+        infos = Runs(project).search(filter, experiments=experiment or None, order_by=order_by,
+                                     max_results=max_results)
+    if as_json:
+        emit_json({"filter": filter, "order_by": order_by, "count": len(infos),
+                   "runs": [{**_summary(i), "tags": i.tags} for i in infos]})
+        return
+    rows = []
+    for i in infos:
+        params = ", ".join(f"{k}={v}" for k, v in sorted(i.params.items()))
+        metrics = ", ".join(f"{k}={v['last']:.4g}" for k, v in sorted(i.metrics.items())
+                            if isinstance(v["last"], float))
+        rows.append([i.run_id[:12], i.experiment, i.status, _when(i.start_time), params[:60], metrics[:60]])
+    table(f"runs matching {filter or '(every run)'}: {len(infos)}",
+          ["run", "experiment", "status", "started (UTC)", "params", "metrics (last)"], rows)
 
 
 @runs_app.command("show")

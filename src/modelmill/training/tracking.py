@@ -354,6 +354,50 @@ class Runs:
             summaries = self._summaries(conn, ids)
         return [_info(r, params=params[r.run_id], metrics=summaries.get(r.run_id, {})) for r in rows]
 
+    def search(self, filter_string: str | None = None, *, experiments: Sequence[str] | None = None,
+               order_by: Sequence[str] = (), max_results: int = 100) -> list[RunInfo]:
+        """Runs that match an MLflow-style ``filter_string`` (see :mod:`modelmill.training.search`), ordered by
+        ``order_by`` (``"metrics.auc DESC"``; then newest first), at most ``max_results``.
+
+        Params, tags and metric summaries are included. The filter is evaluated here, not in SQL, so that
+        ``LIKE``, case and numbers compare the same on SQLite and PostgreSQL; it reads every run of
+        ``experiments`` (of all, when None).
+
+            >>> import tempfile
+            >>> from modelmill.config import Settings
+            >>> project = Project(Settings.defaults(home=tempfile.mkdtemp()))
+            >>> for depth, auc in [(4, 0.65), (6, 0.72), (6, 0.81)]:
+            ...     with start_run("s", project=project) as run:
+            ...         run.log_params({"max_depth": depth})
+            ...         run.log_metric("auc", auc)
+            >>> found = Runs(project).search("metrics.auc > 0.7 and params.max_depth = 6",
+            ...                              order_by=["metrics.auc DESC"])
+            >>> [r.metrics["auc"]["last"] for r in found]
+            [0.81, 0.72]
+            >>> project.close()
+        """
+        from modelmill.training.search import match, parse_filter, parse_order_by, sort_runs
+
+        clauses = parse_filter(filter_string)
+        keys = parse_order_by(order_by)
+        if isinstance(max_results, bool) or not isinstance(max_results, int) or not 1 <= max_results <= 100_000:
+            raise InputError("max_results", "must be a whole number from 1 to 100000", max_results)
+        chosen = sa.select(runs.c.run_id)
+        if experiments:
+            chosen = chosen.where(runs.c.experiment.in_(list(experiments)))
+        columns = [c for c in runs.c if c.name != "environment"]
+        with self.project.db.engine.connect() as conn:
+            rows = conn.execute(sa.select(*columns).where(runs.c.run_id.in_(chosen))).all()
+            params: dict[str, dict[str, str]] = {r.run_id: {} for r in rows}
+            tags: dict[str, dict[str, str]] = {r.run_id: {} for r in rows}
+            for table, into in ((run_params, params), (run_tags, tags)):
+                for r in conn.execute(sa.select(table).where(table.c.run_id.in_(chosen))):
+                    into[r.run_id][r.key] = r.value
+            summaries = self._summaries(conn, chosen)
+        infos = [_info(r, params=params[r.run_id], tags=tags[r.run_id], metrics=summaries.get(r.run_id, {}),
+                       environment={}) for r in rows]
+        return sort_runs(match(infos, clauses), keys)[:max_results]
+
     def history(self, run_id: str, key: str | None = None) -> list[MetricPoint]:
         """Every point of one metric (or of all), ordered by key, step and time of logging."""
         rid = self.resolve(run_id)
@@ -377,9 +421,12 @@ class Runs:
                           "git_commit": i.git_commit, "data_snapshot": i.data_snapshot} for i in infos],
                 "params": params, "metrics": metrics, "differs": differs}
 
-    def _summaries(self, conn: sa.Connection, ids: list[str]) -> dict[str, dict[str, dict[str, float | int | None]]]:
-        """Per run and key: count, min, max, and the last point (highest step; ties go to the latest logged)."""
-        if not ids:
+    def _summaries(self, conn: sa.Connection, ids: list[str] | sa.Select[Any]
+                   ) -> dict[str, dict[str, dict[str, float | int | None]]]:
+        """Per run and key: count, min, max, and the last point (highest step; ties go to the latest logged).
+
+        ``ids`` is a list of run ids or a query selecting them."""
+        if isinstance(ids, list) and not ids:
             return {}
         m = run_metrics.c
         rank = sa.func.row_number().over(partition_by=(m.run_id, m.key), order_by=(m.step.desc(), m.id.desc()))
@@ -397,10 +444,12 @@ class Runs:
 
 
 def _info(row: Any, **extra: Any) -> RunInfo:
+    if "environment" not in extra:  # a search reads runs without it
+        extra["environment"] = row.environment or {}
     return RunInfo(run_id=row.run_id, experiment=row.experiment, name=row.name, status=row.status,
                    start_time=row.start_time, end_time=row.end_time, git_commit=row.git_commit,
                    git_dirty=row.git_dirty, data_snapshot=row.data_snapshot, feature_version=row.feature_version,
-                   environment=row.environment or {}, error=row.error, **extra)
+                   error=row.error, **extra)
 
 
 def _key(key: Any) -> str:
