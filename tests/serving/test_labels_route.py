@@ -175,3 +175,52 @@ def test_predictions_with_client_ids_then_labels_over_http_are_what_the_label_jo
     outcomes = feedback.outcomes("clf", since=0)
     assert outcomes is not None
     assert dict(outcomes.dropna(subset=["label"])[["request_id", "label"]].itertuples(index=False)) == labels
+
+
+def test_labels_must_fit_the_task_of_the_models_newest_version(served: Served) -> None:
+    from modelmill.registry import Registry
+    from tests.serving.conftest import signature, train_lr
+
+    not_binary = served.post({"labels": [{"id": "a", "label": 1}, {"id": "b", "label": 2}]})
+    assert not_binary.status_code == 400, not_binary.text
+    assert not_binary.json()["error"].startswith("labels[1].label: must be 0 or 1 (or true/false): clf@2"), \
+        not_binary.text
+    assert served.post({"labels": [{"id": "a", "label": True}, {"id": "b", "label": 0.0}]}).status_code == 200
+    registry = Registry(served.project)
+    for name, tags in (("reg", {"task": "regression"}), ("odd", {"task": "ranking"})):
+        registry.register(name, train_lr(2), flavor="sklearn", signature=signature(), tags=tags)
+    url = "/v1/models/{}/labels"
+    post = served.client.post
+    ok = post(url.format("reg"), json={"labels": [{"id": "a", "label": 3.25}]}, headers=served.headers("label"))
+    assert ok.status_code == 200 and ok.json()["unknown"] == 1, ok.text
+    flag = post(url.format("reg"), json={"labels": [{"id": "a", "label": True}]}, headers=served.headers("label"))
+    assert flag.status_code == 400 and flag.json()["error"].startswith("labels[0].label: must be a finite number")
+    odd = post(url.format("odd"), json={"labels": [{"id": "a", "label": 1}]}, headers=served.headers("label"))
+    assert odd.status_code == 409 and "records task 'ranking'" in odd.json()["error"], odd.text
+    # NaN and infinities are not JSON (Python's json module writes them anyway): a 400, never stored
+    for bad in ("NaN", "Infinity", "-Infinity"):
+        r = served.client.post(URL, content='{"labels": [{"id": "a", "label": %s}]}' % bad,
+                               headers={**served.headers("label"), "content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"].startswith("body: is not valid JSON"), (bad, r.text)
+    assert [r.detail["labels"] for r in served.audited()] == [2, 1]  # the refused POSTs are not audited
+
+
+def test_a_repeated_client_id_is_answered_again_by_the_same_variant_and_its_label_labels_each_answer(
+        served: Served) -> None:
+    route = served.client.put("/v1/routes/clf", headers=served.headers("admin"), json={
+        "variants": [{"name": "one", "version": 1, "weight": 1}, {"name": "two", "version": 2, "weight": 1}]})
+    assert route.status_code == 200, route.text
+    versions: dict[str, set[str]] = {}
+    for i in range(12):
+        for _ in range(2):  # each id twice: a client's retry
+            r = served.client.post("/v2/models/clf/infer", json={**infer_body(X[i % 6:i % 6 + 1]), "id": f"o-{i}"})
+            assert r.status_code == 200 and r.json()["id"] == f"o-{i}", r.text
+            versions.setdefault(f"o-{i}", set()).add(r.json()["model_version"])
+    assert all(len(v) == 1 for v in versions.values()), versions  # a repeat is answered by the same version
+    assert set().union(*versions.values()) == {"1", "2"}  # and the ids are split between the two
+    served.flush()
+    assert served.post({"labels": [{"id": "o-0", "label": 1}]}).json() == {"accepted": 1, "duplicates": 0,
+                                                                            "unknown": 0}
+    rows = Feedback(served.project.offline).labelled(model="clf").to_pylist()
+    assert len(rows) == 2 and {r["label"] for r in rows} == {1.0}  # both answers under o-0 carry its label
+    assert len({r["output"] for r in rows}) == 1 and len({r["version"] for r in rows}) == 1
