@@ -117,7 +117,10 @@ def monitor(
     exporter_port: int | None = typer.Option(None, "--exporter-port", help="Serve the monitoring gauges here."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Compute drift and quality of the last window, evaluate the alert rules, export gauges."""
+    """Compute drift and quality of the last window, evaluate the alert rules, export gauges.
+
+    With or without rules, each round also reports every served version's delayed-label metrics
+    (binary: AUC, log loss, accuracy; regression: MAE, RMSE) with the labelled predictions behind each."""
     project = open_project()
     try:
         config = MonitoringConfig.from_section(project.settings.section("monitoring"))
@@ -138,6 +141,11 @@ def monitor(
                 table("monitoring windows", ["model", "version", "rows", "drift share", "dataset drift", "status"],
                       [[w["model"], w["version"], w["n_rows"], w["drift_share"], w["dataset_drift"],
                         w["status"].replace("_", " ")] for w in result["windows"]])
+                table(f"delayed-label metrics (predictions of the last {_span(result['label_window'])} "
+                      "with a label)", ["model", "version", "task", "metric", "value", "n", "status"],
+                      [[p["model"], p["version"], p["task"], name, "" if m["value"] is None else f"{m['value']:.4f}",
+                        m["n"], "measured" if m["reason"] is None else f"no data: {m['reason']}"]
+                       for p in result["performance"] for name, m in p["metrics"].items()])
                 table("alerts", ["rule", "state", "labels"],
                       [[a["rule"], a["state"], a["labels"]] for a in result["alerts_active"]])
                 for reason in result["reasons"]:
@@ -157,6 +165,14 @@ def monitor(
         project.close()
 
 
+def _span(seconds: float) -> str:
+    """``604800`` -> ``7d``: a window as [monitoring] writes it."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
 def reference_cmd(
     model_ref: str = typer.Argument(..., metavar="NAME@VERSION", help="The model version (or NAME@ALIAS)."),
     data: Path = typer.Option(..., "--data", help="Data it was trained on (Parquet or CSV): the reference."),
@@ -170,21 +186,9 @@ def reference_cmd(
     data_table = read_table(data, field="data")
     project = open_project()
     try:
-        registry = Registry(project)
-        mv = registry.resolve(model_ref)
-        inputs = [f.name for f in mv.signature.inputs]
-        cols = _columns(columns) or inputs
-        missing = [c for c in cols if c not in data_table.column_names]
-        if missing:
-            raise InputError("data", f"has no column {', '.join(missing)}; it has {', '.join(data_table.column_names)}",
-                             str(data))
-        frame = data_table.select(cols).to_pandas()
-        predictions = None
-        if all(c in data_table.column_names for c in inputs):
-            # the model's outputs on its reference, so `monitor` also sees the served outputs drift
-            X = data_table.select(inputs).to_pandas().to_numpy(dtype="float64")
-            predictions = registry.load(mv).predict(X)
-        profile = ReferenceStore(project).compute(mv.name, mv.version, frame, predictions=predictions)
+        mv = Registry(project).resolve(model_ref)
+        profile = ReferenceStore(project).profile_version(mv, data_table, columns=_columns(columns),
+                                                         where=str(data))
     finally:
         project.close()
     out = {"model": mv.name, "version": mv.version, "rows": profile.n_rows, "columns": sorted(profile.columns)}

@@ -123,7 +123,7 @@ def _register(project: Project, name: str, result: Any, frame: Any, run_id: str,
     signature = infer_signature(frame[result.feature_names])
     mv = Registry(project).register(name, result.native, flavor=result.flavor, signature=signature, run_id=run_id,
                                     metrics=result.metrics, lineage={"data_snapshot": snapshot, "run_id": run_id},
-                                    actor="cli")
+                                    actor="cli", training_data=frame)  # also its monitoring reference profile
     return f"{mv.name}@{mv.version}"
 
 

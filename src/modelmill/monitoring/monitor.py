@@ -5,6 +5,8 @@ Configured by ``[monitoring]`` in modelmill.toml::
     [monitoring]
     interval = "60s"           # how often `modelmill monitor` evaluates
     window = "1h"              # the window of the prediction log each round looks at
+    label_window = "7d"        # the delayed-label metrics: predictions of this long that have a label
+    threshold = 0.5            # a binary model's accuracy counts output >= threshold as positive
     models = ["flights"]       # default: every model in the log
     metrics_url = "http://127.0.0.1:8000/metrics"   # serving's /metrics, for error_rate rules
     exporter_port = 9108       # serve the monitoring gauges here (optional)
@@ -17,6 +19,14 @@ Configured by ``[monitoring]`` in modelmill.toml::
 
     [[monitoring.rules]] …     # see modelmill.monitoring.alerts
     [[monitoring.sinks]] …
+
+Rules or not, every round reports (``performance`` in :meth:`Monitor.run_once`) the
+delayed-label metrics of every version served in the last ``label_window``, by its
+task (:data:`~modelmill.monitoring.performance.TASK_METRICS`: binary ``auc``,
+``log_loss``, ``accuracy``; regression ``mae``, ``rmse``), each with ``n``, the
+number of labelled predictions behind it; with none, the metric is ``no_data``
+(value null, n 0). These are measurements, not checks: they pass or fail nothing
+until a ``metric_below_baseline`` rule names them.
 """
 
 from __future__ import annotations
@@ -47,16 +57,26 @@ from modelmill.monitoring.alerts import (
 )
 from modelmill.monitoring.drift import DriftOptions, DriftReport
 from modelmill.monitoring.exporter import MonitoringExporter
-from modelmill.monitoring.performance import METRICS, PerformanceMonitor, parse_duration
+from modelmill.monitoring.performance import (
+    METRICS,
+    PerformanceMonitor,
+    parse_duration,
+    task_metrics,
+    task_of,
+)
 from modelmill.monitoring.reference import ReferenceStore
 from modelmill.project import Project
 from modelmill.store.feedback import Feedback
 from modelmill.store.maps import map_frame
 from modelmill.store.tables.monitoring import monitoring_windows
 
-__all__ = ["Monitor", "MonitoringConfig", "ProjectMeasure", "missing_reference"]
+__all__ = ["DEFAULT_LABEL_WINDOW", "Monitor", "MonitoringConfig", "ProjectMeasure", "missing_reference"]
 
 log = logging.getLogger("modelmill.monitoring")
+
+#: Seconds of predictions whose labels the default delayed-label metrics cover: labels arrive late (a
+#: click in seconds, a loan default in months), so a week rather than the drift window's hour.
+DEFAULT_LABEL_WINDOW = 7 * 86400.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -65,6 +85,8 @@ class MonitoringConfig:
 
     interval: float = 60.0
     window: float = 3600.0
+    label_window: float = DEFAULT_LABEL_WINDOW
+    threshold: float = 0.5
     models: tuple[str, ...] = ()
     metrics_url: str | None = None
     exporter_port: int | None = None
@@ -74,7 +96,8 @@ class MonitoringConfig:
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any]) -> MonitoringConfig:
-        known = {"interval", "window", "model", "models", "metrics_url", "exporter_port", "drift", "rules", "sinks"}
+        known = {"interval", "window", "label_window", "threshold", "model", "models", "metrics_url",
+                 "exporter_port", "drift", "rules", "sinks"}
         unknown = set(section) - known
         if unknown:
             raise ConfigError(f"monitoring.{sorted(unknown)[0]}", section[sorted(unknown)[0]],
@@ -83,9 +106,15 @@ class MonitoringConfig:
         port = section.get("exporter_port")
         if port is not None and (not isinstance(port, int) or not 0 < port < 65536):
             raise ConfigError("monitoring.exporter_port", port, "a TCP port number")
+        threshold = section.get("threshold", 0.5)
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold < 1:
+            raise ConfigError("monitoring.threshold", threshold, "a number between 0 and 1 (exclusive)")
         return cls(
             interval=parse_duration(section.get("interval", 60), field="monitoring.interval"),
             window=parse_duration(section.get("window", 3600), field="monitoring.window"),
+            label_window=parse_duration(section.get("label_window", DEFAULT_LABEL_WINDOW),
+                                        field="monitoring.label_window"),
+            threshold=float(threshold),
             models=tuple(str(m) for m in models),
             metrics_url=section.get("metrics_url"),
             exporter_port=port,
@@ -276,12 +305,51 @@ class Monitor:
         rows = Feedback(self.project.offline).served_versions(start=_utc(start), end=_utc(end))
         return [(m, v) for m, v in rows if not self.config.models or m in self.config.models]
 
+    def performance(self, now: float | None = None) -> list[dict[str, Any]]:
+        """The delayed-label metrics of every version served in the last ``label_window``, by its task.
+
+        One row per (model, version): ``model``, ``version``, ``task`` (``binary`` or ``regression``),
+        ``task_from`` (``declared``, ``metrics``, ``labels`` or ``default``: see
+        :func:`~modelmill.monitoring.performance.task_of`), ``window_start``/``window_end`` (epoch
+        seconds: the predictions' times), ``n`` (its labelled predictions), ``status`` (``measured``
+        when some metric has a value, else ``no_data``) and ``metrics``: each of the task's
+        metrics as ``{"value", "n", "status", "reason"}`` (see
+        :func:`~modelmill.monitoring.performance.task_metrics`). Read through the one label join:
+        each prediction's newest label counts, once.
+        """
+        now = time.time() if now is None else now
+        start = now - self.config.label_window
+        versions = self.served_versions(start=start, end=now)
+        feedback = Feedback(self.project.offline)
+        groups: dict[tuple[str, int], pd.DataFrame] = {}
+        if versions and feedback.has_labels():
+            frame = feedback.labelled(start=_utc(start), end=_utc(now)).select(
+                ["model", "version", "output", "label"]).to_pandas()
+            groups = {(str(m), int(v)): part for (m, v), part in frame.groupby(["model", "version"], sort=False,
+                                                                                   observed=True)}
+        from modelmill.registry import Registry  # late: the registry makes profiles through monitoring
+
+        registry = Registry(self.project)
+        rows = []
+        for model, version in versions:
+            part = groups.get((model, version))
+            y = part["label"].to_numpy(dtype=np.float64) if part is not None else np.empty(0)
+            p = part["output"].to_numpy(dtype=np.float64) if part is not None else np.empty(0)
+            task, task_from = task_of(**_declared(registry, model, version), labels=y)
+            metrics = task_metrics(task, y, p, threshold=self.config.threshold)
+            measured = any(m["status"] == "measured" for m in metrics.values())
+            rows.append({"model": model, "version": version, "task": task, "task_from": task_from,
+                         "window_start": start, "window_end": now, "n": len(y),
+                         "status": "measured" if measured else "no_data", "metrics": metrics})
+        return rows
+
     def run_once(self, now: float | None = None) -> dict[str, Any]:
         """Drift and quality of the last window for every served version, stored; then the rules.
 
         Each window says ``status``: ``pass``, ``fail`` (the dataset drifted) or ``no_data`` with a
         ``reason`` (no reference profile, or no logged features); the round's ``status`` is the worst
-        of them, and ``no_data`` when nothing was served in the window at all.
+        of them, and ``no_data`` when nothing was served in the window at all. ``performance`` holds
+        :meth:`performance`'s rows (measurements: they do not change ``status``).
         """
         now = time.time() if now is None else now
         start = now - self.config.window
@@ -309,7 +377,7 @@ class Monitor:
             with self.project.db.begin() as conn:
                 conn.execute(monitoring_windows.insert().values(**row))
             windows.append({**{k: row[k] for k in ("model", "version", "n_rows", "drift_share", "dataset_drift")},
-                            "status": status, "reason": reason})
+                            "drifted": sorted(report.drifted) if report else [], "status": status, "reason": reason})
             if self.exporter is not None and report is not None:
                 self.exporter.set_drift(model, version, report)
         if self.exporter is not None:
@@ -327,6 +395,7 @@ class Monitor:
             reasons = [f"no predictions logged between {_utc(start).isoformat()} and {_utc(now).isoformat()}"
                        + ("" if not self.config.models else f" for {', '.join(self.config.models)}")]
         return {"at": now, "status": overall, "reasons": reasons, "windows": windows,
+                "performance": self.performance(now), "label_window": self.config.label_window,
                 "quality": [_jsonable(r) for r in quality],
                 "alerts_changed": [{"rule": a.rule, "status": a.status, "labels": a.labels} for a in changed],
                 "alerts_active": [{"rule": a["rule"], "state": a["state"], "labels": a["labels"]} for a in active]}
@@ -347,6 +416,15 @@ class Monitor:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _declared(registry: Any, model: str, version: int) -> dict[str, Any]:
+    """What the registry says of a version's task: its ``task`` tag or lineage key, its metrics."""
+    try:
+        mv = registry.get(model, version)
+    except (NotFoundError, InputError):  # logged under a name the registry does not know
+        return {}
+    return {"declared": mv.tags.get("task") or mv.lineage.get("task"), "metrics": mv.metrics}
 
 
 def _jsonable(row: Mapping[str, Any]) -> dict[str, Any]:

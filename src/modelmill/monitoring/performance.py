@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import duckdb
@@ -29,15 +29,25 @@ from modelmill.store.feedback import Feedback
 
 __all__ = [
     "METRICS",
+    "TASK_METRICS",
     "PerformanceMonitor",
     "classification_metrics",
     "log_losses",
     "parse_duration",
     "query_arrow",
+    "regression_metrics",
+    "task_metrics",
+    "task_of",
 ]
 
 METRICS = ("accuracy", "precision", "recall", "auc", "log_loss", "brier", "calibration_error")
-_EPS = 1e-15
+#: The delayed-label metrics ``monitor`` reports for every served version, rules or not, by the model's task.
+TASK_METRICS: dict[str, tuple[str, ...]] = {"binary": ("auc", "log_loss", "accuracy"), "regression": ("mae", "rmse")}
+_TASK_NAMES = {"binary": "binary", "classification": "binary", "binary_classification": "binary",
+               "regression": "regression"}
+_BINARY_HINTS = ("auc", "log_loss", "logloss", "accuracy", "brier", "precision", "recall")
+_REGRESSION_HINTS = ("mae", "rmse", "mse", "r2")
+_EPS = float(np.finfo(np.float64).eps)  # where scikit-learn (1.5+) clips log loss: equal at p = 0 or 1 too
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -104,6 +114,87 @@ def classification_metrics(y: np.ndarray, p: np.ndarray, *, threshold: float = 0
     count = np.bincount(idx, minlength=bins)
     gap = np.abs(np.bincount(idx, weights=p, minlength=bins) - np.bincount(idx, weights=y, minlength=bins))
     out["calibration_error"] = float(gap.sum() / n) if np.any(count) else math.nan
+    return out
+
+
+def regression_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """Mean absolute error and root mean squared error of predictions ``p`` of labels ``y`` (NaN when empty).
+
+        >>> regression_metrics(np.array([1.0, 2.0]), np.array([2.0, 4.0]))
+        {'mae': 1.5, 'rmse': 1.5811388300841898}
+    """
+    err = np.asarray(p, dtype=np.float64) - np.asarray(y, dtype=np.float64)
+    if len(err) == 0:
+        return {"mae": math.nan, "rmse": math.nan}
+    return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err ** 2)))}
+
+
+def task_of(*, declared: Any = None, metrics: Mapping[str, Any] | None = None,
+            labels: np.ndarray | None = None) -> tuple[str, str]:
+    """The task of a model version and what said so: ``(task, source)``.
+
+    In order: the task it ``declared`` (a ``task`` tag or lineage key: ``binary``/``classification`` or
+    ``regression``), the metrics it was registered with (``auc``, ``log_loss`` … say binary; ``mae``,
+    ``rmse`` … regression), its labels (all 0 or 1: binary, else regression); with none of these, binary
+    (every built-in trainer is a binary classifier).
+
+        >>> task_of(metrics={"auc": 0.8}), task_of(labels=np.array([0.5, 3.0])), task_of()
+        (('binary', 'metrics'), ('regression', 'labels'), ('binary', 'default'))
+    """
+    if isinstance(declared, str) and declared.lower() in _TASK_NAMES:
+        return _TASK_NAMES[declared.lower()], "declared"
+    names = {str(k).lower() for k in (metrics or {})}
+    if names & set(_BINARY_HINTS):
+        return "binary", "metrics"
+    if names & set(_REGRESSION_HINTS):
+        return "regression", "metrics"
+    if labels is not None and len(labels):
+        y = np.asarray(labels, dtype=np.float64)
+        return ("binary" if bool(np.all((y == 0) | (y == 1))) else "regression"), "labels"
+    return "binary", "default"
+
+
+def task_metrics(task: str, y: np.ndarray, p: np.ndarray, *, threshold: float = 0.5) -> dict[str, dict[str, Any]]:
+    """Each of the task's :data:`TASK_METRICS` as ``{"value", "n", "status", "reason"}``.
+
+    ``n`` is the number of labelled predictions behind it. ``status`` is ``measured`` with a finite
+    ``value``, or ``no_data`` with ``value`` None and a ``reason``: no labelled predictions, labels that
+    are not 0/1 for a binary model, or (AUC) labels of one class only. A binary model's ``accuracy``
+    counts ``p >= threshold`` as a positive prediction.
+
+        >>> m = task_metrics("binary", np.array([0, 1, 1]), np.array([0.2, 0.7, 0.4]))
+        >>> m["auc"]["value"], m["accuracy"]["value"], m["accuracy"]["n"]
+        (1.0, 0.6666666666666666, 3)
+        >>> task_metrics("regression", np.array([]), np.array([]))["mae"]
+        {'value': None, 'n': 0, 'status': 'no_data', 'reason': 'no labelled predictions in the window'}
+    """
+    if task not in TASK_METRICS:
+        raise InputError("task", f"must be one of {', '.join(TASK_METRICS)}", task)
+    y = np.asarray(y, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    n = len(y)
+    names = TASK_METRICS[task]
+
+    def none(reason: str) -> dict[str, dict[str, Any]]:
+        return {m: {"value": None, "n": n, "status": "no_data", "reason": reason} for m in names}
+
+    if n == 0:
+        return none("no labelled predictions in the window")
+    if task == "regression":
+        values = regression_metrics(y, p)
+    else:
+        odd = int(np.count_nonzero((y != 0) & (y != 1)))
+        if odd:
+            return none(f"{odd} of {n} labels are not 0 or 1, as a binary model's labels must be")
+        values = classification_metrics(y, p, threshold=threshold)
+    out = {}
+    for m in names:
+        value = values.get(m, math.nan)
+        if math.isfinite(value):
+            out[m] = {"value": float(value), "n": n, "status": "measured", "reason": None}
+        else:
+            why = "the labels are of one class only" if m == "auc" else "undefined on these labels"
+            out[m] = {"value": None, "n": n, "status": "no_data", "reason": why}
     return out
 
 

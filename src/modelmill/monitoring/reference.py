@@ -8,6 +8,14 @@ category counts for a categorical one. It is written to the artifact store
 indexed in the ``monitoring_references`` table, so a monitoring window never
 rescans the training set.
 
+Profiles are made without code: :meth:`ReferenceStore.ensure` is the one place
+that makes a version's profile, and the registry calls it when a version is
+registered (from the training data it was given, else from the training set its
+lineage names) and when it is promoted (``production`` set by ``models alias``,
+the HTTP alias route or a rollout finishing). It never raises: a version whose
+profile cannot be made is logged and left without one, and ``monitor`` reports
+its drift as no data. ``modelmill reference NAME@V --data FILE`` covers the rest.
+
     >>> import numpy as np
     >>> rng = np.random.default_rng(1)
     >>> profile = ReferenceProfile.from_data({"x": rng.normal(size=50_000)}, max_points=1000)
@@ -22,16 +30,20 @@ rescans the training set.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
+import logging
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 import sqlalchemy as sa
 
-from modelmill.errors import InputError, NotFoundError
+from modelmill.errors import InputError, ModelmillError, NotFoundError
 from modelmill.monitoring.drift import (
     ColumnSummary,
     DataLike,
@@ -44,11 +56,19 @@ from modelmill.monitoring.drift import (
 from modelmill.project import Project
 from modelmill.store.tables.monitoring import monitoring_references
 
-__all__ = ["PREDICTION_COLUMN", "ReferenceProfile", "ReferenceStore"]
+if TYPE_CHECKING:
+    from modelmill.registry.versions import ModelVersion
+
+__all__ = ["AUTO_MAX_ROWS", "PREDICTION_COLUMN", "ProfileOutcome", "ReferenceProfile", "ReferenceStore"]
+
+log = logging.getLogger("modelmill.monitoring")
 
 # The model's own output is profiled under this name, so prediction drift is one more column.
 PREDICTION_COLUMN = "__prediction__"
 DEFAULT_MAX_POINTS = 10_000
+#: An automatic profile summarises (and predicts on) at most this many rows of the training data, drawn
+#: with a fixed seed: registration stays quick, and the sketch keeps DEFAULT_MAX_POINTS values anyway.
+AUTO_MAX_ROWS = 50_000
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
@@ -117,6 +137,23 @@ class ReferenceProfile:
         return cls(columns=cols, n_rows=int(header["n_rows"]))
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ProfileOutcome:
+    """What :meth:`ReferenceStore.ensure` did for a version.
+
+    ``status``: ``stored`` (made from ``source`` now), ``kept`` (it had one), ``copied`` (from the version
+    it was derived from), ``no_data`` (no training data known: ``reason`` says so) or ``failed`` (the data
+    was found but the profile could not be made: ``reason`` has the error).
+    """
+
+    model: str
+    version: int
+    status: str
+    source: str | None = None
+    n_rows: int = 0
+    reason: str | None = None
+
+
 class ReferenceStore:
     """Reference profiles per model version: artifact bytes plus an index row in the metadata DB."""
 
@@ -155,6 +192,115 @@ class ReferenceStore:
         self.save(model, version, profile)
         return profile
 
+    def profile_version(self, mv: ModelVersion, data: Any, *, columns: Sequence[str] | None = None,
+                        max_rows: int | None = None, field: str = "data", where: str | None = None) -> ReferenceProfile:
+        """Profile ``data`` (a DataFrame or Arrow table of what ``mv`` was trained on) and store it.
+
+        ``columns`` default to the signature's inputs; when every input is in ``data`` the model's outputs
+        on it are profiled too (so prediction drift is checked). A column that is not there is an
+        :class:`InputError` naming ``field`` (and ``where`` the data came from). ``max_rows`` draws that
+        many rows with a fixed seed.
+        """
+        from modelmill.registry import Registry
+
+        inputs = [f.name for f in mv.signature.inputs]
+        cols = list(columns) if columns else inputs
+        present = column_names(data)
+        missing = [c for c in cols if c not in present]
+        if missing:
+            raise InputError(field, f"has no column {', '.join(missing)}; it has {', '.join(present)}", where)
+        table = _as_table(data, [c for c in dict.fromkeys([*cols, *inputs]) if c in present], field)
+        if max_rows is not None and table.num_rows > max_rows:
+            keep = np.sort(np.random.default_rng(0).choice(table.num_rows, size=max_rows, replace=False))
+            table = table.take(pa.array(keep))
+        predictions = None
+        if inputs and all(c in table.column_names for c in inputs):
+            X = table.select(inputs).to_pandas().to_numpy(dtype="float64")
+            predictions = Registry(self.project).load(mv).predict(X)
+        return self.compute(mv.name, mv.version, table.select(cols).to_pandas(), predictions=predictions)
+
+    def ensure(self, mv: ModelVersion, *, data: Any = None, source: str | None = None,
+               promoted: bool = False) -> ProfileOutcome:
+        """Give ``mv`` a reference profile if it can have one; never raises (a failure is logged).
+
+        With ``data`` (its training data) the profile is made from it, replacing any earlier one.
+        Without, a version that has a profile keeps it; one that has none gets it from the training
+        set named by ``source`` or by its lineage (``training_set``: an artifact URL or a local file;
+        ``data_snapshot``: ``file:PATH#sha256=PREFIX``, as ``modelmill train`` records, read only while
+        the file still has that digest), else a copy of the profile of the version it was
+        ``derived_from``. Otherwise it stays without one, and ``monitor`` says its drift has no data
+        (logged as a warning when the version is being ``promoted``, as information at registration).
+        """
+        name, version = mv.name, mv.version
+        origin = "the training data it was registered with" if data is not None else "its training data"
+        try:
+            if data is None:
+                if self.exists(name, version):
+                    return ProfileOutcome(model=name, version=version, status="kept")
+                origin, data, reason = self._training_data(mv, source)
+                if data is None:
+                    return self._copy_parent(mv) or self._none(mv, reason, promoted=promoted)
+            profile = self.profile_version(mv, data, max_rows=AUTO_MAX_ROWS, field="training data")
+        except Exception as exc:  # a profile is monitoring's help, never a reason to refuse a model
+            reason = f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
+            log.warning("no reference profile for %s@%s: making it from %s failed (%s); its drift is reported "
+                        "as no data until `modelmill reference %s@%s --data FILE` makes one",
+                        name, version, origin, reason, name, version)
+            return ProfileOutcome(model=name, version=version, status="failed", source=origin or None,
+                                  reason=reason)
+        return ProfileOutcome(model=name, version=version, status="stored", source=origin, n_rows=profile.n_rows)
+
+    def _copy_parent(self, mv: ModelVersion) -> ProfileOutcome | None:
+        """A derived version (ONNX export, quantised, pruned, distilled) was trained on its parent's data."""
+        parent = mv.lineage.get("derived_from")
+        if not isinstance(parent, str) or "@" not in parent:
+            return None
+        p_name, _, p_version = parent.rpartition("@")
+        if not (p_version.isascii() and p_version.isdigit()) or not self.exists(p_name, int(p_version)):
+            return None
+        profile = self.load(p_name, int(p_version))
+        self.save(mv.name, mv.version, profile)
+        return ProfileOutcome(model=mv.name, version=mv.version, status="copied", source=parent,
+                              n_rows=profile.n_rows)
+
+    @staticmethod
+    def _none(mv: ModelVersion, reason: str, *, promoted: bool) -> ProfileOutcome:
+        if promoted:
+            log.warning("%s@%s is production without a reference profile (%s), so its drift is reported as no "
+                        "data; make one: modelmill reference %s@%s --data TRAIN.parquet",
+                        mv.name, mv.version, reason, mv.name, mv.version)
+        else:
+            log.info("no reference profile for %s@%s: %s", mv.name, mv.version, reason)
+        return ProfileOutcome(model=mv.name, version=mv.version, status="no_data", reason=reason)
+
+    def _training_data(self, mv: ModelVersion, source: str | None) -> tuple[str, pa.Table | None, str]:
+        """(where from, the training data or None, why none) per the lineage of ``mv``."""
+        lineage: Mapping[str, Any] = mv.lineage or {}
+        training_set = source or lineage.get("training_set")
+        if isinstance(training_set, str) and training_set:
+            return f"training set {training_set}", self._read_training_set(training_set), ""
+        snapshot = lineage.get("data_snapshot")
+        if isinstance(snapshot, str) and snapshot.startswith("file:"):
+            path, _, digest = snapshot.removeprefix("file:").partition("#sha256=")
+            file = Path(path)
+            if not file.is_file():
+                return snapshot, None, f"its training data {path} is gone"
+            if digest and not _sha256(file).startswith(digest):
+                return snapshot, None, f"its training data {path} has changed since it was trained"
+            return f"training data {path}", _read_file(file), ""
+        return "", None, "its lineage names no training set (training_set or a file: data_snapshot)"
+
+    def _read_training_set(self, where: str) -> pa.Table:
+        artifacts = self.project.artifacts
+        prefix = artifacts.url + "/"
+        if where.startswith(prefix):  # a snapshot in the artifact store: read back with its digest checked
+            path = where.removeprefix(prefix)
+            return _read_bytes(artifacts.get_bytes(path), path)
+        file = Path(where.removeprefix("file:").partition("#")[0])
+        if file.is_file():
+            return _read_file(file)
+        raise NotFoundError("training set", where, "it is neither in this project's artifact store nor a local file")
+
     def exists(self, model: str, version: int) -> bool:
         t = monitoring_references
         with self.project.db.engine.connect() as conn:
@@ -177,3 +323,45 @@ class ReferenceStore:
             q = q.where(t.c.model == model)
         with self.project.db.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
+
+
+def _as_table(data: Any, columns: Sequence[str], field: str) -> pa.Table:
+    """Only ``columns`` of ``data`` as Arrow (the other columns of a training frame are never converted)."""
+    if isinstance(data, pa.Table):
+        return data.select(list(columns))
+    if hasattr(data, "columns") and hasattr(data, "iloc"):  # a pandas DataFrame
+        return pa.Table.from_pandas(data[list(columns)], preserve_index=False)
+    if isinstance(data, Mapping):
+        return pa.table({c: np.asarray(data[c]) for c in columns})
+    raise InputError(field, "must be a pandas DataFrame, a pyarrow Table or a mapping of columns",
+                     type(data).__name__)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_bytes(data: bytes, name: str) -> pa.Table:
+    if name.lower().endswith((".csv", ".csv.gz")):
+        import pyarrow.csv as pacsv
+
+        return pacsv.read_csv(io.BytesIO(data))
+    import pyarrow.parquet as pq
+
+    return pq.read_table(io.BytesIO(data))
+
+
+def _read_file(path: Path) -> pa.Table:
+    if path.suffix.lower() in (".csv", ".gz"):
+        import pyarrow.csv as pacsv
+
+        return pacsv.read_csv(path)
+    if path.suffix.lower() not in (".parquet", ".pq"):
+        raise ModelmillError(f"cannot read training data {path}: only .csv and .parquet files are read")
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path)

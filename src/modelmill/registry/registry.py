@@ -30,7 +30,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -50,6 +50,9 @@ from modelmill.registry.versions import (
 )
 from modelmill.store.tables import audit_log
 from modelmill.store.tables.registry import model_aliases, model_versions, registered_models
+
+if TYPE_CHECKING:
+    from modelmill.monitoring.reference import ReferenceStore
 
 __all__ = ["Registry", "clear_cache"]
 
@@ -88,6 +91,7 @@ class Registry:
         tags: Mapping[str, str] | None = None,
         options: Mapping[str, Any] | None = None,
         actor: str = "api",
+        training_data: Any = None,
     ) -> ModelVersion:
         """Store ``model`` and give it the next version number of ``name``.
 
@@ -95,6 +99,9 @@ class Registry:
         takes the next number: an ``UPDATE`` of the model's row, which PostgreSQL
         row-locks and SQLite serialises, so concurrent registrations never share or
         skip a number. ``options`` go to the flavor (torch: ``output``, ``format``).
+        Then the version gets its monitoring reference profile, from ``training_data``
+        (a DataFrame or Arrow table) or else the training set ``lineage`` names; one
+        that cannot be made is logged and never fails the registration.
         """
         check_model_name(name)
         fl = get_flavor(flavor)
@@ -126,7 +133,9 @@ class Registry:
             conn.execute(model_versions.insert().values(**row))
             db.audit(conn, actor=actor, action="model.register", subject=f"model:{name}",
                      detail={"version": version, "flavor": fl.name, "sha256": ref.sha256, "run_id": run_id})
-        return _version(row, ())
+        mv = _version(row, ())
+        _reference(self.project).ensure(mv, data=training_data)
+        return mv
 
     def get(self, name: str, version: int) -> ModelVersion:
         """Version ``version`` of ``name``; :class:`NotFoundError` with the versions that exist otherwise."""
@@ -187,7 +196,11 @@ class Registry:
     # ---- aliases ----------------------------------------------------------------------------------
 
     def set_alias(self, name: str, alias: str, version: int, *, actor: str = "cli", reason: str = "") -> None:
-        """Point ``name@alias`` at ``version``; the move is audited with ``actor`` and ``reason``."""
+        """Point ``name@alias`` at ``version``; the move is audited with ``actor`` and ``reason``.
+
+        A version made ``production`` that has no reference profile gets one from its lineage's training
+        set when it can (see :meth:`modelmill.monitoring.ReferenceStore.ensure`; never raises).
+        """
         check_model_name(name)
         check_alias(alias)
         if isinstance(version, str):  # only ints: "3" is a caller's mistake here, not a version
@@ -210,6 +223,8 @@ class Registry:
                     model_aliases.c.name == name, model_aliases.c.alias == alias).values(**values))
             self.project.db.audit(conn, actor=actor, action="alias.set", subject=f"model:{name}",
                                   detail={"alias": alias, "version": version, "previous": previous, "reason": reason})
+        if alias == "production":
+            _reference(self.project).ensure(self.get(name, version), promoted=True)
 
     def delete_alias(self, name: str, alias: str, *, actor: str = "cli", reason: str = "") -> None:
         """Remove ``name@alias``; audited like a move."""
@@ -322,6 +337,15 @@ class Registry:
         if latest is None:
             return "no model of that name is registered; see `modelmill models list`"
         return f"{name} has versions 1 to {latest}"
+
+
+def _reference(project: Project) -> ReferenceStore:
+    # Every registration and every promotion (models alias, the HTTP alias route, a rollout finishing) passes
+    # here, so this is where a version gets the reference profile monitoring compares its traffic with. The
+    # import is late: monitoring reads the registry, and the registry needs monitoring only for this.
+    from modelmill.monitoring.reference import ReferenceStore
+
+    return ReferenceStore(project)
 
 
 def _insert_ignore(dialect: str, name: str, now: float) -> Any:

@@ -5,7 +5,9 @@ the step's code and the hashes of its inputs. A step whose key is already in
 the cache is skipped (its outputs are reused without being loaded, unless a
 later step needs them); a failed pipeline run can be resumed, in any process,
 from the step that failed. Every pipeline run records its lineage (data
-snapshot, training set, tracking run, model version) in the metadata database.
+snapshot, training set, tracking run, model version) in the metadata database;
+a run that recorded both a ``model_version`` and its ``training_set`` leaves that
+version with a monitoring reference profile of the set.
 
     >>> import tempfile
     >>> from modelmill.config import Settings
@@ -33,6 +35,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import logging
 import pickle
 import time
 import traceback
@@ -42,7 +45,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from modelmill.errors import ConflictError, InputError, NotFoundError
+from modelmill.errors import ConflictError, InputError, ModelmillError, NotFoundError
 from modelmill.project import Project
 from modelmill.store.tables.training import pipeline_runs, pipeline_steps, step_cache
 from modelmill.training.tracking import Run
@@ -59,6 +62,8 @@ __all__ = [
     "registered_pipelines",
     "step",
 ]
+
+log = logging.getLogger("modelmill.training")
 
 LINEAGE_KEYS = ("data_snapshot", "training_set", "feature_version", "run_id", "model_version")
 
@@ -386,6 +391,8 @@ class _Attempt:
             conn.execute(pipeline_runs.update().where(pipeline_runs.c.id == self.id).values(
                 status=status, lineage=full, run_id=lineage.get("run_id"), ended_at=time.time(),
                 failed_step=failed[0] if failed else None, error=failed[1] if failed else None))
+        if not failed and lineage.get("model_version") and lineage.get("training_set"):
+            _profile(self.project, str(lineage["model_version"]), str(lineage["training_set"]))
 
         def load(output: str) -> Any:
             if output in values:
@@ -521,6 +528,21 @@ def get_pipeline(name: str, project: Project | None = None) -> Pipeline:
                 return register_pipeline(obj)
     raise NotFoundError("pipeline", name, "use 'module:attr', register_pipeline(), or list its module in "
                                           "modelmill.toml [training] pipelines")
+
+
+def _profile(project: Project, model_version: str, training_set: str) -> None:
+    """The version a run registered gets the reference profile of the training set it recorded (unless it has
+    one: the registry makes it when the registration's own lineage names the set). Never raises."""
+    from modelmill.monitoring.reference import ReferenceStore
+    from modelmill.registry import Registry
+
+    try:
+        mv = Registry(project).resolve(model_version)
+    except ModelmillError as exc:
+        log.warning("pipeline lineage names model version %s, which cannot be read (%s): no reference profile",
+                    model_version, exc)
+        return
+    ReferenceStore(project).ensure(mv, source=training_set)
 
 
 def _takes_kwargs(params: Mapping[str, inspect.Parameter]) -> bool:
