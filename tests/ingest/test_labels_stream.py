@@ -13,8 +13,6 @@ import numpy as np
 import orjson
 import pytest
 from sklearn.linear_model import LogisticRegression
-from tests.ingest.conftest import Broker
-from tests.prediction_log import prediction_log
 
 from modelmill.ingest import DeadLetters, Polled, Source
 from modelmill.ingest.labels import LABEL_REASONS, LabelConsumer
@@ -22,6 +20,8 @@ from modelmill.ingest.source import open_publisher
 from modelmill.project import Project
 from modelmill.registry import Field, Registry, Signature
 from modelmill.store import Feedback
+from tests.ingest.conftest import Broker
+from tests.prediction_log import prediction_log
 
 KINDS = ["local", "nats", "redis"]
 TS = "2026-12-01T10:00:00Z"

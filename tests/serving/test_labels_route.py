@@ -199,7 +199,7 @@ def test_labels_must_fit_the_task_of_the_models_newest_version(served: Served) -
     assert odd.status_code == 409 and "records task 'ranking'" in odd.json()["error"], odd.text
     # NaN and infinities are not JSON (Python's json module writes them anyway): a 400, never stored
     for bad in ("NaN", "Infinity", "-Infinity"):
-        r = served.client.post(URL, content='{"labels": [{"id": "a", "label": %s}]}' % bad,
+        r = served.client.post(URL, content='{"labels": [{"id": "a", "label": ' + bad + '}]}',
                                headers={**served.headers("label"), "content-type": "application/json"})
         assert r.status_code == 400 and r.json()["error"].startswith("body: is not valid JSON"), (bad, r.text)
     assert [r.detail["labels"] for r in served.audited()] == [2, 1]  # the refused POSTs are not audited
