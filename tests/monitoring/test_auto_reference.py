@@ -156,3 +156,34 @@ def test_a_profile_that_cannot_be_made_fails_nothing_and_monitor_says_no_data(
     [window] = result["windows"]
     assert window["status"] == "no_data" and result["status"] == "no_data"
     assert "no reference profile for credit@2" in window["reason"]
+
+
+def test_the_http_alias_route_promotes_with_a_profile(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from modelmill.security import Authenticator, TokenStore
+    from modelmill.serving import ServerConfig, build_server, create_app
+    from tests.serving.conftest import COLUMNS, make_project, open_project_at, signature, train_lr
+
+    project = open_project_at(make_project(tmp_path / "proj"))  # clf v1 (production), v2: neither profiled
+    try:
+        train = tmp_path / "clf-train.parquet"  # named in v3's lineage, written only after its registration
+        Registry(project).register("clf", train_lr(3), flavor="sklearn", signature=signature(),
+                                   lineage={"training_set": str(train)})
+        refs = ReferenceStore(project)
+        assert not refs.exists("clf", 3)
+        pd.DataFrame(np.random.default_rng(8).normal(size=(300, len(COLUMNS))), columns=COLUMNS).to_parquet(train)
+        store = TokenStore(project)
+        headers = {"Authorization": f"Bearer {store.create('admin')[1]}"}
+        config = ServerConfig(models=["clf@production"], reload_interval_s=60, log_predictions=False)
+        app = create_app(build_server(project, config), auth=Authenticator(store))
+        with TestClient(app, headers=headers) as client:
+            assert client.put("/v1/models/clf/aliases/canary", json={"version": 3}).status_code == 200
+            assert not refs.exists("clf", 3)  # only production is a promotion
+            assert client.put("/v1/models/clf/aliases/production", json={"version": 3}).status_code == 200
+            assert refs.load("clf", 3).n_rows == 300
+            made = refs.versions("clf")
+            assert client.put("/v1/models/clf/aliases/production", json={"version": 3}).status_code == 200
+        assert refs.versions("clf") == made  # kept, not made again
+    finally:
+        project.close()
