@@ -173,3 +173,27 @@ def test_the_cli_names_the_key_of_a_bad_table(tmp_path: Path) -> None:
     (tmp_path / "modelmill.toml").write_text("")
     empty = mm(["loop", "--once", "--json"], tmp_path)
     assert empty.returncode == 1 and json.loads(empty.stdout)["key"] == "models"
+
+
+def test_the_readme_example_is_a_valid_table() -> None:
+    import tomllib
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## The loop: one `[models.NAME]` table per model", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    m = parse_models(tomllib.loads(example)["models"]).model("clicks")
+    assert [r.kind for r in m.rules] == ["drift", "metric_drop", "latency", "error_rate"]
+    assert m.rules[-1].actions == ("rollback",) and m.rollout.guardrails.max_output_shift is None
+
+
+def test_the_package_docstring_example_is_a_valid_table() -> None:
+    import tomllib
+
+    import modelmill.loop
+
+    doc = modelmill.loop.__doc__ or ""
+    block = doc.split("::\n\n", 1)[1].split("\nEach model's rules", 1)[0]
+    lines = [line[4:] for line in block.splitlines()]
+    m = parse_models(tomllib.loads("\n".join(lines))["models"]).model("clicks")
+    assert [r.kind for r in m.rules] == ["drift", "metric_drop", "latency", "error_rate"]
+    assert m.gate.maximum == {"logloss": 0.6} and m.rollout.max_stage_seconds == 600.0

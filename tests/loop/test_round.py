@@ -16,7 +16,7 @@ from modelmill.store.tables.loop import loop_decisions
 from modelmill.store.tables.training import triggers
 from modelmill.training import Scheduler, trigger
 from tests.loop import pipelines
-from tests.loop.helpers import config, log_traffic, open_project
+from tests.loop.helpers import config, log_stage, log_traffic, open_project
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -134,3 +134,31 @@ def test_a_restarted_loop_resumes_from_the_database(tmp_path: Path, db: str | No
         assert out["leader"] is True and out["models"]["clicks"]["decisions"] == []
         assert out["models"]["clicks"]["rollout"]["rollout"] == rollout_id
         assert count(project, rollouts) == 1 and count(project, loop_decisions) == 1
+
+
+def test_the_loop_drives_the_rollout_to_promotion(tmp_path: Path) -> None:
+    # The loop's clock runs an hour behind, and each stage's traffic is stamped inside the stage: serving's
+    # guardrail source counts only requests older than its settle time, and no test waits for that.
+    behind = 3600.0
+    cfg = config(rules={"error_rate": {"max_rate": 0.1, "min_requests": 10, "window": "3h"}},
+                 rollout={"plan": ["shadow", 100], "min_requests": 50, "stage_seconds": 0.01,
+                          "guardrails": {"max_label_loss_increase": False}})
+    with open_project(tmp_path / "home") as project:
+        pipelines.first_version(project)
+        log_traffic(project, at=time.time() - 2 * behind)  # the errors that fire the rule, before any stage
+        loop = Loop(project, cfg, lease=Lease(project.db, holder="a"), clock=lambda: time.time() - behind)
+        started = loop.round()["models"]["clicks"]["rollout"]
+        assert (started["action"], started["stage"]) == ("hold", "shadow")
+        shadow = RolloutController(project).get("clicks")
+
+        log_stage(project, live=("stable", 1), mirror=("candidate", 2), start=shadow.stage_started_at)
+        moved = loop.round()["models"]["clicks"]["rollout"]
+        assert (moved["action"], moved["stage"], moved["status"]) == ("advance", "100", "running"), moved
+        full = RolloutController(project).get("clicks")
+
+        log_stage(project, live=("candidate", 2), mirror=("stable", 1), start=full.stage_started_at, prefix="f")
+        done = loop.round()["models"]["clicks"]["rollout"]
+        assert (done["action"], done["status"]) == ("complete", "completed"), done
+        assert Registry(project).aliases("clicks") == {"production": 2}
+        assert loop.round()["models"]["clicks"]["rollout"] is None  # nothing active is left to step
+        assert loop_status(project, cfg)["models"]["clicks"]["rollout"]["status"] == "completed"
