@@ -122,8 +122,10 @@ def test_a_regression_model_gets_mae_and_rmse(project: Project) -> None:
 
 def test_the_label_window_is_configurable_and_checked(project: Project) -> None:
     _register(project, "credit")
-    ids, _ = _traffic(project, "credit", 1, 20, seed=8)
-    write_labels(project.offline, "credit", [{"id": r, "label": i % 2} for i, r in enumerate(ids)], now=NOW)
+    ids, outputs = _traffic(project, "credit", 1, 20, seed=8)
+    y = np.arange(20) % 2
+    write_labels(project.offline, "credit", [{"id": r, "label": int(v)} for r, v in zip(ids, y, strict=True)],
+                 now=NOW)
     # predictions made 1h50m to 2h before NOW: outside a 1h label window (then the version is not served in it)
     config = MonitoringConfig.from_section({"label_window": "1h"})
     assert config.label_window == 3600 and Monitor(project, config).performance(now=NOW) == []
@@ -134,7 +136,9 @@ def test_the_label_window_is_configurable_and_checked(project: Project) -> None:
     for threshold in (1.5, 0, True, "0.5"):
         with pytest.raises(ConfigError, match=r"monitoring\.threshold"):
             MonitoringConfig.from_section({"threshold": threshold})
-    assert MonitoringConfig.from_section({"threshold": 0.7}).threshold == 0.7
+    [row] = Monitor(project, MonitoringConfig.from_section({"label_window": "3h", "threshold": 0.7})).performance(
+        now=NOW)
+    assert row["metrics"]["accuracy"]["value"] == accuracy_score(y, outputs >= 0.7) != accuracy_score(y, outputs >= 0.5)
 
 
 def test_a_binary_models_labels_that_are_not_0_or_1_are_no_data() -> None:
