@@ -6,7 +6,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -145,3 +147,133 @@ def test_help_names_the_window_options() -> None:
     assert out.returncode == 0
     for option in ("--start", "--end", "--view", "--json", "event clock"):
         assert option in " ".join(out.stdout.split()), option
+
+
+SERVICE = "airport_features"
+
+
+@pytest.fixture
+def served(event_clock: Path) -> Path:
+    """The event-clock project with a feature service over both views."""
+    from modelmill.features import FeatureService
+
+    with Project(load_settings()) as project:
+        FeatureStore(project).apply([FeatureService(name=SERVICE, features=["weather:temp", "traffic:departures"])])
+    return event_clock
+
+
+def _entities(root: Path) -> pd.DataFrame:
+    """Entity rows, deliberately out of time order: each row's features are the latest at or before its time."""
+    return pd.DataFrame({
+        "origin": ["JFK", "JFK", "LGA", "JFK", "JFK", "SFO"],
+        "event_timestamp": [hours(0.5), hours(-1), hours(2), hours(3), hours(20), hours(2)],
+        "late": [1, 0, 0, 1, 0, 1],
+    })
+
+
+# (temp, departures) per entity row: JFK 39 at 0h, 41 at 3h; LGA 35 at 0.5h; departures JFK 12 at 0.25h,
+# LGA 7 at 1h; nothing before its first value, nothing past the 12 h ttl, nothing for SFO.
+EXPECTED = [(39.0, 12.0), (None, None), (35.0, 7.0), (41.0, 12.0), (None, None), (None, None)]
+
+
+@pytest.mark.parametrize(("source", "target"), [("csv", "csv"), ("parquet", "parquet"), ("csv", "parquet")])
+def test_training_set_joins_point_in_time_correct_features_to_every_entity_row(
+        served: Path, source: str, target: str) -> None:
+    entities = _entities(served)
+    path = served / f"entities.{source}"
+    if source == "csv":
+        entities.assign(event_timestamp=[t.isoformat() for t in entities.event_timestamp]).to_csv(path, index=False)
+    else:
+        entities.to_parquet(path)
+    output = served / "out" / f"train.{target}"
+    out = mm(["features", "training-set", "--service", SERVICE, "--entities", str(path), "--output", str(output),
+              "--json"], served)
+    assert out.returncode == 0, out.stdout + out.stderr
+    info = json.loads(out.stdout)
+    assert info == {"service": SERVICE, "features": ["weather:temp", "traffic:departures"], "entities": str(path),
+                    "output": str(output), "rows": 6, "columns": ["origin", "event_timestamp", "late", "temp",
+                                                                  "departures"],
+                    "empty": {"temp": 3, "departures": 3}}
+    got = pd.read_csv(output) if target == "csv" else pd.read_parquet(output)
+    assert got["origin"].tolist() == entities["origin"].tolist() and got["late"].tolist() == [1, 0, 0, 1, 0, 1]
+    pairs = [(None if pd.isna(t) else t, None if pd.isna(d) else d) for t, d in zip(got.temp, got.departures,
+                                                                                  strict=True)]
+    assert pairs == EXPECTED
+    # the same rows as the library's own point-in-time join
+    with Project(load_settings()) as project:
+        lib = FeatureStore(project).get_training_set(entities, SERVICE)
+    assert lib["temp"].isna().tolist() == got["temp"].isna().tolist()
+
+
+def test_training_set_with_full_feature_names_and_its_errors(served: Path) -> None:
+    path = served / "entities.csv"
+    _entities(served).rename(columns={"event_timestamp": "ts"}).to_csv(path, index=False)
+    out = mm(["features", "training-set", "-s", SERVICE, "-e", str(path), "-o", str(served / "t.parquet"),
+              "--timestamp-column", "ts", "--full-feature-names", "--json"], served)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["columns"][-2:] == ["weather__temp", "traffic__departures"]
+    from typer.testing import CliRunner
+
+    from modelmill.cli import app
+    from modelmill.errors import ModelmillError
+
+    for args, field, words in [
+        (["-s", "nope", "-e", str(path), "-o", "t.csv"], None, "feature service 'nope' not found"),
+        (["-s", SERVICE, "-e", str(path), "-o", "t.csv"], "--timestamp-column", "is not a column of entities.csv"),
+        (["-s", SERVICE, "-e", "missing.csv", "-o", "t.csv"], "--entities", "is not a file"),
+        (["-s", SERVICE, "-e", str(path), "-o", "t.json", "--timestamp-column", "ts"], "--output",
+         "must end in .csv or .parquet"),
+    ]:
+        result = CliRunner().invoke(app, ["features", "training-set", *args, "--json"])
+        error = result.exception
+        assert isinstance(error, ModelmillError) and words in error.message, result.output
+        assert field is None or error.context["field"] == field, error.context
+    assert not (served / "t.csv").exists()
+    path.write_text("origin,ts\nJFK,yesterday\n")
+    bad = mm(["features", "training-set", "-s", SERVICE, "-e", str(path), "-o", "t.csv", "--timestamp-column", "ts",
+              "--json"], served)
+    assert bad.returncode == 2 and json.loads(bad.stdout)["field"] == "ts", bad.stdout
+
+
+def online_cli(root: Path, *args: str) -> dict[str, Any]:
+    out = mm(["features", "online", "--service", SERVICE, *args, "--json"], root)
+    assert out.returncode == 0, out.stdout + out.stderr
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def test_online_shows_each_feature_with_its_status_and_a_missing_one_as_missing(served: Path) -> None:
+    materialize(served, "--start", "2013-01-01", "--end", "2013-01-02", "--view", "weather")  # not traffic
+    got = online_cli(served, "--entity", "origin=JFK", "--at", iso(hours(4)))
+    assert got["entity"] == {"origin": "JFK"} and got["at"] == iso(hours(4)) and got["on_missing"] == "reject"
+    assert got["features"] == {
+        "weather:temp": {"value": 41.0, "status": "present", "event_time": iso(hours(3))},
+        "traffic:departures": {"value": None, "status": "missing", "event_time": None}}
+    assert got["missing"] == ["traffic:departures"]
+    # past the 12 h ttl the value is expired: shown as such, with no value, not as the old one or as 0
+    late = online_cli(served, "--entity", "origin=JFK", "--at", iso(hours(16)))
+    assert late["features"]["weather:temp"] == {"value": None, "status": "expired", "event_time": iso(hours(3))}
+    unknown = online_cli(served, "--entity", "origin=SFO", "--at", iso(hours(4)))
+    assert [f["status"] for f in unknown["features"].values()] == ["missing", "missing"]
+    text = mm(["features", "online", "--service", SERVICE, "--entity", "origin=JFK", "--at", iso(hours(4))], served)
+    assert text.returncode == 0 and "(missing)" in text.stdout and "41.0" in text.stdout
+    assert "1 of 2 features not in the online store" in " ".join(text.stderr.split())
+    assert " 0.0 " not in text.stdout
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--entity", "airport=JFK"], "'airport' is not a join key of feature service airport_features; its keys are "
+                                  "origin"),
+    (["--entity", "JFK"], "must look like KEY=VALUE"),
+    (["--entity", "origin=JFK", "--entity", "origin=LGA"], "gives 'origin' twice"),
+    (["--entity", "origin=JFK", "--at", "soon"], "--at"),
+])
+def test_online_refuses_a_bad_entity_naming_the_key(served: Path, args: list[str], words: str) -> None:
+    from typer.testing import CliRunner
+
+    from modelmill.cli import app
+    from modelmill.errors import InputError
+
+    result = CliRunner().invoke(app, ["features", "online", "--service", SERVICE, *args, "--json"])
+    assert isinstance(result.exception, InputError), result.output  # main() makes it a message and exit 2
+    assert words in result.exception.message and result.stdout == ""
