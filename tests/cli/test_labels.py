@@ -96,10 +96,7 @@ def test_labels_without_ts_are_stamped_when_they_arrive(home: Path) -> None:
     ("id,label\nr1,1\nr2,yes\n", "row 2.label", "must be 0 or 1"),
     ("id,label\nr1,1\nr2,\n", "row 2.label", "must be 0 or 1"),
     ("id,label\nr1,1\nr2,0\nr3,0.5\n", "row 3.label", "m@1 (signature output 'probability') is binary"),
-    ("id,label\nr1,1\nr2,2\n", "row 2.label", "must be 0 or 1"),
-    ("id,label\nr1,inf\n", "row 1.label", "must be 0 or 1"),
     ("id,label,ts\nr1,1,someday\n", "row 1.ts", "ISO 8601"),
-    (",label\n,1\n", "id", "no id (or request_id) column"),
     ("id,label\n,1\n", "row 1.id", "non-empty string"),
 ])
 def test_a_bad_file_is_a_clear_error_naming_the_row(home: Path, content: str, field: str, says: str) -> None:
@@ -119,10 +116,9 @@ def test_a_bad_file_is_a_clear_error_naming_the_row(home: Path, content: str, fi
 @pytest.mark.parametrize(("record", "content", "want"), [
     # a recorded task wins over the signature; a binary file of true/false reads as 1 and 0
     ({"tags": {"task": "binary"}}, "id,label\nr1,true\nr2,False\n", {0.2: 1.0, 0.5: 0.0}),
-    ({"tags": {"task": "regression"}}, "id,label\nr1,3.25\nr2,-7\n", {0.2: 3.25, 0.5: -7.0}),
     ({"lineage": {"task": "multiclass", "classes": [0, 1, 5]}}, "id,label\nr1,5\nr2,0\n", {0.2: 5.0, 0.5: 0.0}),
-    ({"tags": {"task": "multiclass"}}, "id,label\nr1,4\nr2,12\n", {0.2: 4.0, 0.5: 12.0}),
-    # no task recorded (an output that is not 'probability'): any finite number
+    # no task recorded (an output that is not 'probability'): any finite number (each task's rules in full:
+    # tests/store/test_feedback.py)
     ({"signature": Signature(inputs=[Field("x")], outputs=[Field("value")])}, "id,label\nr1,0.75\n", {0.2: 0.75}),
 ])
 def test_labels_are_checked_against_the_task_the_model_records(tmp_path: Path, record: dict[str, Any],
@@ -144,7 +140,6 @@ def test_labels_are_checked_against_the_task_the_model_records(tmp_path: Path, r
     ({"tags": {"task": "regression"}}, "id,label\nr1,1\nr2,true\n", "row 2.label", "must be a finite number"),
     ({"lineage": {"task": "multiclass", "classes": [0, 1, 5]}}, "id,label\nr1,5\nr2,2\n", "row 2.label",
      "one of the classes 0, 1, 5"),
-    ({"tags": {"task": "multiclass"}}, "id,label\nr1,4\nr2,1.5\n", "row 2.label", "a whole number"),
     ({"signature": Signature(inputs=[Field("x")], outputs=[Field("value")])}, "id,label\nr1,nan\n", "row 1.label",
      "m@1 records no task"),
 ])
