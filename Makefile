@@ -8,7 +8,7 @@ PYTEST_ARGS ?= -m "not slow"
 # out (about 4 minutes on 2 cores). `make demo DEMO_MONTHS=6` stops after June.
 DEMO_MONTHS ?= 12
 
-.PHONY: demo test lint typecheck pytest bench mutation services clean
+.PHONY: demo test lint typecheck pytest bench mutation services clean docs docs-build
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -41,6 +41,15 @@ mutation: $(STAMP)
 
 services:
 	bash scripts/services.sh
+
+# The documentation site (mkdocs.yml): `make docs` serves it with live reload on http://$(DOCS_ADDR),
+# `make docs-build` builds it into build/site and fails on any warning (.ci/run). Fully offline.
+DOCS_ADDR ?= 127.0.0.1:8000
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --dev-addr $(DOCS_ADDR)
+
+docs-build: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) .modelmill .pytest_cache .mypy_cache .ruff_cache mutants
