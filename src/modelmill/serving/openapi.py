@@ -71,6 +71,14 @@ _TENSOR_META = {
                    "shape": {"type": "array", "items": {"type": "integer"}}},
 }
 
+#: What a client's request id is, and the rule for an id sent again (OIP infer and the feature route).
+_CLIENT_ID = ("The prediction's id (default: one the server picks; an empty id counts as none), at most "
+              "serving.max_id_chars characters: post its label under it. A request of n > 1 rows logs row i as "
+              "<id>/<i>. Ids are not deduplicated (as in KServe): a repeat of a known id is answered and logged "
+              "again under the same id, by the same variant while the route is unchanged (without a routing "
+              "key the variant is chosen by hashing the id), and a label for the id labels every answer logged "
+              "under it for the model. Reuse an id only to retry the same request.")
+
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
     "ServerMetadata": {
@@ -92,7 +100,7 @@ SCHEMAS: dict[str, Any] = {
     "InferRequest": {
         "type": "object", "required": ["inputs"],
         "properties": {
-            "id": {"type": "string"},
+            "id": {"type": "string", "description": _CLIENT_ID},
             "parameters": {"type": "object"},
             "inputs": {"type": "array", "minItems": 1, "items": _TENSOR_IN},
             "outputs": {"type": "array", "items": {
@@ -121,8 +129,7 @@ SCHEMAS: dict[str, Any] = {
             "features": {"type": "object", "description": "Request-time features.",
                          "additionalProperties": {"type": "number"}},
             "routing_key": {"type": "string"},
-            "id": {"type": "string", "description": "The prediction's id (default: one the server picks), "
-                   "at most serving.max_id_chars characters: post its label under it."},
+            "id": {"type": "string", "description": _CLIENT_ID},
         },
     },
     "PredictRequest": {
@@ -171,7 +178,13 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"id": {"oneOf": [{"type": "string", "minLength": 1}, {"type": "integer"}],
                               "description": "The prediction's id: its request_id, or the client's own id."},
                        "label": {"oneOf": [{"type": "number"}, {"type": "boolean"}],
-                                 "description": "The observed outcome (true and false are 1 and 0)."},
+                                 "description": "The observed outcome, fitting the task of the model's newest "
+                                                "version: 0 or 1 (true, false) for binary (tags.task or "
+                                                "lineage.task, else a signature whose one output is "
+                                                "'probability'), one of its recorded classes (else a whole "
+                                                "number) for multiclass, a finite number for regression or a "
+                                                "version that records no task. A label that does not fit is a "
+                                                "400 naming it: labels[i].label."},
                        "ts": {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "number"}],
                               "nullable": True,
                               "description": "When the outcome was observed, ISO 8601 or epoch seconds (default: "
