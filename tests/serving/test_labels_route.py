@@ -217,10 +217,17 @@ def test_a_repeated_client_id_is_answered_again_by_the_same_variant_and_its_labe
             assert r.status_code == 200 and r.json()["id"] == f"o-{i}", r.text
             versions.setdefault(f"o-{i}", set()).add(r.json()["model_version"])
     assert all(len(v) == 1 for v in versions.values()), versions  # a repeat is answered by the same version
+    # an empty id counts as none: the prediction gets one of the server's, on either route
+    empty = served.client.post("/v1/models/clf/predict", json={**features(0), "id": ""})
+    assert empty.status_code == 200 and empty.json()["request_id"], empty.text
+    assert served.client.post("/v2/models/clf/infer", json={**infer_body(X[:1]), "id": ""}).status_code == 200
     assert set().union(*versions.values()) == {"1", "2"}  # and the ids are split between the two
     served.flush()
     assert served.post({"labels": [{"id": "o-0", "label": 1}]}).json() == {"accepted": 1, "duplicates": 0,
                                                                             "unknown": 0}
-    rows = Feedback(served.project.offline).labelled(model="clf").to_pylist()
+    feedback = Feedback(served.project.offline)
+    logged = feedback.outcomes("clf", since=0)
+    assert logged is not None and "" not in set(logged["request_id"]) and len(logged) == 26
+    rows = feedback.labelled(model="clf").to_pylist()
     assert len(rows) == 2 and {r["label"] for r in rows} == {1.0}  # both answers under o-0 carry its label
     assert len({r["output"] for r in rows}) == 1 and len({r["version"] for r in rows}) == 1
