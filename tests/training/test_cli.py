@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from modelmill.cli import app
 from modelmill.config import Settings
+from modelmill.errors import InputError
 from modelmill.project import Project
 from modelmill.training import Runs, start_run
 
@@ -131,3 +132,136 @@ def test_runs_search_json_and_a_bad_filter_is_a_message(home: Path) -> None:
     assert "unknown comparator '>>' at character 13" in err["error"]
     plain = _mm(["runs", "search", "params.model = CNN"], home.parent, home)
     assert plain.returncode == 2 and "write 'CNN' in quotes" in " ".join(plain.stderr.split())
+
+
+# ---- train --feature-service: a non-flights table, features from definitions, served by entity keys -------------
+
+
+def _credit_project(root: Path) -> Path:
+    """A project folder with an ``accounts`` table (three snapshots per customer), its feature view and the
+    feature service ``credit``; entity rows (customer, time, amount, label) in ``entities.csv``."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from modelmill.config import load_settings
+    from modelmill.features import Entity, FeatureService, FeatureStore, FeatureView, Field
+
+    root.mkdir()
+    (root / "modelmill.toml").write_text('home = ".modelmill"\n\n[serving]\nlog_flush_interval_s = 0.2\n')
+    rng = np.random.default_rng(11)
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    n = 200
+    customers = [f"c{i}" for i in range(n)]
+    snaps = {"customer_id": [], "ts": [], "balance": [], "utilization": []}  # type: dict[str, list[object]]
+    for day in (0, 10, 20):
+        for c in customers:
+            snaps["customer_id"].append(c)
+            snaps["ts"].append(t0 + dt.timedelta(days=day))
+            snaps["balance"].append(float(rng.normal(1000, 300)))
+            snaps["utilization"].append(float(rng.uniform()))
+    customer = Entity(name="customer", join_keys=("customer_id",))
+    account = FeatureView(name="account", entities=(customer,), source="accounts", timestamp_field="ts",
+                          fields=(Field("balance", "float64"), Field("utilization", "float64")))
+    with Project(load_settings(cwd=root)) as project:
+        project.offline.write("accounts", pa.table(snaps), time_column="ts")
+        store = FeatureStore(project)
+        store.apply([customer, account, FeatureService(name="credit", features=["account:balance",
+                                                                                 "account:utilization"])])
+        store.materialize(t0 - dt.timedelta(days=1), t0 + dt.timedelta(days=30))
+        store.close()
+    # Each label row is 5 days after a snapshot: its point-in-time features are that snapshot's.
+    idx = rng.integers(0, len(snaps["ts"]), size=600)
+    util = np.array(snaps["utilization"])[idx]
+    pd.DataFrame({
+        "customer_id": np.array(snaps["customer_id"])[idx],
+        "event_timestamp": [(snaps["ts"][i] + dt.timedelta(days=5)).isoformat() for i in idx],  # type: ignore[operator]
+        "amount": rng.uniform(10, 500, size=600),
+        "default": (util + 0.1 * rng.normal(size=600) > 0.6).astype(int),
+    }).to_csv(root / "entities.csv", index=False)
+    return root
+
+
+def test_train_with_a_feature_service_is_served_by_the_feature_route(tmp_path: Path) -> None:
+    import httpx
+
+    from modelmill.config import load_settings
+    from modelmill.registry import Registry
+    from tests.serving.conftest import ServeProcess
+    from tests.test_cli import mm
+
+    root = _credit_project(tmp_path / "credit")
+    built = mm(["features", "training-set", "--service", "credit", "--entities", "entities.csv", "--output",
+                "train.csv", "--json"], root)
+    assert built.returncode == 0, built.stdout + built.stderr
+    out = mm(["train", "-t", "sklearn-hgb", "--data", "train.csv", "--label", "default", "-p", "max_iter=30",
+              "--feature-service", "credit", "--register", "credit", "--json"], root)
+    assert out.returncode == 0, out.stdout + out.stderr
+    res = json.loads(out.stdout)
+    # entity key, time and the amount the service does not serve are left out by default
+    assert res["features"] == ["balance", "utilization"] and res["metrics"]["auc"] > 0.9
+    assert res["feature_service"] == "credit" and res["model_version"] == "credit@1"
+    assert res["feature_refs"] == {"balance": "account:balance", "utilization": "account:utilization"}
+    assert res["request_features"] == []
+    # the same training set joined by train itself from the entity rows: the same model
+    joined = mm(["train", "-t", "sklearn-hgb", "--entities", "entities.csv", "--label", "default", "-p",
+                 "max_iter=30", "--feature-service", "credit", "--features", "balance,utilization,amount",
+                 "--register", "credit", "--json"], root)
+    assert joined.returncode == 0, joined.stdout + joined.stderr
+    res2 = json.loads(joined.stdout)
+    assert res2["model_version"] == "credit@2" and res2["request_features"] == ["amount"]
+    with Project(load_settings(cwd=root)) as project:
+        registry = Registry(project)
+        v1, v2 = registry.get("credit", 1), registry.get("credit", 2)
+        assert v1.lineage["feature_service"] == "credit" and v1.lineage["feature_definitions"] == "credit@v1"
+        assert v2.lineage["feature_service"] == "credit" and v1.lineage["run_id"] == res["run_id"]
+        info = Runs(project).get(res["run_id"])
+        assert info.feature_version == "credit@v1" and info.tags["feature_service"] == "credit"
+        model = registry.load(v2)
+    assert mm(["models", "alias", "credit", "production", "2"], root).returncode == 0
+    proc = ServeProcess(root, "--no-cache").wait_ready()  # no model named: the production alias is served
+    try:
+        body = {"entities": {"customer_id": "c7"}, "features": {"amount": 120.0}, "id": "order-1"}
+        answer = httpx.post(f"{proc.url}/v1/models/credit/predict", json=body, timeout=10)
+        assert answer.status_code == 200, answer.text
+        got = answer.json()
+        assert got["version"] == 2 and got["request_id"] == "order-1"
+        online = json.loads(mm(["features", "online", "--service", "credit", "--entity", "customer_id=c7", "--json"],
+                               root).stdout)["features"]
+        x = np.array([[online["account:balance"]["value"], online["account:utilization"]["value"], 120.0]])
+        assert got["prediction"] == pytest.approx(float(np.ravel(model.predict(x))[0]), abs=1e-9)
+        lacking = httpx.post(f"{proc.url}/v1/models/credit/predict", json={"entities": {"customer_id": "c7"}},
+                             timeout=10)
+        assert lacking.status_code == 400 and "amount" in lacking.text  # the request-time feature is required
+    finally:
+        proc.stop()
+
+
+def test_train_with_a_feature_service_fails_clearly_when_it_cannot_serve_the_model(tmp_path: Path,
+                                                                                   monkeypatch: pytest.MonkeyPatch
+                                                                                   ) -> None:
+    from modelmill.errors import ModelmillError, NotFoundError
+
+    root = _credit_project(tmp_path / "credit")
+    monkeypatch.chdir(root)
+    for key in ("HOME", "DB", "ONLINE", "OFFLINE", "ARTIFACTS"):
+        monkeypatch.delenv(f"MODELMILL_{key}", raising=False)
+    other = _csv(root / "other.csv")  # dep_delay, distance: nothing the service serves
+
+    def error(*args: str) -> ModelmillError:
+        result = CliRunner().invoke(app, ["train", "-t", "sklearn-hgb", "--label", *args, "--json"])
+        assert isinstance(result.exception, ModelmillError), result.output
+        return result.exception
+
+    missing = error("late", "--data", str(other), "--feature-service", "nope")
+    assert isinstance(missing, NotFoundError) and "feature service 'nope' not found" in missing.message
+    none = error("late", "--data", str(other), "--feature-service", "credit")
+    assert isinstance(none, InputError) and none.field == "--feature-service"
+    assert "serves none of the training columns" in none.message and "account:balance" in none.message
+    assert "modelmill features training-set --service credit" in none.message
+    assert "needs --feature-service" in error("default", "--entities", "entities.csv").message
+    assert "not both" in error("default", "--entities", "entities.csv", "--data", str(other),
+                               "--feature-service", "credit").message
+    assert "give the training data" in error("default").message
+    with Project(Settings.defaults(home=root / ".modelmill")) as project:
+        assert Runs(project).find() == []  # nothing was trained or tracked

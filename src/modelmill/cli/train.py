@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -51,19 +52,6 @@ def _busy(text: str, quiet: bool) -> AbstractContextManager[Any]:
     return nullcontext() if quiet else err_console.status(text)
 
 
-def _read_frame(path: Path) -> Any:
-    import pandas as pd
-
-    if not path.is_file():
-        raise InputError("--data", "is not a file", str(path))
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return pd.read_csv(path)
-    if suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    raise InputError("--data", "must be a .csv or .parquet file", str(path))
-
-
 def _file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
@@ -74,10 +62,19 @@ def _file_digest(path: Path) -> str:
 
 def train(
     trainer: str = typer.Option(..., "--trainer", "-t", help="sklearn-hgb, lightgbm or torch-mlp."),
-    data: Path = typer.Option(..., "--data", help="Training data: a .csv or .parquet file."),
+    data: Path | None = typer.Option(None, "--data", help="Training data: a .csv or .parquet file."),
     label: str = typer.Option(..., "--label", help="The binary label column."),
     params: list[str] = ParamOption,
-    features: str | None = typer.Option(None, help="Comma-separated feature columns (default: every numeric one)."),
+    features: str | None = typer.Option(None, help="Comma-separated feature columns (default: every numeric one; "
+                                        "with --feature-service, every one the service serves)."),
+    feature_service: str | None = typer.Option(
+        None, "--feature-service", help="The feature service the model reads when served: recorded in the "
+        "version's lineage, so POST /v1/models/NAME/predict looks its features up by entity keys."),
+    entities: Path | None = typer.Option(
+        None, "--entities", help="Instead of --data: entity keys, event times and the label (.csv or .parquet); "
+        "the training set is the service's features joined to them point-in-time."),
+    timestamp_column: str = typer.Option("event_timestamp", "--timestamp-column",
+                                         help="The time column of --entities."),
     nproc: int = typer.Option(1, "--nproc", help="Processes for torch-mlp (DistributedDataParallel via torchrun)."),
     experiment: str = typer.Option("train", "--experiment", "-e", help="Experiment the run is filed under."),
     valid_fraction: float = typer.Option(0.2, help="Held-out share for the validation metrics."),
@@ -85,9 +82,14 @@ def train(
     register_as: str | None = typer.Option(None, "--register", help="Register the model under this name."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Train one model, track the run (params, curves, AUC, log loss, model artifact) and optionally register it."""
+    """Train one model, track the run (params, curves, AUC, log loss, model artifact) and optionally register it.
+
+    With --feature-service S the version's lineage names S, so the feature route serves it: its columns
+    that S serves are looked up online by entity keys, any other column is a request-time feature.
+    """
     import joblib
 
+    from modelmill.cli.features import read_frame
     from modelmill.training.trainers import train as fit
 
     settings = parse_params(params)
@@ -95,34 +97,119 @@ def train(
         if trainer != "torch-mlp":
             raise InputError("--nproc", "only the torch-mlp trainer trains on several processes", nproc)
         settings["nproc"] = nproc
-    frame = _read_frame(data)
+    if data is not None and entities is not None:
+        raise InputError("--entities", "give --data FILE or --entities FILE, not both", str(entities))
+    source = data if data is not None else entities
+    if source is None:
+        raise InputError("--data", "give the training data: --data FILE, or --entities FILE with --feature-service S")
+    if entities is not None and feature_service is None:
+        raise InputError("--entities", "needs --feature-service S: the features joined to the entity rows",
+                         str(entities))
     cols = [c.strip() for c in features.split(",")] if features else None
-    snapshot = f"file:{data.resolve()}#sha256={_file_digest(data)[:16]}"
-    with open_project() as project, start_run(experiment, project=project, data_snapshot=snapshot,
-                                              tags={"trainer": trainer, "data": str(data)}) as run:
-        with _busy(f"training {trainer} on {len(frame):,} rows…", as_json):
-            result = fit(trainer, frame, label, run=run, valid_fraction=valid_fraction, seed=seed, features=cols,
-                         **settings)
-        buf = io.BytesIO()
-        joblib.dump(result.model, buf)
-        artifact = run.log_artifact("model.joblib", buf.getvalue())
-        version = _register(project, register_as, result, frame, run.run_id, snapshot) if register_as else None
+    with open_project() as project:
+        served: ServicePlan | None = None
+        if feature_service is not None:
+            with _busy(f"joining the features of {feature_service}…", as_json or entities is None):
+                frame, served = _with_service(project, feature_service, data, entities, timestamp_column, label,
+                                              cols)
+            cols = served.columns
+        else:
+            frame = read_frame(source, "--data")
+        snapshot = f"file:{source.resolve()}#sha256={_file_digest(source)[:16]}"
+        tags = {"trainer": trainer, "data": str(source), **({"feature_service": feature_service} if served else {})}
+        with start_run(experiment, project=project, data_snapshot=snapshot, tags=tags,
+                       feature_version=served.version if served else None) as run:
+            with _busy(f"training {trainer} on {len(frame):,} rows…", as_json):
+                result = fit(trainer, frame, label, run=run, valid_fraction=valid_fraction, seed=seed,
+                             features=cols, **settings)
+            buf = io.BytesIO()
+            joblib.dump(result.model, buf)
+            artifact = run.log_artifact("model.joblib", buf.getvalue())
+            version = _register(project, register_as, result, frame, run.run_id, snapshot,
+                                served) if register_as else None
     out = {"run_id": run.run_id, "trainer": trainer, "metrics": result.metrics, "params": result.params,
            "features": result.feature_names, "artifact": artifact.path, "data_snapshot": snapshot,
-           "model_version": version, **({"ddp": result.extra} if nproc > 1 else {})}
+           "model_version": version, "feature_service": feature_service,
+           "feature_refs": served.refs if served else {},
+           "request_features": served.request_features if served else [],
+           **({"ddp": result.extra} if nproc > 1 else {})}
     if as_json:
         emit_json(out)
     else:
         console.print(f"run [bold]{run.run_id}[/]: auc {result.metrics['auc']:.4f}, "
                       f"log loss {result.metrics['log_loss']:.4f}" + (f"; registered {version}" if version else ""))
+        if served is not None:
+            asked = ", ".join(served.request_features) or "none"
+            console.print(f"served through feature service {served.service} ({served.version}): "
+                          f"{len(served.refs)} features looked up by entity keys; request-time features: {asked}",
+                          highlight=False, markup=False)
 
 
-def _register(project: Project, name: str, result: Any, frame: Any, run_id: str, snapshot: str) -> str:
+@dataclasses.dataclass(frozen=True)
+class ServicePlan:
+    """How a model trained with ``--feature-service`` is served: ``refs`` maps each column the service
+    serves to its reference, ``request_features`` are the columns a request must send."""
+
+    service: str
+    version: str  # "NAME@vN": the definition the run trained against
+    columns: list[str]
+    refs: dict[str, str]
+    request_features: list[str]
+
+
+def _with_service(project: Project, name: str, data: Path | None, entities: Path | None, timestamp_column: str,
+                  label: str, columns: list[str] | None) -> tuple[Any, ServicePlan]:
+    """The training frame and how its columns map to feature service ``name``; an error when the service does
+    not exist or serves none of the columns (a model it could not serve)."""
+    import pandas as pd
+
+    from modelmill.cli.features import build_training_set, read_frame
+    from modelmill.features import FeatureStore
+    from modelmill.features.definitions import match_columns
+
+    store = FeatureStore(project)
+    try:
+        svc = store.feature_service(name)  # NotFoundError: "apply it first"
+        info = next(i for i in store.definitions() if i.kind == "feature_service" and i.name == name)
+        if entities is not None:
+            frame = build_training_set(store, name, entities, timestamp_column=timestamp_column)
+        else:
+            assert data is not None
+            frame = read_frame(data, "--data")
+    finally:
+        store.close()
+    refs = list(svc.features)
+    if columns is None:  # the columns the service serves: entity keys, times and stray numbers stay out
+        candidates = [str(c) for c in frame.columns if c != label and pd.api.types.is_numeric_dtype(frame[c])]
+        columns = [c for c, r in zip(candidates, match_columns(candidates, refs), strict=True) if r is not None]
+    found = dict(zip(columns, match_columns(columns, refs), strict=True))
+    by_feature: dict[str, list[str]] = {}
+    for r in refs:
+        by_feature.setdefault(r.split(":", 1)[1], []).append(r)
+    for col, ref in found.items():
+        if ref is None and len(by_feature.get(col, ())) > 1:
+            raise InputError("--feature-service", f"column {col!r} is the feature of {' and '.join(by_feature[col])} "
+                             f"in {name}; name it view__feature (features training-set --full-feature-names)", col)
+    served = {c: r for c, r in found.items() if r is not None}
+    if not served:
+        have = ", ".join(map(str, frame.columns))
+        raise InputError("--feature-service", f"serves none of the training columns: {name} has "
+                         f"{', '.join(refs)}; the data has {have}; build the data with `modelmill features "
+                         f"training-set --service {name}` (or train with --entities FILE)", name)
+    return frame, ServicePlan(service=name, version=f"{name}@v{info.version}", columns=list(columns), refs=served,
+                              request_features=[c for c, r in found.items() if r is None])
+
+
+def _register(project: Project, name: str, result: Any, frame: Any, run_id: str, snapshot: str,
+              served: ServicePlan | None = None) -> str:
     from modelmill.registry import Registry, infer_signature
 
     signature = infer_signature(frame[result.feature_names])
+    lineage: dict[str, Any] = {"data_snapshot": snapshot, "run_id": run_id}
+    if served is not None:
+        lineage.update(feature_service=served.service, feature_definitions=served.version)
     mv = Registry(project).register(name, result.native, flavor=result.flavor, signature=signature, run_id=run_id,
-                                    metrics=result.metrics, lineage={"data_snapshot": snapshot, "run_id": run_id},
+                                    metrics=result.metrics, lineage=lineage,
                                     actor="cli", training_data=frame)  # also its monitoring reference profile
     return f"{mv.name}@{mv.version}"
 
