@@ -15,7 +15,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from modelmill.ingest import DeadLetters, Polled, Source
-from modelmill.ingest.labels import LABEL_REASONS, LabelConsumer
+from modelmill.ingest.labels import LABEL_REASONS, LabelConsumer, replay_label_dead_letters
 from modelmill.ingest.source import open_publisher
 from modelmill.project import Project
 from modelmill.registry import Field, Registry, Signature
@@ -138,3 +138,32 @@ def test_labels_consume_on_the_projects_broker(models: Project) -> None:
     bad = subprocess.run([sys.executable, "-m", "modelmill", "labels", "consume", "--max-seconds", "-1"],
                          cwd=home.parent, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--max-seconds" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_dead_lettered_labels_are_stored_by_a_replay_once_their_model_is_registered(
+        make_broker: Callable[[str], Broker], models: Project) -> None:
+    broker = make_broker("local")
+    late = [event("later", "q1", 1, ts=TS), event("later", "q2", 0, ts=TS)]
+    with broker.publisher() as pub:
+        pub.publish([*late, event("clf", "r4", 3, ts=TS)])
+    stats = LabelConsumer(models, broker.source()).run(once=True, idle_s=0.5)
+    assert stats.dead_letters == 3 and DeadLetters(models.db).counts(schema="labels") == {
+        "unknown_model": 2, "invalid_label": 1}
+    assert replay_label_dead_letters(models).as_dict() == {"accepted": 0, "duplicates": 0, "unknown": 0,
+                                                            "still_failing": 3}  # nothing changed yet
+    lr = LogisticRegression().fit(np.array([[0.0], [1.0]]), np.array([0, 1]))
+    Registry(models).register("later", lr, flavor="sklearn", signature=Signature(inputs=[Field("x")]))
+    home = models.settings.home
+    (home.parent / "modelmill.toml").write_text(f'home = "{home.name}"\n')
+    out = subprocess.run([sys.executable, "-m", "modelmill", "labels", "replay-dead-letters", "--json"],
+                         cwd=home.parent, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"accepted": 0, "duplicates": 0, "unknown": 2, "still_failing": 1}
+    letters = DeadLetters(models.db)
+    assert {d.payload for d in letters.list(schema="labels", replayed=True)} == set(late)
+    assert [d.reason for d in letters.list(schema="labels")] == ["invalid_label"]
+    stored = models.offline.read("labels").to_pydict()
+    assert sorted(zip(stored["request_id"], stored["model"], stored["label"], strict=True)) == [
+        ("q1", "later", 1.0), ("q2", "later", 0.0)]
+    assert replay_label_dead_letters(models).still_failing == 1  # replayed ones are not stored again
+    assert models.offline.read("labels").num_rows == 2

@@ -170,3 +170,21 @@ def consume_cmd(
     console.print(f"{stats.polled:,} label events from {escape(source.stream)} in {stats.seconds:.1f}s: "
                   f"{stats.accepted:,} accepted, {stats.duplicates:,} duplicates, {stats.unknown:,} unknown, "
                   f"{stats.dead_letters:,} dead letters")
+
+
+@app.command("replay-dead-letters")
+def replay_cmd(
+    stream: str = typer.Option("", help="Only this stream's dead letters (default: every label stream's)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Check the dead-lettered label events again (after registering their model or recording its task) and
+    store those that pass now; the others stay, with their new reason."""
+    from modelmill.ingest.labels import replay_label_dead_letters
+
+    with open_project() as project:
+        result = replay_label_dead_letters(project, stream=stream or None)
+    if as_json:
+        emit_json(result.as_dict())
+        return
+    console.print(f"{result.accepted:,} accepted, {result.duplicates:,} duplicates, {result.unknown:,} unknown, "
+                  f"{result.still_failing:,} still failing")

@@ -10,7 +10,8 @@ Each poll is one micro-batch:
 2. the events that pass are stored by :func:`~modelmill.store.feedback.write_labels`, one call per model,
    which counts them accepted, duplicate or unknown;
 3. the events that fail go to the dead-letter store (schema ``labels``) with the reason, the field and
-   the bytes as they arrived (``modelmill ingest dead-letters --schema labels``);
+   the bytes as they arrived (``modelmill ingest dead-letters --schema labels``; once their model is
+   registered, :func:`replay_label_dead_letters`, ``modelmill labels replay-dead-letters``, stores them);
 4. only then is the poll acked (the offsets committed).
 
 So delivery is at least once: after a crash between the write and the ack the broker hands the batch
@@ -49,9 +50,10 @@ from modelmill.ingest.deadletters import DeadLetters
 from modelmill.ingest.source import Polled, Source
 from modelmill.ingest.validation import Rejected
 from modelmill.project import Project
-from modelmill.store.feedback import LabelTask, check_label, model_task, write_labels
+from modelmill.store.feedback import LabelCounts, LabelTask, check_label, model_task, write_labels
 
-__all__ = ["LABEL_REASONS", "LABEL_SCHEMA", "LabelConsumer", "LabelStreamStats"]
+__all__ = ["LABEL_REASONS", "LABEL_SCHEMA", "LabelConsumer", "LabelReplay", "LabelStreamStats",
+           "replay_label_dead_letters"]
 
 #: The schema name the dead letters of label events are stored under.
 LABEL_SCHEMA = "labels"
@@ -134,22 +136,19 @@ class LabelConsumer:
 
     def _commit(self, polled: Polled) -> None:
         rejected = list(polled.rejected)
-        by_model: dict[str, list[dict[str, Any]]] = {}
+        events: list[dict[str, Any]] = []
         tasks: dict[str, LabelTask | Rejected] = {}  # per batch: a task changed or a model registered is seen
         for i, payload in enumerate(polled.payloads):
-            event = self._event(i, payload, tasks)
+            event = _check_event(i, payload, tasks, self.models)
             if isinstance(event, Rejected):
                 rejected.append(event)
             else:
-                by_model.setdefault(event["model"], []).append(event)
+                events.append(event)
+        counts = _store(self.project, events, tasks)
         stats = self.stats
-        for model, rows in by_model.items():
-            task = tasks[model]
-            assert isinstance(task, LabelTask)  # events of a model without one were rejected
-            counts = write_labels(self.project.offline, model, rows, task=task)
-            stats.accepted += counts.accepted
-            stats.duplicates += counts.duplicates
-            stats.unknown += counts.unknown
+        stats.accepted += counts.accepted
+        stats.duplicates += counts.duplicates
+        stats.unknown += counts.unknown
         if rejected:
             with self.project.db.begin() as conn:
                 self.letters.add(conn, schema=LABEL_SCHEMA, stream=self.source.stream, rejected=rejected)
@@ -158,40 +157,109 @@ class LabelConsumer:
         stats.dead_letters += len(rejected)
         stats.batches += 1
 
-    def _event(self, i: int, payload: bytes, tasks: dict[str, LabelTask | Rejected]) -> dict[str, Any] | Rejected:
-        """The event, checked against its model's task, or why it is rejected."""
-        def reject(reason: str, detail: str, field: str | None = None) -> Rejected:
-            return Rejected(reason, detail, payload, field, i)
 
+def _check_event(i: int, payload: bytes, tasks: dict[str, LabelTask | Rejected], models: Any
+                 ) -> dict[str, Any] | Rejected:
+    """The label event ``payload`` (``i`` in its batch), checked against its model's task, or why it is rejected.
+
+    ``tasks`` caches each model's task (or why it has none) for the batch.
+    """
+    def reject(reason: str, detail: str, field: str | None = None) -> Rejected:
+        return Rejected(reason, detail, payload, field, i)
+
+    try:
+        event = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        return reject("invalid_json", f"not JSON: {exc}")
+    if not isinstance(event, dict):
+        return reject("not_an_object", 'a label event is an object {"model", "id", "label", "ts"?}')
+    for field in ("model", "id", "label"):
+        if event.get(field) is None and not (field == "id" and event.get("request_id") is not None):
+            return reject("missing_required", f"{field}: is required in a label event", field)
+    model = event["model"]
+    if not isinstance(model, str):
+        return reject("wrong_type", f"model: must be a model's name (got {model!r})", "model")
+    task = tasks.get(model)
+    if task is None:
         try:
-            event = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            return reject("invalid_json", f"not JSON: {exc}")
-        if not isinstance(event, dict):
-            return reject("not_an_object", 'a label event is an object {"model", "id", "label", "ts"?}')
-        for field in ("model", "id", "label"):
-            if event.get(field) is None and not (field == "id" and event.get("request_id") is not None):
-                return reject("missing_required", f"{field}: is required in a label event", field)
-        model = event["model"]
-        if not isinstance(model, str):
-            return reject("wrong_type", f"model: must be a model's name (got {model!r})", "model")
-        task = tasks.get(model)
-        if task is None:
-            try:
-                task = model_task(self.models, model)
-            except NotFoundError as exc:
-                task = Rejected("unknown_model", exc.message, b"", "model")
-            except ConflictError as exc:
-                task = Rejected("invalid_task", exc.message, b"", "model")
-            except InputError as exc:
-                task = Rejected("wrong_type", exc.message, b"", "model")
-            tasks[model] = task
-        if isinstance(task, Rejected):
-            return reject(task.reason, task.detail, task.field)
-        try:
-            check_label(event, task)
+            task = model_task(models, model)
+        except NotFoundError as exc:
+            task = Rejected("unknown_model", exc.message, b"", "model")
+        except ConflictError as exc:
+            task = Rejected("invalid_task", exc.message, b"", "model")
         except InputError as exc:
-            reason = ("invalid_label" if exc.field == "label" else
-                      "out_of_range" if exc.field == "ts" and "between" in exc.problem else "wrong_type")
-            return reject(reason, exc.message, exc.field)
-        return event
+            task = Rejected("wrong_type", exc.message, b"", "model")
+        tasks[model] = task
+    if isinstance(task, Rejected):
+        return reject(task.reason, task.detail, task.field)
+    try:
+        check_label(event, task)
+    except InputError as exc:
+        reason = ("invalid_label" if exc.field == "label" else
+                  "out_of_range" if exc.field == "ts" and "between" in exc.problem else "wrong_type")
+        return reject(reason, exc.message, exc.field)
+    return event
+
+
+def _store(project: Project, events: list[dict[str, Any]], tasks: dict[str, LabelTask | Rejected]) -> LabelCounts:
+    """Write checked events through the one label writer, one call per model; the counts summed."""
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for event in events:
+        by_model.setdefault(event["model"], []).append(event)
+    accepted = duplicates = unknown = 0
+    for model, rows in by_model.items():
+        task = tasks[model]
+        assert isinstance(task, LabelTask)  # the events of a model without one were rejected
+        counts = write_labels(project.offline, model, rows, task=task)
+        accepted, duplicates, unknown = (accepted + counts.accepted, duplicates + counts.duplicates,
+                                         unknown + counts.unknown)
+    return LabelCounts(accepted=accepted, duplicates=duplicates, unknown=unknown)
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelReplay:
+    """What :func:`replay_label_dead_letters` did: labels stored now (accepted, duplicates, unknown, as the
+    writer counts them) and dead letters still failing."""
+
+    accepted: int
+    duplicates: int
+    unknown: int
+    still_failing: int
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+def replay_label_dead_letters(project: Project, *, models: Any = None, stream: str | None = None,
+                              chunk: int = 10_000) -> LabelReplay:
+    """Check the pending dead letters of label events again (after registering their model, or recording its
+    task) and store those that pass now, through the one label writer.
+
+    The ones stored are marked replayed after the write (a crash in between stores them again as
+    duplicates); the others keep their place with their new reason.
+    """
+    if models is None:
+        from modelmill.registry import Registry
+
+        models = Registry(project)
+    letters = DeadLetters(project.db)
+    accepted = duplicates = unknown = failing = 0
+    after = 0
+    while True:
+        batch = letters.list(schema=LABEL_SCHEMA, stream=stream, limit=chunk, after_id=after)
+        if not batch:
+            break
+        after = batch[-1].id
+        tasks: dict[str, LabelTask | Rejected] = {}
+        checked = [_check_event(i, d.payload, tasks, models) for i, d in enumerate(batch)]
+        passed = [e for e in checked if not isinstance(e, Rejected)]
+        counts = _store(project, passed, tasks)
+        with project.db.begin() as conn:
+            letters.mark_replayed(conn, [d.id for d, e in zip(batch, checked, strict=True)
+                                         if not isinstance(e, Rejected)])
+            letters.update_reasons(conn, [(d.id, e) for d, e in zip(batch, checked, strict=True)
+                                          if isinstance(e, Rejected)])
+        accepted, duplicates, unknown = (accepted + counts.accepted, duplicates + counts.duplicates,
+                                         unknown + counts.unknown)
+        failing += len(checked) - len(passed)
+    return LabelReplay(accepted=accepted, duplicates=duplicates, unknown=unknown, still_failing=failing)
