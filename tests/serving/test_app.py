@@ -53,8 +53,13 @@ def test_direct_dispatch_matches_what_starlette_would_route(path: str) -> None:
 
 @pytest.fixture(scope="module")
 def live_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[schemathesis.BaseSchema, str]]:
+    # A pipeline the project names ([training] pipelines), called like the served model, so that the
+    # examples' name reaches POST /v1/pipelines/{name}/runs with a 200 too.
     root = make_project(tmp_path_factory.mktemp("schemathesis") / "proj",
-                        "max_body_bytes = 65536\nmax_batch_rows = 256\n")
+                        "max_body_bytes = 65536\nmax_batch_rows = 256\n\n[training]\npipelines = [\"cp_pipes\"]\n")
+    (root / "cp_pipes.py").write_text(
+        "from modelmill.training import Pipeline, step\n\n\n@step(outputs=['x'])\ndef one():\n    return 1\n\n\n"
+        "clf = Pipeline('clf', [one])\n")
     project = open_project_at(root)
     try:
         _, secret = TokenStore(project).create("admin", name="schemathesis")  # the control plane needs one
@@ -121,7 +126,13 @@ def test_api_conforms_to_its_schema(live_schema: tuple[schemathesis.BaseSchema, 
     for label in ("GET /v2/models/{name}", "GET /v2/models/{name}/versions/{version}", "GET /v2/models/{name}/ready",
                   "POST /v2/models/{name}/infer", "POST /v2/models/{name}/versions/{version}/infer",
                   "PUT /v1/routes/{name}", "GET /v1/models/{name}/aliases", "PUT /v1/models/{name}/aliases/{alias}",
-                  "POST /v1/models/{name}/labels"):
+                  "POST /v1/models/{name}/labels",
+                  # the control plane: its examples start a rollout, create an experiment called like the model
+                  # and trigger the pipeline of that name, so the reads and actions that follow answer 200 too
+                  "GET /v1/models", "GET /v1/models/{name}/versions/{version}", "GET /v1/rollouts",
+                  "POST /v1/rollouts", "GET /v1/rollouts/{name}", "POST /v1/rollouts/{name}/promote",
+                  "POST /v1/experiments", "GET /v1/experiments/{name}", "POST /v1/experiments/{name}/stop",
+                  "POST /v1/pipelines/{name}/runs", "GET /v1/monitoring"):
         assert 200 in seen[label], (label, seen[label])
 
 
@@ -136,7 +147,9 @@ def test_api_followed_through_its_links(live_schema: tuple[schemathesis.BaseSche
     schema, secret = live_schema
     links = [(path, method) for path, ops in schema.raw_schema["paths"].items() for method, op in ops.items()
              if op["responses"].get("200", {}).get("links")]
-    assert len(links) >= 4  # route PUT -> GET/DELETE/infer, alias PUT -> GET/DELETE, metadata -> versions
+    # route PUT -> GET/DELETE/infer, alias PUT -> GET/DELETE, metadata -> versions, models -> a version,
+    # rollout POST -> GET/promote/rollback, experiment POST -> GET/stop, pipeline run POST -> its status
+    assert len(links) >= 8
     machine = schema.as_state_machine()
 
     class Stateful(machine):  # type: ignore[misc, valid-type]

@@ -9,8 +9,15 @@ import typer
 from rich.markup import escape
 
 from modelmill.cli.output import JsonOption, console, emit_json, table
+from modelmill.control import (
+    analyze_experiment,
+    create_experiment,
+    experiment_status,
+    list_experiments,
+    stop_experiment,
+)
 from modelmill.errors import InputError
-from modelmill.experiments import SERVED_METRICS, Analysis, Experiment, Experiments, analyze_frame, parse_arms
+from modelmill.experiments import SERVED_METRICS, analyze_frame, parse_arms
 from modelmill.project import open_project
 
 app = typer.Typer(help="A/B tests: create, watch, analyse and stop experiments.", no_args_is_help=True)
@@ -40,17 +47,18 @@ def create(
     as_json: bool = JsonOption,
 ) -> None:
     """Define an experiment; on a served model, its traffic split takes effect at once."""
-    exp = Experiment(name=name, variants=parse_arms(variant), primary_metric=metric, direction=direction,
-                     model=model, unit=unit,
-                     salt=salt, guardrails=tuple(guardrail), min_sample_size=min_sample_size, alpha=alpha)
+    arms = parse_arms(variant)
     with open_project() as project:
-        created = Experiments(project).create(exp, actor="cli")
+        created = create_experiment(project, name=name, variants=arms, metric=metric, direction=direction,
+                                    model=model, unit=unit, salt=salt, guardrails=guardrail,
+                                    min_sample_size=min_sample_size, alpha=alpha, actor="cli")
     if as_json:
-        emit_json(created.as_dict())
+        emit_json(created)
     else:
-        split = ", ".join(f"{v.name} {v.weight:g}" for v in created.variants)
-        console.print(f"experiment [bold]{escape(created.name)}[/] running: {escape(split)}; salt "
-                      f"{escape(repr(created.salt))}; {escape(created.primary_metric)}, {created.direction} is better")
+        split = ", ".join(f"{v['name']} {v['weight']:g}" for v in created["variants"])
+        console.print(f"experiment [bold]{escape(created['name'])}[/] running: {escape(split)}; salt "
+                      f"{escape(repr(created['salt']))}; {escape(created['primary_metric'])}, "
+                      f"{created['direction']} is better")
 
 
 @app.command()
@@ -61,9 +69,8 @@ def status(
 ) -> None:
     """Exposures per variant and the sample-ratio check of one experiment, or a list of all."""
     with open_project() as project:
-        store = Experiments(project)
         if name is None:
-            items = [e.as_dict() for e in store.list()]
+            items = list_experiments(project)["experiments"]
             if as_json:
                 emit_json({"experiments": items})
             else:
@@ -71,9 +78,7 @@ def status(
                       [[e["name"], e["status"], e["model"] or "", ", ".join(v["name"] for v in e["variants"]),
                         e["primary_metric"]] for e in items])
             return
-        if sync:
-            store.sync_exposures(name)
-        info = store.status(name)
+        info = experiment_status(project, name, sync=sync)
     if as_json:
         emit_json(info)
     else:
@@ -111,15 +116,24 @@ def _read(path: Path) -> Any:
         raise InputError("--input", f"could not be read as CSV or Parquet: {exc}", str(path)) from None
 
 
-def _show(analysis: Analysis) -> None:
-    console.print(f"metric {escape(analysis.metric)}: {analysis.direction} is better")
-    for c, d in analysis.comparisons:
-        rows = [[s.name, s.n, f"{s.mean:.6g}"] for s in (c.control, c.treatment)]
-        table(f"{c.treatment.name} vs {c.control.name} ({c.test})", ["variant", "n", "mean"], rows)
-        console.print(f"lift {c.lift_abs:+.6g} ({1 - c.alpha:.0%} CI {c.ci_abs[0]:+.6g} … {c.ci_abs[1]:+.6g}), "
-                      f"relative {c.lift_rel:+.2%}; statistic {c.statistic:.4f}, p-value {c.p_value:.4g}; "
-                      f"SRM p-value {analysis.srm_p_value:.3g}")
-        console.print(f"[bold]{d.decision}[/]: {escape(d.reason)}")
+def _show(result: dict[str, Any]) -> None:
+    comparisons = result.get("comparisons", [result])
+    first = comparisons[0]
+    console.print(f"metric {escape(first['metric'])}: {first['direction']} is better")
+    for c in comparisons:
+        control_, treatment = c["control"], c["treatment"]
+        rows = [[s["name"], s["n"], f"{s['mean']:.6g}"] for s in (control_, treatment)]
+        table(f"{treatment['name']} vs {control_['name']} ({c['test']})", ["variant", "n", "mean"], rows)
+        low, high = (_signed(x, "+.6g") for x in c["ci_abs"])
+        console.print(f"lift {c['lift_abs']:+.6g} ({1 - c['alpha']:.0%} CI {low} … {high}), "
+                      f"relative {_signed(c['lift_rel'], '+.2%')}; statistic {_signed(c['statistic'], '.4f')}, "
+                      f"p-value {c['p_value']:.4g}; SRM p-value {c['srm_p_value']:.3g}")
+        console.print(f"[bold]{c['decision']}[/]: {escape(c['reason'])}")
+
+
+def _signed(value: float | None, spec: str) -> str:
+    # as_dict() writes an infinite statistic or interval end as null (JSON has no infinity)
+    return "n/a" if value is None else format(value, spec)
 
 
 @app.command()
@@ -146,18 +160,18 @@ def analyze(
     if input is not None:
         if metric is None:
             raise InputError("--metric", "name the metric column to compare")
-        analysis = analyze_frame(_read(input), variant_column=variant_column, metric=metric, control=control,
-                                 unit_column=unit_column, test=test, alpha=alpha, weights=_weights(weights),
-                                 min_sample_size=min_sample_size, direction=direction)
+        result = analyze_frame(_read(input), variant_column=variant_column, metric=metric, control=control,
+                               unit_column=unit_column, test=test, alpha=alpha, weights=_weights(weights),
+                               min_sample_size=min_sample_size, direction=direction).as_dict()
     elif name is not None:
         with open_project() as project:
-            analysis = Experiments(project).analyze(name, test=test, direction=direction)
+            result = analyze_experiment(project, name, test=test, direction=direction)
     else:
         raise InputError("--input", "give a log file with --input FILE, or the name of a stored experiment")
     if as_json:
-        emit_json(analysis.as_dict())
+        emit_json(result)
     else:
-        _show(analysis)
+        _show(result)
 
 
 @app.command()
@@ -168,8 +182,9 @@ def stop(
 ) -> None:
     """Stop an experiment; on a served model, all traffic goes to the winner."""
     with open_project() as project:
-        exp = Experiments(project).stop(name, winner=winner, actor="cli")
+        exp = stop_experiment(project, name, winner=winner, actor="cli")
     if as_json:
-        emit_json(exp.as_dict())
+        emit_json(exp)
     else:
-        console.print(f"experiment [bold]{name}[/] stopped; winner {exp.result and exp.result.get('winner')}")
+        console.print(f"experiment [bold]{escape(name)}[/] stopped; winner "
+                      f"{escape(str((exp['result'] or {}).get('winner')))}")

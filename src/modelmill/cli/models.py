@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from modelmill import control
 from modelmill.cli.output import JsonOption, console, emit_json, table
-from modelmill.errors import InputError, ModelmillError
-from modelmill.project import Project, open_project
-from modelmill.registry import ModelVersion, Registry, parse_ref, read_labelled
+from modelmill.errors import InputError
+from modelmill.project import open_project
+from modelmill.registry import Registry, parse_ref, read_labelled
 from modelmill.registry import gate as run_gate
 
 models_app = typer.Typer(help="The model registry: versions, aliases, lineage, verified loading.",
@@ -34,25 +36,19 @@ def list_models(
 ) -> None:
     """List registered models, or the versions of one model."""
     with open_project() as project:
-        registry = Registry(project)
-        if name is None:
-            models = registry.models()
-            if as_json:
-                emit_json({"models": [{**m.to_dict(), "versions": [v.version for v in registry.versions(m.name)]}
-                                      for m in models]})
-                return
-            table("models", ["name", "latest", "aliases", "updated"],
-                  [[m.name, m.latest_version, ", ".join(f"{a}->{v}" for a, v in m.aliases.items()),
-                    _when(m.updated_at)] for m in models])
-            return
-        versions = registry.versions(name)
+        out = control.list_models(project) if name is None else control.list_versions(project, name)
     if as_json:
-        emit_json({"name": name, "versions": [v.to_dict() for v in versions]})
+        emit_json(out)
+        return
+    if name is None:
+        table("models", ["name", "latest", "aliases", "updated"],
+              [[m["name"], m["latest_version"], ", ".join(f"{a}->{v}" for a, v in m["aliases"].items()),
+                _when(m["updated_at"])] for m in out["models"]])
         return
     table(f"versions of {name}", ["version", "flavor", "aliases", "run", "metrics", "gate", "created"],
-          [[v.version, v.flavor, ", ".join(v.aliases), v.run_id or "",
-            ", ".join(f"{k}={x:.4g}" for k, x in v.metrics.items()), _gate_word(v), _when(v.created_at)]
-           for v in versions])
+          [[v["version"], v["flavor"], ", ".join(v["aliases"]), v["run_id"] or "",
+            ", ".join(f"{k}={x:.4g}" for k, x in v["metrics"].items()), _gate_word(v["gate"]),
+            _when(v["created_at"])] for v in out["versions"]])
 
 
 @models_app.command("show")
@@ -60,28 +56,27 @@ def show(
     ref: str = typer.Argument(..., help="NAME, NAME@VERSION or NAME@ALIAS."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Everything about one version: signature, metrics, gate decision and its lineage (run, data, features)."""
+    """Everything about one version: signature, metrics, gate decisions, alias moves and its lineage (run,
+    data, features)."""
     with open_project() as project:
-        registry = Registry(project)
-        mv = registry.resolve(ref)
-        out = mv.to_dict()
-        out["run"] = _run(project, mv.run_id)
-        out["alias_history"] = [c.to_dict() for c in registry.alias_history(mv.name) if c.version == mv.version
-                                or c.previous == mv.version]
+        out = control.version_detail(project, ref)
     if as_json:
         emit_json(out)
         return
+    signature = out["signature"]
     rows: list[list[Any]] = [
-        ["version", mv.ref], ["flavor", mv.flavor], ["aliases", ", ".join(mv.aliases)],
-        ["artifact", f"{mv.artifact_path} ({mv.size} bytes)"], ["sha256", mv.sha256],
-        ["inputs", ", ".join(f"{f.name}:{f.dtype}" for f in mv.signature.inputs)],
-        ["outputs", ", ".join(f"{f.name}:{f.dtype}" for f in mv.signature.outputs)],
-        ["run", mv.run_id or ""], ["created", _when(mv.created_at)], ["gate", _gate_word(mv)],
+        ["version", out["ref"]], ["flavor", out["flavor"]], ["aliases", ", ".join(out["aliases"])],
+        ["artifact", f"{out['artifact_path']} ({out['size']} bytes)"], ["sha256", out["sha256"]],
+        ["inputs", ", ".join(f"{f['name']}:{f['dtype']}" for f in signature.get("inputs", []))],
+        ["outputs", ", ".join(f"{f['name']}:{f['dtype']}" for f in signature.get("outputs", []))],
+        ["run", out["run_id"] or ""], ["created", _when(out["created_at"])], ["gate", _gate_word(out["gate"])],
     ]
-    rows += [[f"metric {k}", f"{v:.6g}"] for k, v in mv.metrics.items()]
-    rows += [[f"lineage {k}", v] for k, v in mv.lineage.items()]
-    rows += [[f"tag {k}", v] for k, v in mv.tags.items()]
-    table(f"model {mv.ref}", ["field", "value"], rows)
+    rows += [[f"metric {k}", f"{v:.6g}"] for k, v in out["metrics"].items()]
+    rows += [[f"lineage {k}", v] for k, v in out["lineage"].items()]
+    rows += [[f"tag {k}", v] for k, v in out["tags"].items()]
+    rows += [[f"gate at {_when(g['at'])}", f"{_gate_word(g['decision'])} by {g['actor']}"]
+             for g in out["gate_history"]]
+    table(f"model {out['ref']}", ["field", "value"], rows)
 
 
 @models_app.command("alias")
@@ -175,25 +170,7 @@ def gate(
         raise typer.Exit(1)
 
 
-def _gate_word(mv: ModelVersion) -> str:
-    if not mv.gate:
+def _gate_word(decision: Mapping[str, Any] | None) -> str:
+    if not decision:
         return ""
-    return "accepted" if mv.gate.get("accepted") else "rejected"
-
-
-def _run(project: Project, run_id: str | None) -> dict[str, Any] | None:
-    """The tracked run behind a version, when the training stage knows it."""
-    if not run_id:
-        return None
-    try:
-        from modelmill.training import Runs
-    except ImportError:
-        return {"run_id": run_id, "found": False, "error": "modelmill.training is not available"}
-    try:
-        info = Runs(project).get(run_id)
-    except ModelmillError as exc:
-        return {"run_id": run_id, "found": False, "error": exc.message}
-    keep = ("run_id", "experiment", "name", "status", "start_time", "end_time", "git_commit", "git_dirty",
-            "data_snapshot", "feature_version", "params", "tags", "metrics")
-    found = info.as_dict()
-    return {"found": True, **{k: found.get(k) for k in keep}}
+    return "accepted" if decision.get("accepted") else "rejected"

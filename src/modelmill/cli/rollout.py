@@ -6,10 +6,12 @@ from typing import Any
 
 import typer
 
+from modelmill import control
 from modelmill.cli.output import JsonOption, console, emit_json, err_console, table
+from modelmill.control.rollouts import guardrails as make_guardrails
 from modelmill.errors import InputError
-from modelmill.project import Project, open_project
-from modelmill.rollout import CHECKS, Guardrails, RolloutController, ServingGuardrails, Step
+from modelmill.project import open_project
+from modelmill.rollout import Step
 
 app = typer.Typer(help="Safe rollout: shadow, canary, gradual, full, with automatic rollback.",
                   no_args_is_help=True)
@@ -23,10 +25,6 @@ def register(root: typer.Typer) -> None:
     root.add_typer(app, name="rollout")
 
 
-def _controller(project: Project, metrics_url: str | None) -> RolloutController:
-    return RolloutController(project, source=ServingGuardrails(project, metrics_url=metrics_url), actor="cli")
-
-
 def _parse_ref(ref: str) -> tuple[str, int]:
     name, sep, version = ref.rpartition("@")
     if not sep or not name or not version.isdigit():
@@ -34,12 +32,14 @@ def _parse_ref(ref: str) -> tuple[str, int]:
     return name, int(version)
 
 
-def _run(ctl: RolloutController, model: str, interval: float, max_seconds: float | None, as_json: bool) -> Step:
+def _drive(project: Any, model: str, interval: float, max_seconds: float | None, metrics_url: str | None,
+           as_json: bool) -> dict[str, Any]:
     def show(step: Step) -> None:
         if not as_json:
             err_console.print(f"[{step.state.current}] {step.action}: {step.reason}", highlight=False)
 
-    return ctl.run(model, interval_s=interval, max_seconds=max_seconds, on_step=show)
+    return control.drive_rollout(project, model, actor="cli", interval_s=interval, max_seconds=max_seconds,
+                                 metrics_url=metrics_url, on_step=show)
 
 
 def _report(payload: dict[str, Any], as_json: bool) -> None:
@@ -88,32 +88,27 @@ def start(
     """Start a rollout and, unless --detach, drive it to completion or rollback."""
     model, version = _parse_ref(ref)
     base: int | str = int(baseline) if baseline.isdigit() else baseline
+    guardrails = make_guardrails({"max_error_rate_increase": max_error_rate_increase,
+                                  "max_latency_ratio": max_latency_ratio, "latency_slack_ms": latency_slack_ms,
+                                  "max_output_shift": max_output_shift,
+                                  "max_label_loss_increase": max_label_loss_increase, "min_samples": min_samples},
+                                 off=off)
     with open_project() as project:
-        ctl = _controller(project, metrics_url)
-        unknown = sorted(set(off) - set(CHECKS))
-        if unknown:
-            raise InputError("--off", f"names no guardrail; the guardrails are {', '.join(CHECKS)}", unknown[0])
-        limits: dict[str, float | None] = {
-            "error_rate": max_error_rate_increase, "latency_p95": max_latency_ratio,
-            "output_shift": max_output_shift, "label_loss": max_label_loss_increase}
-        limits.update(dict.fromkeys(off))
-        guardrails = Guardrails(max_error_rate_increase=limits["error_rate"], max_latency_ratio=limits["latency_p95"],
-                                latency_slack_ms=latency_slack_ms, max_output_shift=limits["output_shift"],
-                                max_label_loss_increase=limits["label_loss"], min_samples=min_samples)
-        state = ctl.start(model, version, baseline=base, plan=plan, min_requests=min_requests,
-                          stage_seconds=stage_seconds, guardrails=guardrails, max_stage_seconds=max_stage_seconds,
-                          on_timeout=on_timeout)
+        started = control.start_rollout(project, model, version, actor="cli", metrics_url=metrics_url, baseline=base,
+                                        plan=plan, min_requests=min_requests, stage_seconds=stage_seconds,
+                                        guardrails=guardrails, max_stage_seconds=max_stage_seconds,
+                                        on_timeout=on_timeout)
         if detach:
-            _report({"rollout": state.as_dict()}, as_json)
+            _report(started, as_json)
             return
-        step = _run(ctl, model, interval, None, as_json)
-        _report({**step.as_dict(), "events": ctl.events(step.state.id)}, as_json)
-    _exit_for(step)
+        payload = _drive(project, model, interval, None, metrics_url, as_json)
+        _report(payload, as_json)
+    _exit_for(payload)
 
 
-def _exit_for(step: Step) -> None:
+def _exit_for(payload: dict[str, Any]) -> None:
     """A rolled-back rollout fails the command (exit 1), so a CI/CD pipeline stops there."""
-    if step.state.status == "rolled_back":
+    if payload["rollout"]["status"] == "rolled_back":
         raise typer.Exit(1)
 
 
@@ -125,12 +120,11 @@ def run(
     metrics_url: str | None = MetricsOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Resume the controller of an active rollout (after a restart, or of a detached start)."""
+    """Resume the controller of an active rollout (after a restart, a detached start, or a start over HTTP)."""
     with open_project() as project:
-        ctl = _controller(project, metrics_url)
-        step = _run(ctl, model, interval, max_seconds, as_json)
-        _report({**step.as_dict(), "events": ctl.events(step.state.id)}, as_json)
-    _exit_for(step)
+        payload = _drive(project, model, interval, max_seconds, metrics_url, as_json)
+    _report(payload, as_json)
+    _exit_for(payload)
 
 
 @app.command()
@@ -140,17 +134,16 @@ def status(
 ) -> None:
     """The rollout of a model with its events, or the list of active rollouts."""
     with open_project() as project:
-        ctl = RolloutController(project)
         if model is None:
-            items = [s.as_dict() for s in ctl.active()]
+            items = control.list_rollouts(project)["rollouts"]
             if as_json:
                 emit_json({"rollouts": items})
             else:
                 table("active rollouts", ["model", "candidate", "baseline", "stage", "since"],
                       [[r["model"], r["candidate"], r["baseline"], r["stage"], r["stage_started_at"]] for r in items])
             return
-        state = ctl.get(model)
-        _report({"rollout": state.as_dict(), "events": ctl.events(state.id)}, as_json)
+        payload = control.rollout_status(project, model)
+    _report(payload, as_json)
 
 
 @app.command()
@@ -161,8 +154,8 @@ def promote(
 ) -> None:
     """Skip the rest of the current stage and move to the next one."""
     with open_project() as project:
-        step = RolloutController(project).promote(model, actor="cli", reason=reason)
-    _report(step.as_dict(), as_json)
+        payload = control.promote_rollout(project, model, actor="cli", reason=reason)
+    _report(payload, as_json)
 
 
 @app.command()
@@ -173,5 +166,5 @@ def rollback(
 ) -> None:
     """Send all traffic back to the baseline and end the rollout."""
     with open_project() as project:
-        step = RolloutController(project).rollback(model, actor="cli", reason=reason)
-    _report(step.as_dict(), as_json)
+        payload = control.rollback_rollout(project, model, actor="cli", reason=reason)
+    _report(payload, as_json)

@@ -1,4 +1,4 @@
-"""``modelmill train``, ``modelmill pipeline run|runs|schedule|unschedule|schedules|trigger`` and
+"""``modelmill train``, ``modelmill pipeline run|runs|schedule|unschedule|schedules|trigger|status`` and
 ``modelmill scheduler``."""
 
 from __future__ import annotations
@@ -7,8 +7,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
-import sys
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -16,10 +14,11 @@ from typing import Any
 import typer
 
 from modelmill.cli.output import JsonOption, console, emit_json, err_console, table
+from modelmill.control.pipelines import importable_cwd, run_status, trigger_pipeline
 from modelmill.errors import InputError, ModelmillError
 from modelmill.project import Project, open_project
 from modelmill.training.pipeline import PipelineResult, get_pipeline, pipeline_runs_of
-from modelmill.training.scheduler import Scheduler, TriggerInfo, trigger
+from modelmill.training.scheduler import Scheduler, TriggerInfo
 from modelmill.training.tracking import start_run
 
 pipeline_app = typer.Typer(help="Pipelines of cached steps with lineage; schedules and triggers.",
@@ -217,13 +216,6 @@ def _register(project: Project, name: str, result: Any, frame: Any, run_id: str,
 # ---- pipelines -------------------------------------------------------------------------------
 
 
-def _importable_cwd() -> None:
-    # A console script does not put the working directory on sys.path; "module:attr" names expect it.
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
-
-
 def _print_result(result: PipelineResult) -> None:
     table(f"pipeline {result.pipeline} run {result.id[:12]} (attempt {result.attempts}): {result.status}",
           ["step", "status", "seconds", "error"],
@@ -241,7 +233,7 @@ def pipeline_run(
     as_json: bool = JsonOption,
 ) -> None:
     """Run a pipeline (unchanged steps are skipped); exits 1 when a step fails."""
-    _importable_cwd()
+    importable_cwd()
     with open_project() as project:
         pipeline = get_pipeline(name, project)
         with _busy(f"running pipeline {pipeline.name}…", as_json):
@@ -264,7 +256,7 @@ def pipeline_runs(
     with open_project() as project:
         if name is not None and ":" in name:
             # Runs are stored under the pipeline's own name; 'module:attr' (as triggered) names the same one.
-            _importable_cwd()
+            importable_cwd()
             try:
                 name = get_pipeline(name, project).name
             except ModelmillError:
@@ -326,13 +318,34 @@ def pipeline_trigger(
     params: list[str] = ParamOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Ask the scheduler for one run of a pipeline."""
+    """Ask the scheduler for one run of a pipeline (audited); follow it with `modelmill pipeline status`."""
     with open_project() as project:
-        trigger_id = trigger(name, reason, key=key, params=parse_params(params), project=project)
+        queued = trigger_pipeline(project, name, reason=reason, key=key, params=parse_params(params), actor="cli")
     if as_json:
-        emit_json({"trigger_id": trigger_id, "pipeline": name})
+        emit_json(queued)
     else:
-        console.print(f"trigger {trigger_id} queued for {name}")
+        console.print(f"trigger {queued['trigger_id']} queued for {name}")
+
+
+@pipeline_app.command("status")
+def pipeline_status(
+    name: str = typer.Argument(..., help="The pipeline, as it was triggered."),
+    trigger_id: int = typer.Argument(..., metavar="TRIGGER_ID", help="The id `pipeline trigger` printed."),
+    as_json: bool = JsonOption,
+) -> None:
+    """A triggered run: pending, running, finished or failed, with the pipeline run it started."""
+    with open_project() as project:
+        out = run_status(project, name, trigger_id)
+    if as_json:
+        emit_json(out)
+        return
+    t = out["trigger"]
+    console.print(f"trigger {t['id']} {t['pipeline']}: {t['status']}" + (f" ({t['error']})" if t["error"] else ""),
+                  highlight=False, markup=False)
+    if out["run"] is not None:
+        run = out["run"]
+        table(f"pipeline run {run['id'][:12]}: {run['status']}", ["step", "status", "error"],
+              [[s["step"], s["status"], s["error"] or ""] for s in run["steps"]])
 
 
 def _trigger_dict(t: TriggerInfo) -> dict[str, Any]:
@@ -348,7 +361,7 @@ def scheduler(
 ) -> None:
     """Start pipelines on their cron schedules and on triggers; each trigger starts once, whatever
     number of schedulers run. Exits 1 when a trigger it ran failed (see `modelmill pipeline runs`)."""
-    _importable_cwd()
+    importable_cwd()
 
     def show(done: list[TriggerInfo]) -> None:
         for t in done:

@@ -33,7 +33,7 @@ from modelmill.serving.responses import error_response, json_response
 from modelmill.serving.routing import Route, Variant
 from modelmill.serving.server import ModelServer
 
-__all__ = ["AdminRoutes", "parse_route_request"]
+__all__ = ["AdminRoutes", "parse_object", "parse_route_request"]
 
 _VARIANT_KEYS = {"name", "version", "weight", "shadow"}
 
@@ -45,7 +45,8 @@ def _reason(req: dict[str, Any]) -> str:
     return reason
 
 
-def _object(body: bytes) -> dict[str, Any]:
+def parse_object(body: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object; an :class:`InputError` naming ``body`` otherwise."""
     try:
         req = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -55,6 +56,9 @@ def _object(body: bytes) -> dict[str, Any]:
     return req
 
 
+_object = parse_object  # the name serving.labels imports
+
+
 def parse_route_request(model: str, body: bytes) -> tuple[Route, str]:
     """The route a ``PUT /v1/routes/{name}`` body describes, and the reason given.
 
@@ -62,7 +66,7 @@ def parse_route_request(model: str, body: bytes) -> tuple[Route, str]:
     >>> [v.name for v in route.variants], route.salt, reason
     (['a'], 'm', 'x')
     """
-    req = _object(body)
+    req = parse_object(body)
     variants = req.get("variants")
     if not isinstance(variants, list) or not variants:
         raise InputError("variants", "is required: a non-empty array of {name, version, weight, shadow}", variants)
@@ -190,7 +194,7 @@ class AdminRoutes:
         name, alias = request.path_params["name"], request.path_params["alias"]
         try:
             body = await read_body(request.receive, request.headers, self.server.config.limits.max_body_bytes)
-            req = _object(body)
+            req = parse_object(body)
             version, reason = _version_number(req), _reason(req)
         except Exception as exc:
             return error_response(exc)

@@ -36,6 +36,7 @@ from starlette.types import Receive, Scope, Send
 from modelmill.security import Authenticator, TokenStore
 from modelmill.serving import metrics
 from modelmill.serving.admin import AdminRoutes
+from modelmill.serving.control import ControlRoutes
 from modelmill.serving.labels import LabelRoute
 from modelmill.serving.oip import OipRoutes
 from modelmill.serving.openapi import openapi_document, served_example
@@ -69,6 +70,7 @@ def create_app(server: ModelServer, *, auth: Authenticator | None = None) -> Ser
     predict = PredictRoute(server)
     admin = AdminRoutes(server)
     labels = LabelRoute(server)
+    ctl = ControlRoutes(server)
     spec: list[bytes] = []
     data, guard = auth.guard_data, auth.guard
 
@@ -104,6 +106,19 @@ def create_app(server: ModelServer, *, auth: Authenticator | None = None) -> Ser
         Route("/v1/models/{name}/aliases/{alias}", guard(admin.put_alias, "admin"), methods=["PUT"]),
         Route("/v1/models/{name}/aliases/{alias}", guard(admin.delete_alias, "admin"), methods=["DELETE"]),
         Route("/v1/models/{name}/labels", guard(labels.post, "label"), methods=["POST"]),
+        Route("/v1/models", guard(ctl.list_models, "read"), methods=["GET"]),
+        Route("/v1/models/{name}/versions/{version}", guard(ctl.get_version, "read"), methods=["GET"]),
+        Route("/v1/rollouts", guard(ctl.list_rollouts, "read"), methods=["GET"]),
+        Route("/v1/rollouts", guard(ctl.start_rollout, "admin"), methods=["POST"]),
+        Route("/v1/rollouts/{name}", guard(ctl.get_rollout, "read"), methods=["GET"]),
+        Route("/v1/rollouts/{name}/promote", guard(ctl.promote_rollout, "admin"), methods=["POST"]),
+        Route("/v1/rollouts/{name}/rollback", guard(ctl.rollback_rollout, "admin"), methods=["POST"]),
+        Route("/v1/experiments", guard(ctl.create_experiment, "admin"), methods=["POST"]),
+        Route("/v1/experiments/{name}", guard(ctl.get_experiment, "read"), methods=["GET"]),
+        Route("/v1/experiments/{name}/stop", guard(ctl.stop_experiment, "admin"), methods=["POST"]),
+        Route("/v1/pipelines/{name}/runs", guard(ctl.trigger_run, "admin"), methods=["POST"]),
+        Route("/v1/pipelines/{name}/runs/{id}", guard(ctl.get_run, "read"), methods=["GET"]),
+        Route("/v1/monitoring", guard(ctl.monitoring, "read"), methods=["GET"]),
         Route("/metrics", data(prometheus, "read"), methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]

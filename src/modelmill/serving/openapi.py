@@ -71,6 +71,227 @@ _TENSOR_META = {
                    "shape": {"type": "array", "items": {"type": "integer"}}},
 }
 
+_NUM = {"type": "number"}
+_NUM_OR_NULL = {"type": "number", "nullable": True}
+_STR_OR_NULL = {"type": "string", "nullable": True}
+_OBJ = {"type": "object"}
+_MODEL_NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.\\-]{0,127}$"}
+_THRESHOLD = {"type": "number", "minimum": 0, "nullable": True, "description": "null turns the check off."}
+
+# The control plane of modelmill.serving.control (the bodies mirror the CLI's options).
+CONTROL_SCHEMAS: dict[str, Any] = {
+    "ModelSummary": {
+        "type": "object", "required": ["name", "latest_version", "aliases", "versions"],
+        "properties": {"name": {"type": "string"}, "latest_version": {"type": "integer"},
+                       "created_at": _NUM, "updated_at": _NUM,
+                       "aliases": {"type": "object", "additionalProperties": {"type": "integer"}},
+                       "versions": {"type": "array", "items": {"type": "integer"}}},
+    },
+    "ModelList": {"type": "object", "required": ["models"],
+                  "properties": {"models": {"type": "array", "items": _ref("ModelSummary")}}},
+    "VersionDetail": {
+        "type": "object",
+        "required": ["name", "version", "ref", "flavor", "signature", "metrics", "lineage", "gate", "aliases",
+                     "gate_history", "alias_history"],
+        "properties": {
+            "name": {"type": "string"}, "version": {"type": "integer"}, "ref": {"type": "string"},
+            "flavor": {"type": "string"}, "artifact_path": {"type": "string"}, "sha256": {"type": "string"},
+            "size": {"type": "integer"}, "signature": _OBJ, "run_id": _STR_OR_NULL, "metrics": _OBJ,
+            "lineage": {**_OBJ, "description": "Where it came from: training_set, feature_definitions, "
+                                               "feature_service, derived_from, ..."},
+            "tags": _OBJ, "created_at": _NUM,
+            "gate": {**_OBJ, "nullable": True, "description": "The latest gate decision."},
+            "aliases": {"type": "array", "items": {"type": "string"}},
+            "run": {**_OBJ, "nullable": True, "description": "The tracked run behind the version."},
+            "gate_history": {"type": "array", "description": "Every gate decision on the version, oldest first.",
+                             "items": {"type": "object", "required": ["at", "actor", "decision"],
+                                       "properties": {"at": _NUM, "actor": {"type": "string"},
+                                                      "decision": _OBJ}}},
+            "alias_history": {"type": "array", "description": "Every alias move to or from the version.",
+                              "items": {"type": "object", "required": ["at", "actor", "alias", "version"],
+                                        "properties": {"at": _NUM, "actor": {"type": "string"},
+                                                       "name": {"type": "string"}, "alias": {"type": "string"},
+                                                       "version": {"type": "integer", "nullable": True},
+                                                       "previous": {"type": "integer", "nullable": True},
+                                                       "reason": {"type": "string"}}}},
+        },
+    },
+    "Rollout": {
+        "type": "object",
+        "required": ["id", "model", "candidate", "baseline", "plan", "stage", "status", "guardrails", "reason"],
+        "properties": {
+            "id": {"type": "integer"}, "model": {"type": "string"}, "candidate": {"type": "integer"},
+            "baseline": {"oneOf": [{"type": "integer"}, {"type": "string"}]},
+            "plan": {"type": "array", "items": {"oneOf": [{"type": "integer"}, {"type": "string"}]}},
+            "stage": {"type": "string"}, "stage_index": {"type": "integer"},
+            "status": {"type": "string", "enum": ["running", "completed", "rolled_back"]},
+            "min_requests": {"type": "integer"}, "stage_seconds": _NUM, "max_stage_seconds": _NUM_OR_NULL,
+            "on_timeout": {"type": "string"}, "guardrails": _OBJ, "stage_started_at": _NUM,
+            "created_at": _NUM, "updated_at": _NUM, "reason": {"type": "string"},
+        },
+    },
+    "RolloutList": {"type": "object", "required": ["rollouts"],
+                    "properties": {"rollouts": {"type": "array", "items": _ref("Rollout")}}},
+    "RolloutStatus": {
+        "type": "object", "required": ["rollout", "events"],
+        "properties": {"rollout": _ref("Rollout"),
+                       "events": {"type": "array", "items": {
+                           "type": "object", "required": ["at", "action", "actor", "detail"],
+                           "properties": {"at": _NUM, "action": {"type": "string"}, "from": _STR_OR_NULL,
+                                          "to": _STR_OR_NULL, "actor": {"type": "string"}, "detail": _OBJ}}}},
+    },
+    "RolloutStarted": {"type": "object", "required": ["rollout"], "properties": {"rollout": _ref("Rollout")}},
+    "RolloutStep": {
+        "type": "object", "required": ["action", "reason", "rollout"],
+        "properties": {"action": {"type": "string", "enum": ["advance", "complete", "rollback"]},
+                       "reason": {"type": "string"}, "breaches": {"type": "array", "items": _OBJ},
+                       "checks": {"type": "array", "items": _OBJ}, "observed": _OBJ,
+                       "rollout": _ref("Rollout")},
+    },
+    "Guardrails": {
+        "type": "object", "additionalProperties": False,
+        "properties": {"max_error_rate_increase": _THRESHOLD, "max_latency_ratio": _THRESHOLD,
+                       "max_output_shift": _THRESHOLD, "max_label_loss_increase": _THRESHOLD,
+                       "latency_slack_ms": {"type": "number", "minimum": 0},
+                       "significance": {"type": "number", "minimum": 0, "exclusiveMinimum": True,
+                                        "maximum": 0.999999},
+                       "min_errors": {"type": "integer", "minimum": 1, "maximum": 10**12},
+                       "min_samples": {"type": "integer", "minimum": 1, "maximum": 10**12,
+                                       "description": "Observations each guardrail needs before it can pass."}},
+    },
+    "RolloutRequest": {
+        "type": "object", "required": ["model", "version"], "additionalProperties": False,
+        "description": "The options of `modelmill rollout start`. The rollout is stored and its first stage's "
+                       "traffic set; `modelmill rollout run NAME` or `modelmill loop` drives it.",
+        "properties": {
+            "model": _MODEL_NAME,
+            "version": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1, "description": "The candidate."},
+            "baseline": {"oneOf": [{"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+                                   {"type": "string", "pattern": "^[a-z][a-z0-9_\\-]{0,63}$"}],
+                         "default": "production", "description": "What serves today: a version or an alias."},
+            "plan": {"oneOf": [{"type": "string", "maxLength": 200},
+                               {"type": "array", "minItems": 1, "maxItems": 100,
+                                "items": {"oneOf": [{"type": "string", "enum": ["shadow"]}, {"type": "integer"}]}}],
+                     "default": "shadow,5,10,50,100"},
+            "min_requests": {"type": "integer", "minimum": 0, "maximum": 10**12, "default": 100},
+            "stage_seconds": {"type": "number", "minimum": 0, "maximum": 10**9, "default": 60},
+            "max_stage_seconds": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 10**10,
+                                  "nullable": True},
+            "on_timeout": {"type": "string", "enum": ["rollback", "hold"], "default": "rollback"},
+            "guardrails": _ref("Guardrails"),
+            "off": {"type": "array", "maxItems": 100,
+                    "items": {"type": "string", "enum": ["error_rate", "latency_p95", "output_shift", "label_loss"]}},
+        },
+    },
+    "ReasonRequest": {"type": "object", "additionalProperties": False,
+                      "properties": {"reason": {"type": "string", "maxLength": 1000}}},
+    "ExperimentVariant": {
+        "type": "object", "required": ["name", "weight"], "additionalProperties": False,
+        "properties": {"name": {"type": "string", "maxLength": 200},
+                       "weight": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1e9},
+                       "version": {"oneOf": [{"type": "integer", "minimum": 1},
+                                             {"type": "string", "minLength": 1, "maxLength": 64}],
+                                   "nullable": True,
+                                   "description": "On a served model: the version or alias this variant serves."}},
+    },
+    "ExperimentRequest": {
+        "type": "object", "required": ["name", "variants", "metric"], "additionalProperties": False,
+        "description": "The options of `modelmill experiment create`; the control is the first variant.",
+        "properties": {
+            "name": {"type": "string", "maxLength": 200},
+            "variants": {"type": "array", "minItems": 2, "maxItems": 100, "items": _ref("ExperimentVariant")},
+            "metric": {"type": "string", "maxLength": 200, "description": "The primary metric."},
+            "direction": {"type": "string", "enum": ["higher", "lower"], "nullable": True},
+            "model": {**_MODEL_NAME, "nullable": True, "description": "A served model whose route is split."},
+            "unit": {"type": "string", "maxLength": 200}, "salt": {"type": "string", "maxLength": 200},
+            "guardrails": {"type": "array", "maxItems": 100,
+                           "items": {"type": "string", "minLength": 1, "maxLength": 200}},
+            "min_sample_size": {"type": "integer", "minimum": 0, "maximum": 10**12},
+            "alpha": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 0.5},
+        },
+    },
+    "Experiment": {
+        "type": "object", "required": ["name", "variants", "primary_metric", "direction", "status", "salt"],
+        "properties": {
+            "name": {"type": "string"}, "model": _STR_OR_NULL, "status": {"type": "string"},
+            "unit": {"type": "string"}, "salt": {"type": "string"},
+            "variants": {"type": "array", "items": {
+                "type": "object", "required": ["name", "weight"],
+                "properties": {"name": {"type": "string"}, "weight": _NUM,
+                               "version": {"oneOf": [{"type": "integer"}, {"type": "string"}], "nullable": True}}}},
+            "primary_metric": {"type": "string"}, "direction": {"type": "string"},
+            "guardrails": {"type": "array", "items": {"type": "string"}},
+            "min_sample_size": {"type": "integer"}, "alpha": _NUM, "created_at": _NUM, "stopped_at": _NUM_OR_NULL,
+            "result": {**_OBJ, "nullable": True},
+        },
+    },
+    "ExperimentResults": {
+        "type": "object", "required": ["experiment", "analysis", "decisions", "no_data"],
+        "properties": {
+            "experiment": {"allOf": [_ref("Experiment"), {
+                "type": "object", "required": ["exposures", "srm_p_value", "min_sample_reached"],
+                "properties": {"exposures": {"type": "object", "additionalProperties": {"type": "integer"}},
+                               "srm_p_value": _NUM_OR_NULL, "min_sample_reached": {"type": "boolean"}}}]},
+            "analysis": {**_OBJ, "nullable": True,
+                         "description": "As `modelmill experiment analyze NAME --json` prints it."},
+            "decisions": {"type": "array", "items": {
+                "type": "object", "required": ["treatment", "decision", "reason"],
+                "properties": {"treatment": {"type": "string"}, "reason": {"type": "string"},
+                               "decision": {"type": "string",
+                                            "enum": ["keep_control", "switch_to_treatment", "continue"]}}}},
+            "no_data": {"type": "string", "nullable": True,
+                        "description": "Why there is no analysis yet (then no decision either)."},
+        },
+    },
+    "StopRequest": {"type": "object", "additionalProperties": False,
+                    "properties": {"winner": {"type": "string", "maxLength": 200, "nullable": True,
+                                              "description": "The variant that keeps all traffic (default: the "
+                                                             "control)."}}},
+    "TriggerRequest": {
+        "type": "object", "required": ["reason"], "additionalProperties": False,
+        "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": 500},
+                       "key": {"type": "string", "maxLength": 300, "nullable": True,
+                               "description": "Idempotency key: a repeated key starts the pipeline once."},
+                       "params": {"type": "object", "description": "The pipeline's parameters."}},
+    },
+    "TriggerQueued": {"type": "object", "required": ["trigger_id", "pipeline"],
+                      "properties": {"trigger_id": {"type": "integer"}, "pipeline": {"type": "string"}}},
+    "PipelineRunStatus": {
+        "type": "object", "required": ["trigger", "run"],
+        "properties": {
+            "trigger": {"type": "object", "required": ["id", "pipeline", "status", "reason"],
+                        "properties": {"id": {"type": "integer"}, "pipeline": {"type": "string"},
+                                       "key": {"type": "string"}, "reason": {"type": "string"}, "params": _OBJ,
+                                       "status": {"type": "string",
+                                                  "enum": ["pending", "running", "finished", "failed"]},
+                                       "created_at": _NUM, "started_at": _NUM_OR_NULL, "ended_at": _NUM_OR_NULL,
+                                       "claimed_by": _STR_OR_NULL, "pipeline_run_id": _STR_OR_NULL,
+                                       "error": _STR_OR_NULL}},
+            "run": {**_OBJ, "nullable": True, "description": "The pipeline run the trigger started: its steps "
+                                                             "and lineage."},
+        },
+    },
+    "Monitoring": {
+        "type": "object", "required": ["windows", "alerts"],
+        "properties": {
+            "windows": {"type": "array", "items": {
+                "type": "object", "required": ["model", "version", "at", "n_rows", "status", "metrics"],
+                "properties": {"model": {"type": "string"}, "version": {"type": "integer"}, "at": _NUM,
+                               "window_start": _NUM, "window_end": _NUM, "n_rows": {"type": "integer"},
+                               "status": {"type": "string", "enum": ["pass", "fail", "no_data"]},
+                               "drift_share": _NUM_OR_NULL, "dataset_drift": {"type": "boolean", "nullable": True},
+                               "drifted": {"type": "array", "items": {"type": "string"}}, "drift": _OBJ,
+                               "metrics": {"type": "array", "items": _OBJ}}}},
+            "alerts": {"type": "array", "items": {
+                "type": "object", "required": ["rule", "state", "labels"],
+                "properties": {"rule": {"type": "string"}, "state": {"type": "string"}, "labels": _OBJ,
+                               "annotations": _OBJ, "value": _NUM_OR_NULL, "pending_since": _NUM_OR_NULL,
+                               "started_at": _NUM_OR_NULL, "resolved_at": _NUM_OR_NULL, "updated_at": _NUM,
+                               "actions": {"type": "array", "items": _OBJ, "nullable": True}}}},
+        },
+    },
+}
+
 #: What a client's request id is, and the rule for an id sent again (OIP infer and the feature route).
 _CLIENT_ID = ("The prediction's id (default: one the server picks; an empty id counts as none), at most "
               "serving.max_id_chars characters: post its label under it. A request of n > 1 rows logs row i as "
@@ -202,6 +423,7 @@ SCHEMAS: dict[str, Any] = {
                                    "description": "Stored, but no prediction of the model has that id (yet)."}},
     },
     "Deleted": {"type": "object", "required": ["deleted"], "properties": {"deleted": {"type": "boolean"}}},
+    **CONTROL_SCHEMAS,
     "Prediction": {
         "type": "object", "required": ["prediction", "model", "version", "variant", "request_id"],
         "properties": {"prediction": {"type": "number"}, "model": {"type": "string"},
@@ -271,11 +493,66 @@ def _guarded(op: dict[str, Any]) -> dict[str, Any]:
 
 
 def _control(method: str, params: list[dict[str, Any]], summary: str, ok: dict[str, Any],
-             body: str | None = None) -> dict[str, Any]:
+             body: str | None = None, *, body_required: bool = True) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "parameters": params, "responses": {"200": ok, **_ADMIN_ERRORS}}
     if body is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
+        op["requestBody"] = {"required": body_required, "content": {"application/json": {"schema": _ref(body)}}}
     return {method: _guarded(op)}
+
+
+def _control_paths() -> dict[str, Any]:
+    """The routes of :mod:`modelmill.serving.control` (reads need role read, changes role admin)."""
+    name = {**_NAME, "schema": _MODEL_NAME}
+    version = {**_VERSION, "description": "Model version number."}
+    experiment = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+                  "description": "Experiment name."}
+    pipeline = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+                "description": "Pipeline name: a registered name, or 'module:attr' of a module listed in "
+                               "[training] pipelines."}
+    trigger = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+               "description": "The trigger id POST /v1/pipelines/{name}/runs answered."}
+    model_query = {"name": "model", "in": "query", "required": False, "schema": _MODEL_NAME,
+                   "description": "Only this model."}
+    step = _json(_ref("RolloutStep"), "What the action did, and the rollout now.")
+    return {
+        "/v1/models": _control("get", [], "Every registered model with its versions and aliases (role read)",
+                               _json(_ref("ModelList"), "The models, by name.")),
+        "/v1/models/{name}/versions/{version}": _control(
+            "get", [name, version], "One version: lineage, tracked run, gate decisions and alias history "
+            "(role read)", _json(_ref("VersionDetail"), "The version.")),
+        "/v1/rollouts": {
+            **_control("get", [], "The active rollouts (role read)", _json(_ref("RolloutList"), "Oldest first.")),
+            **_control("post", [], "Start a rollout; `modelmill rollout run NAME` or `modelmill loop` drives it "
+                       "(role admin)", _json(_ref("RolloutStarted"), "Stored, at its first stage."),
+                       "RolloutRequest"),
+        },
+        "/v1/rollouts/{name}": _control("get", [name], "A model's newest rollout with its events (role read)",
+                                        _json(_ref("RolloutStatus"), "The rollout and its events.")),
+        "/v1/rollouts/{name}/promote": _control(
+            "post", [name], "Move the rollout to its next stage now; after the last one it completes and "
+            "production moves to the candidate (role admin)", step, "ReasonRequest", body_required=False),
+        "/v1/rollouts/{name}/rollback": _control(
+            "post", [name], "Send all traffic back to the baseline and end the rollout (role admin)", step,
+            "ReasonRequest", body_required=False),
+        "/v1/experiments": _control("post", [], "Create an experiment; on a served model its traffic split "
+                                    "takes effect at once (role admin)",
+                                    _json(_ref("Experiment"), "The experiment, running."), "ExperimentRequest"),
+        "/v1/experiments/{name}": _control("get", [experiment], "Exposures, the analysis and each treatment's "
+                                           "decision (role read)",
+                                           _json(_ref("ExperimentResults"), "The results.")),
+        "/v1/experiments/{name}/stop": _control("post", [experiment], "Stop an experiment; on a served model all "
+                                                "traffic goes to the winner (role admin)",
+                                                _json(_ref("Experiment"), "The experiment, stopped."),
+                                                "StopRequest", body_required=False),
+        "/v1/pipelines/{name}/runs": _control("post", [pipeline], "Enqueue one run of a pipeline for the "
+                                              "scheduler (role admin)",
+                                              _json(_ref("TriggerQueued"), "The trigger id."), "TriggerRequest"),
+        "/v1/pipelines/{name}/runs/{id}": _control("get", [pipeline, trigger], "A triggered run's status "
+                                                   "(role read)", _json(_ref("PipelineRunStatus"), "The status.")),
+        "/v1/monitoring": _control("get", [model_query], "The latest drift and performance per model version, "
+                                   "and the alerts (role read)", _json(_ref("Monitoring"), "What the monitor "
+                                                                        "measured last.")),
+    }
 
 
 def _admin_paths() -> dict[str, Any]:
@@ -302,6 +579,7 @@ def _admin_paths() -> dict[str, Any]:
                                              "(role label or admin)",
                                              _json(_ref("LabelCounts"), "How the labels were counted."),
                                              "LabelsRequest"),
+        **_control_paths(),
     }
 
 
@@ -352,6 +630,8 @@ def _link(paths: dict[str, Any]) -> None:
     name = {"name": "$request.path.name"}
     version = {**name, "version": "$response.body#/versions/0"}
     both = {**name, "alias": "$request.path.alias"}
+    rollout = {"name": "$response.body#/rollout/model"}
+    experiment = {"name": "$response.body#/name"}
     follow = {
         ("put", "/v1/routes/{name}"): {"GetRoute": ("get", "/v1/routes/{name}", name),
                                        "DeleteRoute": ("delete", "/v1/routes/{name}", name),
@@ -364,6 +644,16 @@ def _link(paths: dict[str, Any]) -> None:
             "VersionReady": ("get", "/v2/models/{name}/versions/{version}/ready", version),
             "VersionInfer": ("post", "/v2/models/{name}/versions/{version}/infer", version)},
         ("get", "/v1/models/{name}/aliases"): {"PutRoute": ("put", "/v1/routes/{name}", name)},
+        ("get", "/v1/models"): {"Version": ("get", "/v1/models/{name}/versions/{version}",
+                                            {"name": "$response.body#/models/0/name",
+                                             "version": "$response.body#/models/0/versions/0"})},
+        ("post", "/v1/rollouts"): {"GetRollout": ("get", "/v1/rollouts/{name}", rollout),
+                                   "Promote": ("post", "/v1/rollouts/{name}/promote", rollout),
+                                   "Rollback": ("post", "/v1/rollouts/{name}/rollback", rollout)},
+        ("post", "/v1/experiments"): {"GetExperiment": ("get", "/v1/experiments/{name}", experiment),
+                                      "StopExperiment": ("post", "/v1/experiments/{name}/stop", experiment)},
+        ("post", "/v1/pipelines/{name}/runs"): {
+            "GetRun": ("get", "/v1/pipelines/{name}/runs/{id}", {**name, "id": "$response.body#/trigger_id"})},
     }
     for (method, path), links in follow.items():
         paths[path][method]["responses"]["200"]["links"] = _links(links)
@@ -378,7 +668,15 @@ def _with_examples(doc: dict[str, Any], model: str, version: int, columns: Seque
     bodies = {"InferRequest": infer,
               "RouteRequest": {"variants": [{"name": "default", "version": version}], "reason": "example"},
               "AliasRequest": {"version": version, "reason": "example"},
-              "LabelsRequest": {"labels": [{"id": "example-1", "label": 1, "ts": "2026-12-01T10:00:00Z"}]}}
+              "LabelsRequest": {"labels": [{"id": "example-1", "label": 1, "ts": "2026-12-01T10:00:00Z"}]},
+              "RolloutRequest": {"model": model, "version": version, "baseline": "production", "plan": "shadow,100",
+                                 "min_requests": 50, "off": ["label_loss"]},
+              "ReasonRequest": {"reason": "example"},
+              "ExperimentRequest": {"name": model, "model": model, "metric": "output",
+                                    "variants": [{"name": "control", "version": version, "weight": 50},
+                                                 {"name": "treatment", "version": "production", "weight": 50}]},
+              "StopRequest": {"winner": "control"},
+              "TriggerRequest": {"reason": "example", "key": "example-1"}}
     for ops in doc["paths"].values():
         for op in ops.values():
             for param in op.get("parameters", []):
