@@ -68,7 +68,7 @@ PREDICTION_COLUMN = "__prediction__"
 DEFAULT_MAX_POINTS = 10_000
 #: An automatic profile summarises (and predicts on) at most this many rows of the training data, drawn
 #: with a fixed seed: registration stays quick, and the sketch keeps DEFAULT_MAX_POINTS values anyway.
-AUTO_MAX_ROWS = 50_000
+AUTO_MAX_ROWS = 20_000
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
