@@ -22,7 +22,7 @@ from modelmill.monitoring.monitor import DEFAULT_LABEL_WINDOW
 from modelmill.monitoring.performance import task_metrics, task_of
 from modelmill.project import Project
 from modelmill.registry import Field, Registry, Signature
-from modelmill.store.feedback import write_labels
+from modelmill.store.feedback import LabelTask, write_labels
 
 from .conftest import log_predictions
 
@@ -80,8 +80,9 @@ def test_binary_metrics_are_sklearns_on_exactly_the_labelled_predictions(project
     index = {rid: i for i, rid in enumerate(ids)}
     y = np.array([truth[r] for r in truth])
     p = np.array([outputs[index[r]] for r in truth])
-    assert row["task"] == "binary" and row["task_from"] == "metrics" and row["n"] == 230 == len(y)
-    assert row["status"] == "measured" and set(row["metrics"]) == {"auc", "log_loss", "accuracy"}
+    assert row["task"] == "binary" and row["task_from"] == "declared" and row["n"] == 230 == len(y)  # probability
+    assert row["status"] == "measured" and row["reason"] is None
+    assert set(row["metrics"]) == {"auc", "log_loss", "accuracy"}
     assert row["window_end"] - row["window_start"] == DEFAULT_LABEL_WINDOW
     m = row["metrics"]
     assert abs(m["auc"]["value"] - roc_auc_score(y, p)) < 1e-9
@@ -103,6 +104,7 @@ def test_without_labels_every_metric_is_no_data_with_n_zero(project: Project) ->
         result = Monitor(project, MonitoringConfig.from_section({})).run_once(now=NOW)
         [row] = result["performance"]
         assert row["n"] == 0 and row["status"] == "no_data" and row["task"] == "binary"
+        assert row["reason"] == "no labelled predictions in the window"
         none = {"value": None, "n": 0, "status": "no_data", "reason": "no labelled predictions in the window"}
         assert row["metrics"] == {m: none for m in ("auc", "log_loss", "accuracy")}
 
@@ -145,9 +147,33 @@ def test_a_binary_models_labels_that_are_not_0_or_1_are_no_data() -> None:
     m = task_metrics("binary", np.array([0.0, 1.0, 2.0]), np.array([0.1, 0.9, 0.5]))
     assert {k: v["status"] for k, v in m.items()} == dict.fromkeys(("auc", "log_loss", "accuracy"), "no_data")
     assert m["auc"]["reason"] == "1 of 3 labels are not 0 or 1, as a binary model's labels must be"
-    assert task_of(declared="classification") == ("binary", "declared")
-    assert task_of(declared="ranking", metrics={"rmse": 1.0}) == ("regression", "metrics")
+    assert task_of(declared="binary", metrics={"rmse": 1.0}) == ("binary", "declared")
+    assert task_of(declared=None, metrics={"rmse": 1.0}) == ("regression", "metrics")
     assert task_of(labels=np.array([0.0, 1.0, 1.0])) == ("binary", "labels")
+
+
+def test_the_task_is_read_as_the_labels_route_reads_it(project: Project) -> None:
+    # a 'probability' output is binary (no metrics registered); an unknown task or a multiclass one measures nothing
+    X, y = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 0.0], [3.0, 1.0]]), [0, 0, 1, 1]
+    reg = Registry(project)
+    reg.register("prob", LogisticRegression().fit(X, y), flavor="sklearn",
+                 signature=Signature(inputs=SIGNATURE.inputs, outputs=[Field("probability", "float64")]))
+    _register(project, "odd", tags={"task": "ranking"})
+    _register(project, "multi", tags={"task": "multiclass", "classes": "0,1,2"})
+    for name in ("prob", "odd", "multi"):
+        ids, _ = _traffic(project, name, 1, 10, seed=11)
+        write_labels(project.offline, name, [{"id": r, "label": 2.5} for r in ids], now=NOW,
+                     task=LabelTask(kind="regression"))
+    rows = _performance(Monitor(project, MonitoringConfig.from_section({})).run_once(now=NOW))
+    prob = rows[("prob", 1)]
+    assert (prob["task"], prob["task_from"], prob["n"], prob["status"]) == ("binary", "declared", 10, "no_data")
+    assert prob["metrics"]["auc"]["reason"] == "10 of 10 labels are not 0 or 1, as a binary model's labels must be"
+    odd = rows[("odd", 1)]
+    assert odd["task"] is None and odd["status"] == "no_data" and odd["metrics"] == {}
+    assert "records task 'ranking'" in odd["reason"]
+    multi = rows[("multi", 1)]
+    assert (multi["task"], multi["status"], multi["metrics"]) == ("multiclass", "no_data", {})
+    assert multi["reason"] == "no delayed-label metrics are computed for multiclass models yet"
 
 
 def test_monitor_once_prints_the_metrics_as_json_and_as_a_table(tmp_path: Path,

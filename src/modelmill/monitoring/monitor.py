@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from modelmill.errors import ConfigError, InputError, NotFoundError
+from modelmill.errors import ConfigError, ConflictError, InputError, NotFoundError
 from modelmill.monitoring.alerts import (
     ActionRegistry,
     AlertEvaluator,
@@ -66,7 +66,7 @@ from modelmill.monitoring.performance import (
 )
 from modelmill.monitoring.reference import ReferenceStore
 from modelmill.project import Project
-from modelmill.store.feedback import Feedback
+from modelmill.store.feedback import Feedback, label_task
 from modelmill.store.maps import map_frame
 from modelmill.store.tables.monitoring import monitoring_windows
 
@@ -308,12 +308,13 @@ class Monitor:
     def performance(self, now: float | None = None) -> list[dict[str, Any]]:
         """The delayed-label metrics of every version served in the last ``label_window``, by its task.
 
-        One row per (model, version): ``model``, ``version``, ``task`` (``binary`` or ``regression``),
-        ``task_from`` (``declared``, ``metrics``, ``labels`` or ``default``: see
+        One row per (model, version): ``model``, ``version``, ``task`` (``binary``, ``regression`` or
+        ``multiclass``; None when the version records a task modelmill does not know), ``task_from``
+        (``declared``, ``metrics``, ``labels`` or ``default``: see
         :func:`~modelmill.monitoring.performance.task_of`), ``window_start``/``window_end`` (epoch
         seconds: the predictions' times), ``n`` (its labelled predictions), ``status`` (``measured``
-        when some metric has a value, else ``no_data``) and ``metrics``: each of the task's
-        metrics as ``{"value", "n", "status", "reason"}`` (see
+        when some metric has a value, else ``no_data`` with a ``reason``), ``reason`` and ``metrics``:
+        each of the task's metrics as ``{"value", "n", "status", "reason"}`` (see
         :func:`~modelmill.monitoring.performance.task_metrics`). Read through the one label join:
         each prediction's newest label counts, once.
         """
@@ -335,12 +336,20 @@ class Monitor:
             part = groups.get((model, version))
             y = part["label"].to_numpy(dtype=np.float64) if part is not None else np.empty(0)
             p = part["output"].to_numpy(dtype=np.float64) if part is not None else np.empty(0)
-            task, task_from = task_of(**_declared(registry, model, version), labels=y)
+            row: dict[str, Any] = {"model": model, "version": version, "task": None, "task_from": None,
+                                   "window_start": start, "window_end": now, "n": len(y), "status": "no_data",
+                                   "reason": None, "metrics": {}}
+            try:
+                task, task_from = task_of(**_declared(registry, model, version), labels=y)
+            except ConflictError as exc:  # a task modelmill cannot read: nothing is measured against a guess
+                rows.append({**row, "reason": exc.message})
+                continue
             metrics = task_metrics(task, y, p, threshold=self.config.threshold)
             measured = any(m["status"] == "measured" for m in metrics.values())
-            rows.append({"model": model, "version": version, "task": task, "task_from": task_from,
-                         "window_start": start, "window_end": now, "n": len(y),
-                         "status": "measured" if measured else "no_data", "metrics": metrics})
+            reason = None if measured else next((m["reason"] for m in metrics.values()), None) or (
+                f"no delayed-label metrics are computed for {task} models yet")
+            rows.append({**row, "task": task, "task_from": task_from, "status": "measured" if measured else "no_data",
+                         "reason": reason, "metrics": metrics})
         return rows
 
     def run_once(self, now: float | None = None) -> dict[str, Any]:
@@ -419,12 +428,14 @@ class Monitor:
 
 
 def _declared(registry: Any, model: str, version: int) -> dict[str, Any]:
-    """What the registry says of a version's task: its ``task`` tag or lineage key, its metrics."""
+    """What the registry says of a version's task: the task it records, read as the labels route reads it
+    (:func:`~modelmill.store.feedback.label_task`; a ConflictError for one modelmill does not know), and
+    the metrics it was registered with."""
     try:
         mv = registry.get(model, version)
     except (NotFoundError, InputError):  # logged under a name the registry does not know
         return {}
-    return {"declared": mv.tags.get("task") or mv.lineage.get("task"), "metrics": mv.metrics}
+    return {"declared": label_task(mv).kind, "metrics": mv.metrics}
 
 
 def _jsonable(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -41,10 +41,10 @@ __all__ = [
 ]
 
 METRICS = ("accuracy", "precision", "recall", "auc", "log_loss", "brier", "calibration_error")
-#: The delayed-label metrics ``monitor`` reports for every served version, rules or not, by the model's task.
-TASK_METRICS: dict[str, tuple[str, ...]] = {"binary": ("auc", "log_loss", "accuracy"), "regression": ("mae", "rmse")}
-_TASK_NAMES = {"binary": "binary", "classification": "binary", "binary_classification": "binary",
-               "regression": "regression"}
+#: The delayed-label metrics ``monitor`` reports for every served version, rules or not, by the model's task
+#: (multiclass: none yet, so such a version's row says no data rather than guess what its output holds).
+TASK_METRICS: dict[str, tuple[str, ...]] = {"binary": ("auc", "log_loss", "accuracy"), "regression": ("mae", "rmse"),
+                                            "multiclass": ()}
 _BINARY_HINTS = ("auc", "log_loss", "logloss", "accuracy", "brier", "precision", "recall")
 _REGRESSION_HINTS = ("mae", "rmse", "mse", "r2")
 _EPS = float(np.finfo(np.float64).eps)  # where scikit-learn (1.5+) clips log loss: equal at p = 0 or 1 too
@@ -129,20 +129,21 @@ def regression_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err ** 2)))}
 
 
-def task_of(*, declared: Any = None, metrics: Mapping[str, Any] | None = None,
+def task_of(*, declared: str | None = None, metrics: Mapping[str, Any] | None = None,
             labels: np.ndarray | None = None) -> tuple[str, str]:
     """The task of a model version and what said so: ``(task, source)``.
 
-    In order: the task it ``declared`` (a ``task`` tag or lineage key: ``binary``/``classification`` or
-    ``regression``), the metrics it was registered with (``auc``, ``log_loss`` … say binary; ``mae``,
-    ``rmse`` … regression), its labels (all 0 or 1: binary, else regression); with none of these, binary
-    (every built-in trainer is a binary classifier).
+    In order: the task it records (``declared``: the kind :func:`modelmill.store.feedback.label_task`
+    reads, as the labels route does: a ``task`` tag or lineage key, or a signature whose one output is
+    ``probability``), the metrics it was registered with (``auc``, ``log_loss`` … say binary; ``mae``,
+    ``rmse`` … regression), its labels (all 0 or 1: binary, else regression); with none of these,
+    binary (every built-in trainer is a binary classifier).
 
         >>> task_of(metrics={"auc": 0.8}), task_of(labels=np.array([0.5, 3.0])), task_of()
         (('binary', 'metrics'), ('regression', 'labels'), ('binary', 'default'))
     """
-    if isinstance(declared, str) and declared.lower() in _TASK_NAMES:
-        return _TASK_NAMES[declared.lower()], "declared"
+    if declared in TASK_METRICS:
+        return str(declared), "declared"
     names = {str(k).lower() for k in (metrics or {})}
     if names & set(_BINARY_HINTS):
         return "binary", "metrics"
@@ -177,6 +178,9 @@ def task_metrics(task: str, y: np.ndarray, p: np.ndarray, *, threshold: float = 
 
     def none(reason: str) -> dict[str, dict[str, Any]]:
         return {m: {"value": None, "n": n, "status": "no_data", "reason": reason} for m in names}
+
+    if not names:
+        return {}
 
     if n == 0:
         return none("no labelled predictions in the window")
