@@ -15,7 +15,7 @@ A filter is clauses joined by ``and`` (``or`` is not supported, as in MLflow). A
   ``status`` ignores case (``'FINISHED'`` is ``finished``).
 
 Keys with spaces or other characters are quoted with backticks or double quotes
-(``metrics.`val auc```); string values with single or double quotes. A run without the key
+(see the second example below); string values with single or double quotes. A run without the key
 never matches (``!=`` included). Any other input is an :class:`~modelmill.errors.InputError`
 that names the token and where it stands.
 
