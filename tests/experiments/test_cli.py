@@ -125,3 +125,29 @@ def test_create_refuses_a_metric_the_served_model_cannot_give(tmp_path: Path,
     assert "primary_metric" in err["error"] and "log_loss" in err["error"], err
     listed = mm(tmp_path, "experiment", "status", "--json")
     assert listed.returncode == 0 and json.loads(listed.stdout)["experiments"] == []
+
+
+def test_a_served_experiment_on_accuracy_from_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """accuracy is higher-is-better: the treatment (0.7 → class 1, right on the 30% positives) loses to the
+    control (0.3 → class 0, right on the 70% negatives), by exactly the difference of those shares."""
+    from modelmill.project import open_project
+
+    from .conftest import log_served
+
+    (tmp_path / "modelmill.toml").write_text('home = ".modelmill"\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MODELMILL_HOME", raising=False)
+    made = run("experiment", "create", "acc", "--model", "m", "--variant", "control=1:50", "--variant",
+               "treatment=2:50", "--metric", "accuracy", "--min-sample-size", "100", "--json")
+    assert made["direction"] == "higher" and made["primary_metric"] == "accuracy"
+    rows = _worse_treatment_log()
+    with open_project() as project:
+        log_served(project.offline, "m", rows)
+    out = run("experiment", "analyze", "acc", "--json")
+    share = {arm: sum(y == (arm == "treatment") for _, v, _, _, _, y in rows if v == arm)
+             / sum(v == arm for _, v, *_ in rows) for arm in ("control", "treatment")}
+    assert out["control"]["mean"] == pytest.approx(share["control"], abs=1e-12)
+    assert out["treatment"]["mean"] == pytest.approx(share["treatment"], abs=1e-12)
+    assert out["direction"] == "higher" and out["decision"] == "keep_control", out["reason"]
+    help_text = " ".join(CliRunner().invoke(app, ["experiment", "create", "--help"]).stdout.split())
+    assert "label, conversion, output, latency_ms, log_loss, brier, accuracy" in help_text
