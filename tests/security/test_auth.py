@@ -29,10 +29,13 @@ X = np.random.default_rng(3).normal(size=(2, N_FEATURES))
 # Every route the app serves, by (method, path) as it declares them: who may call it, and what it answers then.
 # "open" routes never need a token, "data" routes need one only with auth = "required", "control" routes always
 # do. The tests walk the app's own route table and fail on a route this table does not list.
-PARAMS = {"name": "clf", "version": "1", "alias": "canary"}
+PARAMS = {"name": "clf", "version": "1", "alias": "canary", "id": "1"}
 FEATURE_BODY = {"entities": {}, "features": {f"f{i}": float(v) for i, v in enumerate(X[0])}}
 ROUTE = {"variants": [{"name": "b", "version": 1}]}
 LABELS = {"labels": [{"id": "no-such-prediction", "label": 1}]}
+ROLLOUT = {"model": "clf", "version": 2, "plan": "shadow,100", "off": ["label_loss"]}
+EXPERIMENT = {"name": "clf", "model": "clf", "metric": "output", "variants": [
+    {"name": "control", "version": 1, "weight": 1}, {"name": "treatment", "version": 2, "weight": 1}]}
 EXPECTED: dict[tuple[str, str], tuple[str, str | None, Any, int]] = {
     ("POST", "/v2/models/{name}/infer"): ("data", "predict", infer_body(X), 200),
     ("POST", "/v2/models/{name}/versions/{version}/infer"): ("data", "predict", infer_body(X), 200),
@@ -50,6 +53,22 @@ EXPECTED: dict[tuple[str, str], tuple[str, str | None, Any, int]] = {
     ("PUT", "/v1/models/{name}/aliases/{alias}"): ("control", "admin", {"version": 2}, 200),
     ("DELETE", "/v1/models/{name}/aliases/{alias}"): ("control", "admin", None, 200),
     ("POST", "/v1/models/{name}/labels"): ("control", "label", LABELS, 200),
+    # The control plane of modelmill.control: every read is walked before any change, so a model's rollout,
+    # experiment and trigger are not there yet (404); the changes then start, promote and roll back a rollout,
+    # create and stop an experiment (each 200); the project has no pipeline to trigger (404).
+    ("GET", "/v1/models"): ("control", "read", None, 200),
+    ("GET", "/v1/models/{name}/versions/{version}"): ("control", "read", None, 200),
+    ("GET", "/v1/rollouts"): ("control", "read", None, 200),
+    ("GET", "/v1/rollouts/{name}"): ("control", "read", None, 404),
+    ("GET", "/v1/experiments/{name}"): ("control", "read", None, 404),
+    ("GET", "/v1/pipelines/{name}/runs/{id}"): ("control", "read", None, 404),
+    ("GET", "/v1/monitoring"): ("control", "read", None, 200),
+    ("POST", "/v1/rollouts"): ("control", "admin", ROLLOUT, 200),
+    ("POST", "/v1/rollouts/{name}/promote"): ("control", "admin", None, 200),
+    ("POST", "/v1/rollouts/{name}/rollback"): ("control", "admin", None, 200),
+    ("POST", "/v1/experiments"): ("control", "admin", EXPERIMENT, 200),
+    ("POST", "/v1/experiments/{name}/stop"): ("control", "admin", None, 200),
+    ("POST", "/v1/pipelines/{name}/runs"): ("control", "admin", {"reason": "auth test"}, 404),
     ("GET", "/v2/health/live"): ("open", None, None, 200),
     ("GET", "/v2/health/ready"): ("open", None, None, 200),
     ("GET", "/v2"): ("open", None, None, 200),
@@ -97,8 +116,9 @@ def app_for(project_root: Path) -> Iterator[Callable[[str], tuple[TestClient, Pr
     yield make
     for client, project in opened:
         client.__exit__(None, None, None)
-        with project.db.begin() as conn:
-            conn.execute(sa.text("DELETE FROM serving_routes"))
+        with project.db.begin() as conn:  # each mode's walk starts from the same state
+            for table in ("serving_routes", "rollout_events", "rollouts", "experiment_exposures", "experiments"):
+                conn.execute(sa.text(f"DELETE FROM {table}"))
         project.close()
 
 
@@ -143,9 +163,12 @@ def test_every_route_of_the_app_answers_401_then_403_then_its_status(app_for: An
         if method in ("PUT", "DELETE"):  # an allowed change is written and audited once: the check above can see one
             after = stored_state(project)
             assert after[:2] != before[:2] and after[2] == before[2] + 1, (method, path)
-        elif method == "POST" and plane == "control":  # posted labels leave routes and aliases alone, and are audited once
+        elif template == "/v1/models/{name}/labels":  # posted labels leave routes and aliases alone, audited once
             after = stored_state(project)
             assert after[:2] == before[:2] and after[2] == before[2] + 1, (method, path)
+        elif method == "POST" and plane == "control":  # a change of the control plane is audited, a 404 writes nothing
+            after = stored_state(project)
+            assert (after[2] > before[2]) == (status == 200), (method, path)
         if plane == "control" and needed != "admin":  # and admin may do what any other role may
             assert call(client, method, path, body, bearer(secrets["admin"])).status_code == status, (method, path)
 
