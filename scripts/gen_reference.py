@@ -9,9 +9,11 @@ and cannot drift. ``tests/test_docs.py`` checks the pages against the live objec
     reference/config.md     the backends of ``Settings``, every ``[section]`` the code reads, its keys,
                             their defaults and accepted forms, and the environment variables
     reference/errors.md     every ``ModelmillError`` class, its docstring, statuses and what to do
+    reference/formats.md    the event schema and feature definition formats (their dataclasses and values)
     reference/python/*.md   the Python API of every package with an ``__all__`` (mkdocstrings)
 
-Run by hand to read the pages as files: ``python scripts/gen_reference.py OUT_DIR``.
+Run by hand to read the pages as files: ``python scripts/gen_reference.py OUT_DIR`` (``--json FILE``
+writes them as one JSON object, which is how the hook reads them).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import inspect
 import json
 import re
 import sys
+import tempfile
 import textwrap
 from collections.abc import Callable, Iterator, Mapping
 from functools import cache
@@ -87,7 +90,8 @@ def _prose(text: str) -> str:
                 i += 1
             while block and not block[-1].strip():
                 block.pop()
-            out += ["", "```", *textwrap.dedent("\n".join(block)).strip("\n").splitlines(), "```", ""]
+            code = textwrap.dedent("\n".join(block)).strip("\n")
+            out += ["", "```pycon" if code.startswith(">>>") else "```", *code.splitlines(), "```", ""]
             continue
         out.append(_no_tags(line))
         i += 1
@@ -862,6 +866,71 @@ def errors_page() -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---- file formats -------------------------------------------------------------------------------
+
+
+#: The modules that define a format a user writes, and the page section each gets.
+FORMAT_MODULES = (
+    ("Event schemas", "modelmill.ingest.schema",
+     "An event schema names a stream's fields and types; `modelmill ingest run`, `ingest publish` and "
+     "`ingest schema` take one as `--schema` (a `package.module:attribute`, a `.json` or `.toml` file, or a "
+     "shipped dataset's name)."),
+    ("Feature definitions", "modelmill.features.definitions",
+     "`modelmill features apply FILE` runs a Python file and stores every `Entity`, `FeatureView`, "
+     "`StreamAggregation` and `FeatureService` it defines; a changed definition gets a new version."),
+)
+
+
+def _type_name(tp: Any) -> str:
+    text = tp if isinstance(tp, str) else getattr(tp, "__name__", str(tp))
+    return re.sub(r"\b(?:modelmill|datetime)\.[\w.]*?(\w+)\b", r"\1", str(text))
+
+
+def _dataclass_rows(cls: type) -> list[str]:
+    rows = ["| argument | type | default |", "|---|---|---|"]
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if not f.init:
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = _code(repr(f.default))
+        elif f.default_factory is not dataclasses.MISSING:
+            default = _code(repr(f.default_factory()))
+        else:
+            default = "required"
+        rows.append(f"| `{f.name}` | {_code(_type_name(f.type))} | {default} |")
+    return rows
+
+
+def formats_page() -> str:
+    lines = [GENERATED_NOTE + "# Formats", "",
+             "The formats a user writes by hand, generated from the modules that read them: every argument "
+             "with its type and default, and the values each accepts."]
+    for title, module_name, intro in FORMAT_MODULES:
+        module = importlib.import_module(module_name)
+        lines += ["", f"## {title} {{#{_anchor(title)}}}", "", intro, "", _prose(module.__doc__ or ""), ""]
+        for name in getattr(module, "__all__", ()):
+            obj = getattr(module, name)
+            if inspect.isclass(obj) and dataclasses.is_dataclass(obj):
+                lines += [f"### {name} {{#{_anchor(module_name + ' ' + name)}}}", "", _prose(inspect.getdoc(obj) or ""), "",
+                          *_dataclass_rows(obj), ""]
+        for name in getattr(module, "__all__", ()):
+            obj = getattr(module, name)
+            if isinstance(obj, tuple) and all(isinstance(v, str) for v in obj):
+                lines += [f"`{name}`: " + ", ".join(f"`{v}`" for v in obj) + ".", ""]
+            elif isinstance(obj, Mapping) and obj and all(isinstance(k, str) for k in obj):
+                lines += [f"`{name}`:", "", "| value | means |", "|---|---|"]
+                lines += [f"| `{k}` | {_code(v)} |" for k, v in obj.items()]
+                lines.append("")
+            elif inspect.isfunction(obj) and obj.__module__ == module_name and name.startswith("load"):
+                lines += [f"### {name}() {{#{_anchor(module_name + ' ' + name)}}}", "",
+                          f"`{name}{inspect.signature(obj)}`", "",
+                          _prose(inspect.getdoc(obj) or ""), ""]
+        aliases = getattr(module, "_ALIASES", None)
+        if isinstance(aliases, Mapping):
+            lines += ["Also accepted: " + ", ".join(f"`{k}` for `{v}`" for k, v in aliases.items()) + ".", ""]
+    return "\n".join(lines) + "\n"
+
+
 # ---- the Python API -----------------------------------------------------------------------------
 
 
@@ -904,16 +973,31 @@ def pages() -> dict[str, str]:
         "reference/http.md": http_page(),
         "reference/config.md": config_page(),
         "reference/errors.md": errors_page(),
+        "reference/formats.md": formats_page(),
     }
     out.update(python_pages())
     return out
 
 
 def on_files(files: Any, config: Any) -> Any:
-    """mkdocs hook: add the generated pages (replacing a file of the same name, should one exist)."""
+    """mkdocs hook: add the generated pages (replacing a file of the same name, should one exist).
+
+    They are generated in a fresh interpreter, so that under ``mkdocs serve`` a change to the code shows
+    on the next rebuild (this process would keep the modules it imported first).
+    """
+    import subprocess
+
+    from mkdocs.exceptions import PluginError
     from mkdocs.structure.files import File
 
-    for path, text in pages().items():
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "pages.json"
+        done = subprocess.run([sys.executable, __file__, "--json", str(out)], capture_output=True, text=True,
+                              cwd=ROOT)
+        if done.returncode != 0:
+            raise PluginError(f"scripts/gen_reference.py failed:\n{done.stderr[-4000:]}")
+        generated = json.loads(out.read_text())
+    for path, text in generated.items():
         existing = files.get_file_from_path(path)
         if existing is not None:
             files.remove(existing)
@@ -922,8 +1006,11 @@ def on_files(files: Any, config: Any) -> Any:
 
 
 def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "--json":
+        Path(argv[1]).write_text(json.dumps(pages()))
+        return 0
     if len(argv) != 1:
-        print("usage: python scripts/gen_reference.py OUT_DIR", file=sys.stderr)
+        print("usage: python scripts/gen_reference.py OUT_DIR | --json FILE", file=sys.stderr)
         return 2
     out = Path(argv[0])
     for path, text in pages().items():

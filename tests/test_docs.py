@@ -352,3 +352,23 @@ def test_the_generator_follows_a_table_through_the_code_that_reads_it(gen: Modul
     assert found == {("demo", "rows"): "10", ("demo", "mode"): "", ("demo", "inner"): "{}",
                      ("demo", "rules"): "[]", ("demo.rules", "name"): "", ("demo.inner", "depth"): "",
                      ("demo", "a"): "", ("demo", "b"): ""}
+
+
+def test_every_argument_of_the_event_schema_and_feature_formats_is_in_the_reference(
+        pages: dict[str, str], gen: ModuleType) -> None:
+    sections = _sections(pages["reference/formats.md"])
+    for _, module_name, _ in gen.FORMAT_MODULES:
+        module = importlib.import_module(module_name)
+        classes = [getattr(module, n) for n in module.__all__ if dataclasses.is_dataclass(getattr(module, n))]
+        assert classes, module_name
+        for cls in classes:
+            body = sections.get(_anchor(f"{module_name} {cls.__name__}"))
+            assert body is not None, f"{module_name}.{cls.__name__} is not in the formats reference"
+            for f in dataclasses.fields(cls):
+                if f.init:
+                    assert f"| `{f.name}` |" in body, f"{cls.__name__}.{f.name} is not in the formats reference"
+        for name in module.__all__:
+            value = getattr(module, name)
+            if isinstance(value, tuple | dict) and value and all(isinstance(v, str) for v in value):
+                for v in value:
+                    assert f"`{v}`" in pages["reference/formats.md"], f"{module_name}.{name}: {v!r} is missing"
