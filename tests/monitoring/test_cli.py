@@ -138,3 +138,43 @@ def test_reference_for_a_file_without_the_signature_columns_is_refused(tmp_path:
     assert out.returncode == 2, out.stdout + out.stderr
     error = json.loads(out.stdout)
     assert error["field"] == "data" and "f0" in error["error"]
+
+
+# ---- monitor: the delayed-label metrics with no rules, over a real server's predictions and labels ----------
+
+
+def test_monitor_reports_the_auc_of_the_labels_posted_over_http(tmp_path: Path) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from modelmill.security import TokenStore
+    from tests.serving.conftest import open_project_at
+
+    root = make_project(tmp_path / "proj")  # clf v1 (production), v2; no [monitoring] section at all
+    with open_project_at(root) as project:
+        token = {"Authorization": f"Bearer {TokenStore(project).create('label', name='labeller')[1]}"}
+    serve = ServeProcess(root, "--model", "clf@production", "--no-cache").wait_ready()
+    rng = np.random.default_rng(12)
+    outputs: dict[str, float] = {}
+    try:
+        with httpx.Client(base_url=serve.url) as client:
+            for i in range(80):
+                x = rng.normal(size=N_FEATURES)
+                body = {"id": f"client-{i}", "inputs": [{"name": c, "shape": [1], "datatype": "FP64",
+                                                         "data": [float(v)]} for c, v in zip(COLUMNS, x, strict=True)]}
+                r = client.post("/v2/models/clf/infer", json=body)
+                assert r.status_code == 200 and r.json()["id"] == f"client-{i}", r.text
+                outputs[f"client-{i}"] = float(r.json()["outputs"][0]["data"][0])
+            labelled = [f"client-{i}" for i in range(0, 80, 2)] + ["client-79"]
+            truth = {rid: int(rng.uniform() < outputs[rid]) for rid in labelled}
+            r = client.post("/v1/models/clf/labels", headers=token,
+                            json={"labels": [{"id": k, "label": v} for k, v in truth.items()]})
+            assert r.status_code == 200 and r.json()["accepted"] == len(truth), r.text
+    finally:
+        serve.stop()  # flushes the prediction log
+
+    out = mm(["monitor", "--once", "--json"], root)
+    assert out.returncode == 3, out.stdout + out.stderr  # clf@1 has no reference profile: drift is no data
+    [row] = json.loads(out.stdout)["performance"]
+    assert (row["model"], row["version"], row["task"], row["n"]) == ("clf", 1, "binary", 41)
+    expected = roc_auc_score(list(truth.values()), [outputs[k] for k in truth])
+    assert abs(row["metrics"]["auc"]["value"] - expected) < 1e-9 and row["metrics"]["auc"]["n"] == 41
