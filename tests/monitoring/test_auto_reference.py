@@ -187,3 +187,29 @@ def test_the_http_alias_route_promotes_with_a_profile(tmp_path: Path) -> None:
         assert refs.versions("clf") == made  # kept, not made again
     finally:
         project.close()
+
+
+def test_a_rollout_finishing_promotes_with_a_profile(project: Project, tmp_path: Path) -> None:
+    from modelmill.rollout import RolloutController
+
+    frame = _frame(350, seed=6)
+    reg = Registry(project)
+    reg.register("credit", _model(frame), flavor="sklearn", signature=SIGNATURE)
+    reg.set_alias("credit", "production", 1)
+    later = tmp_path / "v2-train.parquet"
+    reg.register("credit", _model(frame), flavor="sklearn", signature=SIGNATURE,
+                 lineage={"training_set": str(later)})
+    frame.to_parquet(later, index=False)  # written after v2's registration: only its promotion can profile it
+    refs = ReferenceStore(project)
+    assert not refs.exists("credit", 2)
+
+    class Routes:
+        def set_weights(self, model: str, variants: object, *, reason: str) -> None:
+            pass
+
+    ctl = RolloutController(project, routes=Routes(), source=None)  # type: ignore[arg-type]
+    ctl.start("credit", 2, baseline=1, plan="shadow,50,100")
+    for _ in range(3):
+        ctl.promote("credit")
+    assert ctl.get("credit").status == "completed" and reg.resolve("credit@production").version == 2
+    assert refs.load("credit", 2).n_rows == 350
