@@ -20,8 +20,9 @@ Each route calls one function of :mod:`modelmill.control`, the implementation th
     GET  /v1/monitoring                      the latest window per model version, and the alerts
 
 A rollout started over HTTP sets its first stage's traffic at once and is then driven by a
-controller outside the server: ``modelmill rollout run NAME`` or ``modelmill loop``. Promote and
-rollback act at once. A pipeline run is enqueued for ``modelmill scheduler`` (or ``modelmill loop``).
+controller outside the server: ``modelmill rollout run NAME``, or ``modelmill loop`` for a model of its
+``[models.NAME]`` tables. Promote and rollback act at once. A pipeline run is enqueued for
+``modelmill scheduler`` (or ``modelmill loop``).
 A change to traffic (rollouts, experiments) takes effect in this worker at once, in the others at
 their next reload.
 """

@@ -162,7 +162,8 @@ CONTROL_SCHEMAS: dict[str, Any] = {
     "RolloutRequest": {
         "type": "object", "required": ["model", "version"], "additionalProperties": False,
         "description": "The options of `modelmill rollout start`. The rollout is stored and its first stage's "
-                       "traffic set; `modelmill rollout run NAME` or `modelmill loop` drives it.",
+                       "traffic set; `modelmill rollout run NAME`, or `modelmill loop` for a model of its "
+                       "[models.NAME] tables, drives it.",
         "properties": {
             "model": _MODEL_NAME,
             "version": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1, "description": "The candidate."},
