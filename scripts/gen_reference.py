@@ -67,7 +67,8 @@ def _prose(text: str) -> str:
     """A docstring as Markdown: dedented, ``::`` blocks and doctests kept as code blocks."""
     text = inspect.cleandoc(text or "")
     # Sphinx roles read as code: :class:`ModelServer`, :meth:`~x.Y.z` (the ~ shows only the last name).
-    text = re.sub(r":(?:class|func|meth|mod|data|attr|exc|obj|py:\w+):`~?([^`]+)`", r"`\1`", text)
+    text = re.sub(r":(?:class|func|meth|mod|data|attr|exc|obj|py:\w+):`(~?)([^`]+)`",
+                  lambda m: f"`{m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2)}`", text)
     out: list[str] = []
     lines = text.splitlines()
     i = 0
@@ -179,6 +180,12 @@ def cli_commands() -> list[Command]:
             if getattr(p, "hidden", False) or record is None:
                 continue
             spelling, shown = record
+            help_text = inspect.cleandoc(getattr(p, "help", None) or "")
+            extra = re.fullmatch(r"\s*\[(.*)\]\s*", shown[len(help_text):]) if shown.startswith(help_text) else None
+            if extra:  # "[default: 1; x>=1]": the default has its own column, a range stays with the help
+                kept = [x.strip() for x in extra.group(1).split(";")
+                        if not x.strip().startswith("default:") and x.strip() != "required"]
+                shown = help_text + (f" ({'; '.join(kept)})" if kept else "")
             params.append(Param(name=p.name or "", spelling=spelling, help=shown, default=_default(p),
                                 required=bool(p.required), is_argument=not p.opts or not p.opts[0].startswith("-"),
                                 opts=tuple(p.opts) + tuple(p.secondary_opts)))

@@ -275,7 +275,7 @@ def test_docstring_examples_become_fenced_code(gen: ModuleType) -> None:
     assert "```pycon\n>>> rt.names()\n['canary', 'champion']\n```" in out
     assert "The format:\n\n```\n[serving]\na = 1\n```" in out
     assert gen._prose("Use :class:`ModelServer` or :meth:`~x.Y.run`; send <token>.") == \
-        "Use `ModelServer` or `x.Y.run`; send &lt;token>."
+        "Use `ModelServer` or `run`; send &lt;token>."
 
 
 # ---- the site -----------------------------------------------------------------------------------
