@@ -61,11 +61,13 @@ class Loop:
 
     def __init__(self, project: Any, config: LoopConfig, *, lease: Lease | None = None, interval: float = 30.0,
                  clock: Callable[[], float] = time.time, actor: str = "loop") -> None:
+        """``clock`` times the rounds' decisions (see :meth:`round`); ``lease`` (default: a :class:`Lease`
+        named ``loop`` with a fresh holder id, on the real clock) decides who leads."""
         if not interval > 0:
             raise InputError("--interval", "must be a positive number of seconds", interval)
         self.project = project
         self.config = config
-        self.lease = lease or Lease(project.db, clock=clock)
+        self.lease = lease or Lease(project.db)
         self.interval = float(interval)
         self.clock = clock
         self.actor = actor
@@ -78,6 +80,7 @@ class Loop:
         self._scheduler: Any = None
         self._controller: Any = None
         self._stop = threading.Event()
+        self._now: float | None = None
 
     def __repr__(self) -> str:
         return f"Loop(models={self.config.names}, holder={self.lease.holder!r}, interval={self.interval:g})"
@@ -95,7 +98,7 @@ class Loop:
 
         base = MonitoringConfig.from_section(self.project.settings.section("monitoring"))
         self._controller = RolloutController(
-            self.project, actor=self.actor, clock=self.clock,
+            self.project, actor=self.actor, clock=self._time,
             source=ServingGuardrails(self.project, metrics_url=base.metrics_url))
         self._scheduler = Scheduler(self.project, worker=f"loop:{self.lease.holder}")
         for m in self.config.models:
@@ -118,7 +121,7 @@ class Loop:
             self._monitors[m.name] = Monitor(self.project, config, measure=LoopMeasure(
                 self.project, min_counts=counts, metrics_url=base.metrics_url))
             self._deciders[m.name] = Decider(self.project, m, controller=self._controller, actor=self.actor,
-                                             still_leader=self._still_leader, clock=self.clock)
+                                             still_leader=self._still_leader, clock=self._time)
             if m.pipeline.cron is not None:
                 self._schedule(m.pipeline.function, m.pipeline.cron, params)
         self._started = True
@@ -134,13 +137,28 @@ class Loop:
     def _still_leader(self) -> bool:
         return self.lease.renew()
 
+    def _time(self) -> float:
+        """The round's time (``round(now=...)``) for everything the round decides; the clock between rounds."""
+        return self.clock() if self._now is None else self._now
+
     def round(self, now: float | None = None) -> dict[str, Any]:
         """One round if this process is (or becomes) the leader; returns what it did.
 
         ``{"leader": bool, "holder", "epoch", "at", "scheduler": [triggers run], "models": {name:
         {"monitor", "decisions", "rollout"}}}``; ``"lost": true`` when the lease went to another loop mid-round.
+
+        ``now`` (default: the loop's ``clock``) is the time of everything the round judges: the monitor's
+        windows, the cron ticks, the rollout stages' times, the decisions' stamps. A demo that drives time
+        passes it; the lease always runs on its own clock, the real one by default.
         """
         at = self.clock() if now is None else now
+        self._now = at
+        try:
+            return self._round(at)
+        finally:
+            self._now = None
+
+    def _round(self, at: float) -> dict[str, Any]:
         out: dict[str, Any] = {"at": at, "holder": self.lease.holder, "leader": False, "models": {}}
         if not self.lease.acquire():
             info = self.lease.info() or {}
@@ -152,8 +170,8 @@ class Loop:
         for m in self.config.models:
             out["models"][m.name] = {}
         phases: list[tuple[str, Callable[[ModelLoop], Any]]] = [
-            ("monitor", lambda m: self._monitor(m, now)),
-            ("scheduler", lambda m: self._schedule_round(now)),
+            ("monitor", lambda m: self._monitor(m, at)),
+            ("scheduler", lambda m: self._schedule_round(at)),
             ("decisions", lambda m: self._deciders[m.name].round()),
             ("rollout", self._rollout),
         ]
@@ -183,7 +201,7 @@ class Loop:
             out["leader"] = False
         return out
 
-    def _monitor(self, m: ModelLoop, now: float | None) -> dict[str, Any]:
+    def _monitor(self, m: ModelLoop, now: float) -> dict[str, Any]:
         monitor = self._monitors[m.name]
         result = monitor.run_once(now)
         return {"status": result["status"], "reasons": result["reasons"][:5],
@@ -191,7 +209,7 @@ class Loop:
                 "alerts_active": [a for a in result["alerts_active"]
                                   if a["rule"].startswith(f"{m.name}.")]}
 
-    def _schedule_round(self, now: float | None) -> list[dict[str, Any]]:
+    def _schedule_round(self, now: float) -> list[dict[str, Any]]:
         ran = self._scheduler.tick(now)
         return [{"trigger_id": t.id, "pipeline": t.pipeline, "status": t.status, "pipeline_run_id": t.pipeline_run_id,
                  "error": t.error} for t in ran]
