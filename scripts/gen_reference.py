@@ -65,10 +65,7 @@ def _code(text: Any) -> str:
 
 def _prose(text: str) -> str:
     """A docstring as Markdown: dedented, ``::`` blocks and doctests kept as code blocks."""
-    text = inspect.cleandoc(text or "")
-    # Sphinx roles read as code: :class:`ModelServer`, :meth:`~x.Y.z` (the ~ shows only the last name).
-    text = re.sub(r":(?:class|func|meth|mod|data|attr|exc|obj|py:\w+):`(~?)([^`]+)`",
-                  lambda m: f"`{m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2)}`", text)
+    text = _roles(inspect.cleandoc(text or ""))
     out: list[str] = []
     lines = text.splitlines()
     i = 0
@@ -97,6 +94,12 @@ def _prose(text: str) -> str:
         out.append(_no_tags(line))
         i += 1
     return "\n".join(out).strip()
+
+
+def _roles(text: str) -> str:
+    """Sphinx roles read as code: :class:`ModelServer`, :meth:`~x.Y.z` (the ~ shows only the last name)."""
+    return re.sub(r":(?:class|func|meth|mod|data|attr|exc|obj|py:\w+):`(~?)([^`]+)`",
+                  lambda m: f"`{m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2)}`", text)
 
 
 def _no_tags(line: str) -> str:
@@ -545,6 +548,23 @@ class _Reader:
             else:
                 default = "required"
             self.add(table, f.name, where, default or "")
+            key = self.keys[(table, f.name)]
+            if not key.note:
+                key.note = _sentence_about(inspect.getdoc(cls) or "", f.name)
+
+
+def _sentence_about(doc: str, name: str) -> str:
+    """The sentence of ``doc`` that says what ``name`` is: the first that starts with ````name````, else one
+    that names it alone."""
+    sentences = [" ".join(x.split()) for x in re.split(r"(?<=[.;])\s+(?=[`A-Z(])", _roles(doc)) if x.strip()]
+    mark = f"``{name}``"
+    for sentence in sentences:
+        if sentence.startswith(mark):
+            return sentence
+    for sentence in sentences:
+        if mark in sentence and sentence.count("``") <= 4:
+            return sentence
+    return ""
 
 
 def _show(value: Any) -> str:
@@ -765,7 +785,7 @@ def config_page() -> str:
             lines += ["", "| key | default | accepted / meaning |", "|---|---|---|"]
             for k in by_table[table]:
                 meaning = " ".join(x for x in (k.accepted and f"{k.accepted}.",
-                                               comments.get((k.table, k.name), "")) if x)
+                                               comments.get((k.table, k.name), "") or k.note) if x)
                 default = _code(k.default) if k.default and k.default not in ("required",) else k.default
                 lines.append(f"| `{k.dotted}` | {default} | {_cell(meaning)} |")
         shown = [(m, b) for m, b, names in blocks if any(n == top or n.startswith(top + ".") for n in names)]
