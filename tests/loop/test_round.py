@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from modelmill.loop import Lease, Loop, loop_status
+from modelmill.loop import Lease, Loop, LoopMeasure, loop_status
 from modelmill.registry import Registry
 from modelmill.rollout import RolloutController
 from modelmill.store.tables.experiments import rollouts
@@ -162,3 +163,52 @@ def test_the_loop_drives_the_rollout_to_promotion(tmp_path: Path) -> None:
         assert Registry(project).aliases("clicks") == {"production": 2}
         assert loop.round()["models"]["clicks"]["rollout"] is None  # nothing active is left to step
         assert loop_status(project, cfg)["models"]["clicks"]["rollout"]["status"] == "completed"
+
+
+def _labelled_traffic(project: object, n: int = 120) -> None:
+    """``n`` answered requests of clicks@1 whose outputs say nothing of their labels (AUC near 0.5), labelled."""
+    import numpy as np
+
+    from modelmill.store.feedback import write_labels
+    from tests.prediction_log import prediction_log
+
+    rng = np.random.default_rng(7)
+    with prediction_log(project.offline) as log:  # type: ignore[attr-defined]
+        for i in range(n):
+            log.append(f"l{i}", "clicks", 1, "stable", None, ("x1", "x2"), rng.normal(size=(1, 2)),
+                       np.array([rng.uniform()]), 2.0)
+    write_labels(project.offline, "clicks", [{"id": f"l{i}", "label": int(rng.integers(0, 2))}  # type: ignore[attr-defined]
+                                             for i in range(n)])
+
+
+def test_a_metric_drop_below_the_gated_baseline_retrains_and_without_a_baseline_is_no_data(tmp_path: Path) -> None:
+    from modelmill.registry import gate
+
+    cfg = config(rules={"metric_drop": {"metric": "auc", "margin": 0.05, "min_labels": 50, "window": "1h"}})
+    with open_project(tmp_path / "home") as project:
+        pipelines.first_version(project)
+        _labelled_traffic(project)
+        loop = Loop(project, cfg, lease=Lease(project.db, holder="a"))
+        quiet = loop.round()  # clicks@1 was never gated and registered no auc: no baseline, so no verdict
+        assert quiet["models"]["clicks"]["monitor"]["alerts_changed"] == [] and quiet["scheduler"] == []
+        (rule,) = cfg.model("clicks").monitoring_rules()
+        measured = LoopMeasure(project, min_counts={rule.name: 50}).measure(rule, time.time())
+        assert len(measured) == 1 and all(math.isnan(v) for v in measured.values())  # no data, not a pass
+
+        registry = Registry(project)
+        decided = gate(registry, "clicks@1", data=pipelines.frame(0).iloc[400:], label="clicked",
+                       minimum={"auc": 0.5})
+        assert decided.metrics["auc"] > 0.8  # what clicks@1 scored on its holdout: the baseline now
+        fired = loop.round()
+        assert [a["rule"] for a in fired["models"]["clicks"]["monitor"]["alerts_changed"]] == ["clicks.metric_drop"]
+        assert [t["status"] for t in fired["scheduler"]] == ["finished"]
+        assert fired["models"]["clicks"]["decisions"][0]["status"] == "rolling_out"
+
+
+def test_a_metric_drop_over_too_few_labels_is_no_data(tmp_path: Path) -> None:
+    cfg = config(rules={"metric_drop": {"metric": "auc", "baseline": 0.9, "min_labels": 500, "window": "1h"}})
+    with open_project(tmp_path / "home") as project:
+        pipelines.first_version(project)
+        _labelled_traffic(project)  # 120 labels, AUC near 0.5 < 0.85: a breach, were there 500 labels
+        out = Loop(project, cfg, lease=Lease(project.db, holder="a")).round()
+        assert out["models"]["clicks"]["monitor"]["alerts_changed"] == [] and out["scheduler"] == []

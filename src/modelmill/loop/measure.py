@@ -3,7 +3,10 @@
 Two kinds differ from :class:`~modelmill.monitoring.ProjectMeasure`, and only in what counts as data:
 
 - ``metric_below_baseline``: a version (and variant) with fewer labelled predictions in the window than the
-  rule's ``min_labels`` has no value (no data), so an AUC over five labels never starts a retraining;
+  rule's ``min_labels`` has no value (no data), so an AUC over five labels never starts a retraining; the
+  baseline is the rule's, else the metric the gate measured on the version's holdout, else its registered
+  (training) metric, and a version with none of them has no value either: a drop from nothing is unknown,
+  never a pass;
 - ``error_rate``: measured from the prediction log (every outcome of every server, 422 and 5xx being the
   model's failures) over the rule's own window, per model, and no data below ``min_requests``; so it needs
   no ``metrics_url`` and sees the whole fleet.
@@ -50,11 +53,35 @@ class LoopMeasure(ProjectMeasure):
         for r in perf.summary(start=start, end=end, model=rule.model):
             value = r.get(rule.metric)
             labels = labels_of({"model": r["model"], "version": r["version"], "variant": r["variant"]})
-            if r.get("n", 0) < need or value is None or math.isnan(value):
-                out[labels] = math.nan  # measured, too few labels: no data, and a firing alert stays firing
+            if r.get("n", 0) < need or value is None or math.isnan(value) or self.baseline(rule, labels) is None:
+                out[labels] = math.nan  # measured, but no verdict: no data, and a firing alert stays firing
             else:
                 out[labels] = float(value)
         return out
+
+    def baseline(self, rule: Rule, labels: Labels) -> float | None:
+        if rule.baseline is not None or rule.kind != "metric_below_baseline":
+            return rule.baseline
+        d = dict(labels)
+        key = (d.get("model", ""), d.get("version", ""), f"gate:{rule.metric}")
+        found = self._baselines.get(key)
+        if found is None:
+            found = self._gated(key[0], key[1], rule.metric)
+            if found is not None:  # kept once known (a gate decision can come later: not kept while missing)
+                self._baselines[key] = found
+        return found if found is not None else super().baseline(rule, labels)
+
+    def _gated(self, model: str, version: str, metric: str) -> float | None:
+        """The metric the gate measured on the version's holdout (what it should score on new data)."""
+        from modelmill.errors import InputError, NotFoundError
+        from modelmill.registry import Registry
+
+        try:
+            mv = Registry(self.project).get(model, int(version))
+        except (ValueError, InputError, NotFoundError):
+            return None
+        value = ((mv.gate or {}).get("metrics") or {}).get(metric)
+        return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
     def _log_error_rate(self, rule: Rule, now: float) -> dict[Labels, float]:
         if rule.model is None:
