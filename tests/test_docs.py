@@ -311,7 +311,8 @@ def test_the_site_builds_strict_and_offline(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-4000:]
     html_files = sorted(site.rglob("*.html"))
     for page in ("reference/cli.html", "reference/http.html", "reference/config.html", "reference/errors.html",
-                 "reference/python/serving.html", "concepts/safety.html", "guarantees.html"):
+                 "reference/formats.html", "reference/python/serving.html", "concepts/safety.html",
+                 "guarantees.html", "promises.html"):
         assert (site / page).is_file(), page
     for path in html_files:
         text = path.read_text()
