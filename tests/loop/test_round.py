@@ -212,3 +212,26 @@ def test_a_metric_drop_over_too_few_labels_is_no_data(tmp_path: Path) -> None:
         _labelled_traffic(project)  # 120 labels, AUC near 0.5 < 0.85: a breach, were there 500 labels
         out = Loop(project, cfg, lease=Lease(project.db, holder="a")).round()
         assert out["models"]["clicks"]["monitor"]["alerts_changed"] == [] and out["scheduler"] == []
+
+
+def test_a_cron_schedule_retrains_on_its_tick_and_goes_when_the_config_drops_it(tmp_path: Path) -> None:
+    daily = config(pipeline={"function": "loop_test_retrain", "params": {"seed": 1, "flip": False},
+                             "cron": "0 3 * * *"}, rules={})
+    start = 1_796_000_000.0  # 2026-11-30 00:53 UTC: the next tick is 03:00 that day
+    with open_project(tmp_path / "home") as project:
+        pipelines.first_version(project)
+        loop = Loop(project, daily, lease=Lease(project.db, holder="a"))
+        first = loop.round(now=start)
+        assert first["scheduler"] == []
+        (schedule,) = Scheduler(project).schedules()
+        assert (schedule["pipeline"], schedule["cron"]) == ("loop_test_retrain", "0 3 * * *")
+        assert schedule["params"] == {"seed": 1, "flip": False, "model": "clicks"}
+        assert loop.round(now=start + 3600)["scheduler"] == []  # 01:53: not yet
+        tick = loop.round(now=start + 3 * 3600)
+        assert [(t["pipeline"], t["status"]) for t in tick["scheduler"]] == [("loop_test_retrain", "finished")]
+        assert tick["models"]["clicks"]["decisions"][0]["status"] == "rolling_out"
+        assert loop.round(now=start + 4 * 3600)["scheduler"] == []  # one run per tick
+
+        loop.lease.release()  # restarted with the cron line removed from the table
+        again = Loop(project, config(rules={}), lease=Lease(project.db, holder="a")).round(now=start + 5 * 3600)
+        assert again["leader"] is True and Scheduler(project).schedules() == []

@@ -57,7 +57,7 @@ def pipeline_params(model: ModelLoop, needed: list[str]) -> dict[str, Any]:
 
 class Loop:
     """The loop of ``config``'s models in ``project``. The constructor does no I/O; :meth:`start` resolves
-    the pipelines and sets the cron schedules, and the first round calls it."""
+    the pipelines (the first round calls it), and the first round it leads sets the cron schedules."""
 
     def __init__(self, project: Any, config: LoopConfig, *, lease: Lease | None = None, interval: float = 30.0,
                  clock: Callable[[], float] = time.time, actor: str = "loop") -> None:
@@ -73,6 +73,7 @@ class Loop:
         self.actor = actor
         self.rounds = 0
         self._started = False
+        self._scheduled = False
         self._resumed: set[str] = set()
         self._monitors: dict[str, Any] = {}
         self._deciders: dict[str, Decider] = {}
@@ -122,15 +123,22 @@ class Loop:
                 self.project, min_counts=counts, metrics_url=base.metrics_url))
             self._deciders[m.name] = Decider(self.project, m, controller=self._controller, actor=self.actor,
                                              still_leader=self._still_leader, clock=self._time)
-            if m.pipeline.cron is not None:
-                self._schedule(m.pipeline.function, m.pipeline.cron, params)
         self._started = True
         return self
 
-    def _schedule(self, pipeline: str, cron: str, params: Mapping[str, Any]) -> None:
-        current = {s["pipeline"]: s for s in self._scheduler.schedules()}.get(pipeline)
-        if current is None or current["cron"] != cron or dict(current["params"]) != dict(params):
-            self._scheduler.schedule(pipeline, cron, params=params)
+    def _apply_schedules(self, now: float) -> None:
+        """Make the cron schedules of the models' pipelines what the config says (the leader's first round):
+        a changed one replaced, a removed one dropped, an unchanged one kept with its last tick."""
+        current = {s["pipeline"]: s for s in self._scheduler.schedules()}
+        for m in self.config.models:
+            have = current.get(m.pipeline.function)
+            params = self._params[m.name]
+            if m.pipeline.cron is None:
+                if have is not None:
+                    self._scheduler.unschedule(m.pipeline.function)
+            elif have is None or have["cron"] != m.pipeline.cron or dict(have["params"]) != params:
+                self._scheduler.schedule(m.pipeline.function, m.pipeline.cron, params=params, now=now)
+        self._scheduled = True
 
     # ---- rounds ----------------------------------------------------------------------------------
 
@@ -165,6 +173,8 @@ class Loop:
             out["following"] = info.get("holder")
             return out
         self.start()
+        if not self._scheduled:
+            self._apply_schedules(at)
         out |= {"leader": True, "epoch": self.lease.epoch}
         self.rounds += 1
         for m in self.config.models:
