@@ -235,3 +235,19 @@ def test_a_cron_schedule_retrains_on_its_tick_and_goes_when_the_config_drops_it(
         loop.lease.release()  # restarted with the cron line removed from the table
         again = Loop(project, config(rules={}), lease=Lease(project.db, holder="a")).round(now=start + 5 * 3600)
         assert again["leader"] is True and Scheduler(project).schedules() == []
+
+
+def test_a_rule_whose_action_is_rollback_rolls_the_active_rollout_back(tmp_path: Path) -> None:
+    cfg = config(rules={"error_rate": {"max_rate": 0.1, "min_requests": 10, "actions": ["rollback"]}})
+    with open_project(tmp_path / "home") as project:
+        pipelines.first_version(project)
+        result = pipelines.RETRAIN.run(project, params={"seed": 1, "model": "clicks", "flip": False})
+        candidate = int(result.value("version"))
+        RolloutController(project).start("clicks", candidate, plan="shadow,100", min_requests=50)
+        log_traffic(project)
+        out = Loop(project, cfg, lease=Lease(project.db, holder="a")).round()
+        assert [a["rule"] for a in out["models"]["clicks"]["monitor"]["alerts_changed"]] == ["clicks.error_rate"]
+        assert out["scheduler"] == [] and count(project, triggers) == 0  # no retraining was asked for
+        state = RolloutController(project).get("clicks")
+        assert state.status == "rolled_back" and "clicks.error_rate" in state.reason
+        assert out["models"]["clicks"]["rollout"] is None
