@@ -104,9 +104,11 @@ def _roles(text: str) -> str:
 
 
 def _no_tags(line: str) -> str:
-    """``<token>`` outside code spans as text, not as an HTML tag that Markdown would swallow."""
+    """Prose as text: ``<token>`` outside code spans is not an HTML tag for Markdown to swallow, and
+    ``[n, k]`` is not a reference link (docstrings have no links; autorefs would warn about each)."""
     parts = re.split(r"(`+[^`]*`+)", line)
-    return "".join(part if part.startswith("`") else re.sub(r"<(?=[A-Za-z/!])", "&lt;", part) for part in parts)
+    return "".join(part if part.startswith("`") else re.sub(r"<(?=[A-Za-z/!])", "&lt;", part).replace("[", "\\[")
+                   for part in parts)
 
 
 try:
