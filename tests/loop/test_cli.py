@@ -58,7 +58,8 @@ def test_one_round_then_the_status(tmp_path: Path) -> None:
     assert after["leader"] is None  # --once gave the lease back when it ended
     assert after["lease"]["holder"] == "cli-1" and after["last_round_at"] is not None
     m = after["models"]["clicks"]
-    assert set(m) == {"feature_service", "pipeline", "rules", "latest_version", "production", "aliases", "rollout",
+    assert m["feature_service_version"] is None  # named, not applied in this project
+    assert set(m) == {"feature_service", "feature_service_version", "pipeline", "rules", "latest_version", "production", "aliases", "rollout",
                       "alerts", "last_trigger", "last_decision", "last_round"}
     assert (m["latest_version"], m["production"], m["rollout"]["candidate"], m["rollout"]["stage"]) == (
         2, 1, 2, "shadow")

@@ -251,3 +251,15 @@ def test_a_rule_whose_action_is_rollback_rolls_the_active_rollout_back(tmp_path:
         state = RolloutController(project).get("clicks")
         assert state.status == "rolled_back" and "clicks.error_rate" in state.reason
         assert out["models"]["clicks"]["rollout"] is None
+
+
+def test_the_status_names_the_applied_version_of_the_feature_service(tmp_path: Path) -> None:
+    from modelmill.features import Entity, FeatureService, FeatureStore, FeatureView, Field
+
+    with open_project(tmp_path / "home") as project:
+        assert loop_status(project, config())["models"]["clicks"]["feature_service_version"] is None
+        user = Entity(name="user", join_keys=["user_id"])
+        view = FeatureView(name="user_stats", entities=(user,), source=str(tmp_path / "stats.parquet"),
+                           fields=(Field("ctr"),), timestamp_field="ts")
+        FeatureStore(project).apply([user, view, FeatureService(name="clicks_features", features=("user_stats:ctr",))])
+        assert loop_status(project, config())["models"]["clicks"]["feature_service_version"] == 1

@@ -7,6 +7,7 @@ The answer (also ``modelmill loop status --json``)::
      "last_round_at": 1764583200.0 | null,
      "models": {"clicks": {
          "feature_service": "clicks_features" | null,
+         "feature_service_version": 2 | null,     # its applied definition's version; null: not applied (yet)
          "pipeline": "mypkg.pipes:retrain",
          "rules": ["clicks.drift", ...],
          "latest_version": 3 | null,  "production": 2 | null,  "aliases": {"production": 2},
@@ -35,6 +36,7 @@ __all__ = ["loop_status"]
 
 def loop_status(project: Any, config: LoopConfig, *, lease: str = DEFAULT_LEASE) -> dict[str, Any]:
     """The state of every model of ``config`` (see the module docstring for the keys)."""
+    from modelmill.features import FeatureStore
     from modelmill.loop.measure import LoopMeasure
     from modelmill.monitoring.alerts import AlertEvaluator
     from modelmill.registry import Registry
@@ -45,6 +47,7 @@ def loop_status(project: Any, config: LoopConfig, *, lease: str = DEFAULT_LEASE)
     registry = {r.name: r for r in Registry(project).models()}
     active = AlertEvaluator(project, [], measure=LoopMeasure(project)).active()
     ctl = RolloutController(project)
+    services = {d.name: d.version for d in FeatureStore(project).definitions() if d.kind == "feature_service"}
     models: dict[str, Any] = {}
     for m in config.models:
         reg = registry.get(m.name)
@@ -64,6 +67,7 @@ def loop_status(project: Any, config: LoopConfig, *, lease: str = DEFAULT_LEASE)
                                .order_by(loop_decisions.c.id.desc()).limit(1)).first()
         models[m.name] = {
             "feature_service": m.feature_service,
+            "feature_service_version": None if m.feature_service is None else services.get(m.feature_service),
             "pipeline": m.pipeline.function,
             "rules": rules,
             "latest_version": reg.latest_version if reg is not None else None,
