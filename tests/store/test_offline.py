@@ -45,3 +45,19 @@ def test_bad_names_and_columns(tmp_path: Path) -> None:
         store.write("events", _batch(1, dt.datetime(2013, 1, 1)), time_column="v")
     with pytest.raises(NotFoundError):
         store.read("never")
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_remove_batch_deletes_that_batch_on_every_day_and_nothing_else(tmp_path: Path, where: str) -> None:
+    # fsspec's in-memory filesystem stands for an object store (the glob path, not os.scandir)
+    store = OfflineStore(str(tmp_path) if where == "local" else f"memory://remove-batch-{tmp_path.name}")
+    start = dt.datetime(2013, 3, 1, tzinfo=dt.UTC)
+    assert len(store.write("events", _batch(10, start), time_column="ts", batch_id="b1")) == 3
+    store.write("events", _batch(4, start), time_column="ts", batch_id="b2")
+    assert store.remove_batch("events", "b1") == 3
+    left = store.fs.glob(f"{store.table_path('events')}/**/*.parquet")
+    assert left and all(f.endswith("/b2.parquet") for f in left)  # b2 untouched
+    assert store.remove_batch("events", "b1") == 0
+    assert store.remove_batch("never_written", "b1") == 0
+    with pytest.raises(InputError, match="table"):
+        store.remove_batch("../evil", "b1")

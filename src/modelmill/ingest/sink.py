@@ -34,7 +34,6 @@ million events), in which case the later one would be dropped.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Callable, Sequence
 
@@ -42,14 +41,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import sqlalchemy as sa
-from fsspec.implementations.local import LocalFileSystem
 from sqlalchemy.engine import Connection
 
 from modelmill.ingest.deadletters import DeadLetters
 from modelmill.ingest.schema import EventSchema
 from modelmill.ingest.validation import Rejected
 from modelmill.project import Project
-from modelmill.store.offline import PARTITION
 from modelmill.store.tables.ingest import ingest_batches, ingest_tables
 
 __all__ = ["IdIndex", "OfflineSink", "hash_ids"]
@@ -197,20 +194,7 @@ class OfflineSink:
 
     def _remove_orphans(self, name: str) -> None:
         """Delete files a writer that crashed before committing left under this batch name."""
-        offline = self.project.offline
-        folder = offline.table_path(self.table)
-        if isinstance(offline.fs, LocalFileSystem):
-            if not os.path.isdir(folder):
-                return
-            with os.scandir(folder) as entries:
-                parts = [e.path for e in entries if e.name.startswith(f"{PARTITION}=")]
-            for part in parts:
-                target = os.path.join(part, f"{name}.parquet")
-                if os.path.exists(target):
-                    os.remove(target)
-            return
-        for path in offline.fs.glob(f"{folder}/{PARTITION}=*/{name}.parquet"):
-            offline.fs.rm(path)
+        self.project.offline.remove_batch(self.table, name)
 
 
 def _insert_ignore(conn: Connection, table_name: str) -> None:

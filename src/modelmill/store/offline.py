@@ -146,6 +146,38 @@ class OfflineStore:
             written.append(final)
         return written
 
+    def remove_batch(self, table: str, batch_id: str) -> int:
+        """Delete every file of batch ``batch_id`` of ``table`` (one per event date); returns how many.
+
+        A writer that crashed between writing a batch's files and committing it leaves them behind; its
+        retry removes them first, so the batch's rows are counted once.
+
+            >>> import tempfile, pyarrow as pa, datetime as dt
+            >>> store = OfflineStore(tempfile.mkdtemp())
+            >>> t = pa.table({"ts": [dt.datetime(2013, 1, 1), dt.datetime(2013, 1, 2)]})
+            >>> _ = store.write("t", t, time_column="ts", batch_id="b1")
+            >>> store.remove_batch("t", "b1"), store.remove_batch("t", "b1")
+            (2, 0)
+        """
+        folder = f"{self._root}/{check_table_name(table)}"
+        file = f"{batch_id}.parquet"
+        if isinstance(self.fs, LocalFileSystem):  # a listing of the day folders, cheaper than a glob
+            if not os.path.isdir(folder):
+                return 0
+            with os.scandir(folder) as entries:
+                parts = [e.path for e in entries if e.name.startswith(f"{PARTITION}=")]
+            removed = 0
+            for part in parts:
+                target = os.path.join(part, file)
+                if os.path.exists(target):
+                    os.remove(target)
+                    removed += 1
+            return removed
+        paths = self.fs.glob(f"{folder}/{PARTITION}=*/{file}")
+        for path in paths:
+            self.fs.rm(path)
+        return len(paths)
+
     def connect(self, tables: Sequence[str] | None = None) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with one view per (existing) table, named after it."""
         con = quiet_duckdb()
