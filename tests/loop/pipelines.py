@@ -42,8 +42,16 @@ def fit_and_register(ctx: StepContext, train_set: pd.DataFrame, model: str, flip
     return mv.version
 
 
+@step(inputs=["seed"], outputs=["train_set", "holdout"])
+def make_data_without_x2_in_holdout(seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    data = frame(seed)
+    return data.iloc[:400].reset_index(drop=True), data.iloc[400:].drop(columns=["x2"]).reset_index(drop=True)
+
+
 RETRAIN = register_pipeline(Pipeline("loop_test_retrain", [make_data, fit_and_register]))
 OTHER = register_pipeline(Pipeline("loop_test_other", [make_data, fit_and_register]))
+BAD_HOLDOUT = register_pipeline(Pipeline("loop_test_bad_holdout", [make_data_without_x2_in_holdout,
+                                                                  fit_and_register]))
 
 
 def first_version(project: Any, model: str = "clicks") -> int:

@@ -263,3 +263,15 @@ def test_the_status_names_the_applied_version_of_the_feature_service(tmp_path: P
                            fields=(Field("ctr"),), timestamp_field="ts")
         FeatureStore(project).apply([user, view, FeatureService(name="clicks_features", features=("user_stats:ctr",))])
         assert loop_status(project, config())["models"]["clicks"]["feature_service_version"] == 1
+
+
+def test_a_holdout_the_gate_cannot_score_fails_the_decision(tmp_path: Path) -> None:
+    cfg = config(pipeline={"function": "loop_test_bad_holdout", "params": {"seed": 1, "flip": False}})
+    with open_project(tmp_path / "home") as project:
+        pipelines.first_version(project)
+        log_traffic(project)
+        out = Loop(project, cfg, lease=Lease(project.db, holder="a")).round()
+        (decision,) = out["models"]["clicks"]["decisions"]
+        assert decision["status"] == "failed" and "x2" in decision["reason"] and decision["version"] == 2
+        assert count(project, rollouts) == 0
+        assert Registry(project).get("clicks", 2).gate is None  # registered, never judged: never rolled out

@@ -26,7 +26,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from modelmill.errors import ConflictError, InputError, ModelmillError, NotFoundError
+from modelmill.errors import ConflictError, InputError, ModelmillError, NotFoundError, StoreError
 from modelmill.loop.config import ModelLoop
 from modelmill.store.tables.experiments import rollouts
 from modelmill.store.tables.loop import loop_decisions
@@ -139,8 +139,13 @@ class Decider:
             if row.status == "pending":
                 return self._gate(row)
             return self._start(row)
+        except StoreError:
+            raise  # persistence failed (a server away): the decision stays open, the next round retries it
         except ModelmillError as exc:
             return self._update(row, "failed", exc.message)
+        except Exception as exc:  # the candidate's own code failed (its predict, its pickle): it is not rolled out
+            log.exception("model %s: deciding trigger %s failed", self.model.name, row.trigger_id)
+            return self._update(row, "failed", f"{type(exc).__name__}: {exc}"[:1000])
 
     def _gate(self, row: Any) -> dict[str, Any] | None:
         from modelmill.registry import Registry, gate
@@ -165,9 +170,16 @@ class Decider:
         if not self.still_leader():
             return decision_dict(row)
         registry = Registry(self.project)
-        result = gate(registry, registry.get(self.model.name, version), data=data,
-                      against=f"{self.model.name}@{spec.against}", label=spec.label, minimum=dict(spec.minimum),
-                      maximum=dict(spec.maximum), max_regression=dict(spec.max_regression), actor=self.actor)
+        try:
+            result = gate(registry, registry.get(self.model.name, version), data=data,
+                          against=f"{self.model.name}@{spec.against}", label=spec.label, minimum=dict(spec.minimum),
+                          maximum=dict(spec.maximum), max_regression=dict(spec.max_regression), actor=self.actor)
+        except StoreError:
+            raise
+        except Exception as exc:  # the holdout does not fit the model, or the model fails on it
+            why = exc.message if isinstance(exc, ModelmillError) else f"{type(exc).__name__}: {exc}"
+            return self._update(row, "failed", f"the gate could not judge {self.model.name}@{version}: {why}"[:1000],
+                                version=version)
         status = "accepted" if result.accepted else "rejected"
         after = self._update(row, status, result.reason, version=version, gate=result.to_dict())
         if not result.accepted:
