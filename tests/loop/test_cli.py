@@ -50,7 +50,7 @@ def test_one_round_then_the_status(tmp_path: Path) -> None:
     out = mm(["loop", "--once", "--json", "--holder", "cli-1"], tmp_path)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert result["rounds"] == 1 and result["last_round"]["leader"] is True
+    assert result["rounds"] == 1 and result["last_round"]["leader"] is True and result["errors"] == []
     decision = result["last_round"]["models"]["clicks"]["decisions"][0]
     assert (decision["status"], decision["version"]) == ("rolling_out", 2)
 
@@ -68,3 +68,18 @@ def test_one_round_then_the_status(tmp_path: Path) -> None:
 
     text = mm(["loop", "status"], tmp_path)
     assert text.returncode == 0 and "leader: (none)" in text.stdout and "clicks" in text.stdout
+
+
+def test_a_failing_phase_makes_the_exit_status_1(tmp_path: Path) -> None:
+    # A prediction log that cannot be read (its files overwritten): the monitor phase fails, the round says so.
+    (tmp_path / "modelmill.toml").write_text(TOML)
+    with Project(load_settings(cwd=tmp_path, env={})) as project:
+        pipelines.first_version(project)
+        log_traffic(project)
+        offline = Path(project.settings.offline)
+    for part in offline.joinpath("predictions").rglob("*.parquet"):
+        part.write_bytes(b"not parquet")
+    out = mm(["loop", "--once", "--json"], tmp_path)
+    assert out.returncode == 1, out.stdout
+    result = json.loads(out.stdout)
+    assert result["errors"] and result["errors"][0].startswith("clicks: monitor: ")

@@ -33,7 +33,7 @@ def loop(
     """Run the loop of every configured model; one leader at a time (a second `modelmill loop` follows).
 
     Without --once it runs until interrupted or --max-seconds. With --json it prints one JSON object at
-    the end: the last round.
+    the end: the last round, and the errors of its phases. It exits 1 when a phase of the last round failed.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -59,8 +59,26 @@ def loop(
         last = runner.run(once=once, max_seconds=max_seconds, on_round=None if as_json else _show)
     finally:
         project.close()
+    errors = _errors(last)
     if as_json:
-        emit_json({"rounds": runner.rounds, "last_round": last})
+        emit_json({"rounds": runner.rounds, "last_round": last, "errors": errors})
+    else:
+        for e in errors:
+            err_console.print(f"error: {e}", highlight=False, soft_wrap=True)
+    if errors:
+        raise typer.Exit(1)
+
+
+def _errors(out: dict[str, Any]) -> list[str]:
+    """Each phase of the last round that failed, as ``model: phase: message`` (the exit status is 1 then)."""
+    found = []
+    if isinstance(out.get("scheduler"), dict) and "error" in out["scheduler"]:
+        found.append(f"scheduler: {out['scheduler']['error']}")
+    for name, phases in out.get("models", {}).items():
+        for phase, result in phases.items():
+            if isinstance(result, dict) and "error" in result:
+                found.append(f"{name}: {phase}: {result['error']}")
+    return found
 
 
 def _show(out: dict[str, Any]) -> None:

@@ -4,7 +4,8 @@ Each finished (or failed) trigger of a model's pipeline gets one row in ``loop_d
 ``INSERT`` (``trigger_id`` is unique), and moves::
 
     pending ─► rejected                      the gate said no (the decision is on the version too)
-            ─► failed                        the run failed, named no version of the model, or lacks its data
+            ─► failed                        the run failed, named no version of the model, lacks its data,
+                                             or the gate could not score the version on it
             ─► accepted ─► rolling_out       a rollout of the version started (``rollout_id``)
                         ─► waiting ─► …      no baseline alias yet, or another rollout is active: retried
                                              each round, until a newer accepted version supersedes it
