@@ -68,3 +68,32 @@ def test_a_firing_alert_stays_firing_when_its_data_goes_away(project: Project, g
     measure.value = 0.1  # real data, below the threshold: now it resolves
     assert [a.status for a in ev.evaluate(now + 120)] == ["resolved"]
     assert ev.statuses["DriftHigh"].status == "pass"
+
+
+class Baselined(Switchable):
+    """An AUC measured on labels, with a baseline (the version's recorded metric) that can go missing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base: float | None = 0.9
+
+    def baseline(self, rule: Rule, labels: Any) -> float | None:
+        return self.base
+
+
+def test_a_metric_drop_with_nothing_to_compare_with_is_no_data_not_a_pass(project: Project) -> None:
+    measure = Baselined()
+    measure.value = 0.6  # well below 0.9 - 0.05
+    rule = Rule.from_mapping({"name": "AucDrop", "kind": "metric_below_baseline", "metric": "auc", "margin": 0.05})
+    ev = AlertEvaluator(project, [rule], measure=measure)
+    now = time.time()
+    assert [a.status for a in ev.evaluate(now)] == ["firing"]
+    measure.base = None  # the version has no recorded AUC: a healthy-looking value proves nothing
+    measure.value = 0.95
+    assert ev.evaluate(now + 60) == []  # the firing alert is not resolved for lack of a baseline
+    status = ev.statuses["AucDrop"]
+    assert status.status == "no_data" and "no baseline" in status.reason
+    assert [a["state"] for a in ev.active()] == ["firing"]
+    measure.base = 0.9  # compared again, and healthy: now it resolves
+    assert [a.status for a in ev.evaluate(now + 120)] == ["resolved"]
+    assert ev.statuses["AucDrop"].status == "pass"

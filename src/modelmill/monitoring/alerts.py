@@ -456,11 +456,22 @@ class AlertEvaluator:
                 log.warning("rule %s not evaluated (no data): %s", rule.name, exc.message)
                 self.statuses[rule.name] = RuleStatus(rule.name, "no_data", exc.message)
                 continue
+            unbased = 0
+            if rule.kind == "metric_below_baseline" and rule.baseline is None:
+                # a series with nothing to compare with is not measured: its alert keeps its state, and a
+                # rule with no baseline for any series is "no data", never a pass
+                values = dict(values)
+                for labels, v in values.items():
+                    if not math.isnan(v) and self.measure.baseline(rule, labels) is None:
+                        values[labels] = math.nan
+                        unbased += 1
             finite = {k: v for k, v in values.items() if not math.isnan(v)}
             if not finite:
+                reason = (f"{rule.kind} has no baseline for {unbased} series (set the rule's baseline, or "
+                          f"record {rule.metric} on the version)" if unbased else
+                          f"{rule.kind} has no value in the last {rule.window:g} s")
                 self.statuses[rule.name] = RuleStatus(
-                    rule.name, "no_data", f"{rule.kind} has no value in the last {rule.window:g} s"
-                    + (f" for model {rule.model}" if rule.model else ""))
+                    rule.name, "no_data", reason + (f" for model {rule.model}" if rule.model else ""))
                 continue  # nothing measured: alerts keep their state (a firing one is not resolved)
             transitions = self._apply(rule, values, now)
             breached = sum(1 for labels, v in finite.items()
