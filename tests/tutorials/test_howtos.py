@@ -1,0 +1,66 @@
+"""The how-to pages (docs/howto/), each run as written by :func:`tests.tutorials.runner.run_page`: CLI and HTTP.
+
+One module-scoped fixture per page runs it once in a temporary folder; the tests read what its commands
+wrote there (JSON answers, the monitor's report) and check it against what the page's own data says must
+come out. This module imports nothing from modelmill.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from tests.tutorials.runner import free_port, run_page
+
+HOWTO = Path(__file__).resolve().parents[2] / "docs" / "howto"
+
+
+def _run(page: str, workdir: Path, timeout: float = 420) -> Path:
+    done = run_page(HOWTO / page, workdir, port=free_port(), timeout=timeout)
+    assert done.returncode == 0, f"{page} failed (exit {done.returncode}):\n{done.stdout[-6000:]}"
+    return workdir
+
+
+def _json(workdir: Path, name: str) -> Any:
+    return json.loads((workdir / name).read_text())
+
+
+# --- send-labels.md ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def send_labels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _run("send-labels.md", tmp_path_factory.mktemp("send-labels"))
+
+
+@pytest.mark.slow
+def test_send_labels_counts_and_the_newest_label_wins_in_the_measured_accuracy(send_labels: Path) -> None:
+    w = send_labels
+    ingested, again = _json(w, "ingested.json"), _json(w, "again.json")
+    assert (ingested["rows"], ingested["accepted"], ingested["duplicates"], ingested["unknown"]) == (150, 150, 0, 0)
+    assert (again["accepted"], again["duplicates"]) == (0, 150)
+    assert _json(w, "posted.json") == {"accepted": 2, "duplicates": 0, "unknown": 1}
+    consumed = _json(w, "consumed.json")
+    assert (consumed["polled"], consumed["accepted"], consumed["dead_letters"]) == (51, 49, 2)
+    dead = _json(w, "dead.json")
+    assert dead["by_reason"] == {"invalid_label": 1, "unknown_model": 1}
+
+    # the refused batches stored nothing: c-2 stayed (label 0), and a stored 1 for it would change the accuracy
+    assert "row 2.label" in (w / "refused.txt").read_text()
+    assert _json(w, "refused.json")["error"].startswith("labels[1].label")
+
+    customers = pd.read_csv(w / "customers.csv").set_index("id")
+    assert (customers.loc[["c-0", "c-1", "c-2"], "churned"] == 0).all()
+    truth = customers["churned"].iloc[:199].copy()
+    truth["c-0"] = 1  # the correction with the newer ts won; c-1's older one did not
+    predicted = pd.read_json(w / "predictions.jsonl", lines=True).set_index("id")["output"]
+    expected = float(((predicted.loc[truth.index] >= 0.5).astype(int) == truth).mean())
+
+    monitor = _json(w, "monitor.json")
+    [entry] = [e for e in monitor["performance"] if e["model"] == "churn" and e["version"] == 1]
+    accuracy = entry["metrics"]["accuracy"]
+    assert accuracy["n"] == 199
+    assert abs(accuracy["value"] - expected) <= 1e-12, (accuracy, expected)
