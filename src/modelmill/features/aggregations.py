@@ -22,7 +22,6 @@ from __future__ import annotations
 import abc
 import math
 import sqlite3
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -265,7 +264,7 @@ class RedisAggregateStore(AggregateStore):
     def __init__(self, kv: RedisKV, *, namespace: str = "mm:agg:") -> None:
         self.kv = kv
         self.namespace = namespace
-        self._script: Any = None
+        self._script = kv.script(_LUA)
 
     def _hash_key(self, agg: StreamAggregation, b_us: int, entity: str) -> str:
         return f"{self.kv.prefix}{self.namespace}{agg.name}:{b_us // 1_000_000}:{entity}"
@@ -273,8 +272,6 @@ class RedisAggregateStore(AggregateStore):
     def apply(self, agg: StreamAggregation, events: Sequence[Event]) -> int:
         if not events:
             return 0
-        if self._script is None:
-            self._script = self.kv.client.register_script(_LUA)
         res = resolutions(agg)
         ttl_ms = int(seen_retention_s(agg) * 1000)
         res_arg = [[n, max(1, 2 * b_us * n // 1000)] for b_us, n in res]
@@ -297,16 +294,18 @@ class RedisAggregateStore(AggregateStore):
                 kb = [[key_index(self._hash_key(agg, b_us, entity)), ts // b_us] for b_us, _ in res]
                 evs.append([seen, kb, str(ts), eid, ["" if v is None else repr(float(v)) for v in vals]])
             arg = orjson.dumps({"ttl": ttl_ms, "cols": list(agg.columns), "res": res_arg, "ev": evs})
-            new += int(self.kv._call(self._script, keys=keys, args=[arg]))
+            new += int(self._script(keys, [arg]))
         return new
 
     def read(self, agg: StreamAggregation, entities: Sequence[str]) -> list[dict[int, dict[int, dict[str, Partial]]] | None]:
         res = resolutions(agg)
-        pipe = self.kv.client.pipeline(transaction=False)
-        for entity in entities:
-            for b_us, _ in res:
-                pipe.hgetall(self._hash_key(agg, b_us, entity))
-        raw = self.kv._call(pipe.execute)
+
+        def commands(pipe: Any) -> None:
+            for entity in entities:
+                for b_us, _ in res:
+                    pipe.hgetall(self._hash_key(agg, b_us, entity))
+
+        raw = self.kv.pipeline(commands)
         out: list[dict[int, dict[int, dict[str, Partial]]] | None] = []
         i = 0
         for _ in entities:
@@ -364,40 +363,30 @@ _UPSERT = (
 
 
 class SQLiteAggregateStore(AggregateStore):
-    """Partials in tables of the online SQLite file; a batch is one ``BEGIN IMMEDIATE`` transaction."""
+    """Partials in tables of the online SQLite file, on its connections; a batch is one transaction."""
 
     def __init__(self, kv: SQLiteKV) -> None:
         self.kv = kv
-        self._local = threading.local()
+        self._ready = False
 
     def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            self.kv.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.kv.path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
+        conn = self.kv.connection()
+        if not self._ready:  # the tables live in the file: created once, seen by every connection
             for stmt in _SCHEMA:
                 conn.execute(stmt)
-            self._local.conn = conn
+            self._ready = True
         return conn
 
     def apply(self, agg: StreamAggregation, events: Sequence[Event]) -> int:
         if not events:
             return 0
-        conn = self._conn()
+        self._conn()
         res = resolutions(agg)
         cols = agg.columns
-        conn.execute("BEGIN IMMEDIATE")  # one writer at a time: concurrent consumers serialise here
-        try:
+        with self.kv.transaction() as conn:  # one writer at a time: concurrent consumers serialise here
             fresh = self._dedupe(conn, agg, events)
             for b_us, n in res:
                 self._fold(conn, agg, b_us, n, cols, fresh)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return len(fresh)
 
     def _dedupe(self, conn: sqlite3.Connection, agg: StreamAggregation, events: Sequence[Event]) -> list[Event]:
@@ -465,12 +454,6 @@ class SQLiteAggregateStore(AggregateStore):
                 p.merge(c, s, mn, mx, lt, li, lv)
                 found.setdefault(entity, {}).setdefault(res * 1_000_000, {}).setdefault(bucket, {})[col] = p
         return [found.get(e) for e in entities]
-
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
 
 
 def open_aggregates(kv: KeyValue) -> AggregateStore:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import abc
 import concurrent.futures
+import contextlib
 import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -75,7 +76,11 @@ class KeyValue(abc.ABC):
 
 
 class SQLiteKV(KeyValue):
-    """A key-value table in a SQLite file; one connection per thread, WAL mode."""
+    """A key-value table in a SQLite file; one connection per thread, WAL mode.
+
+    Code that keeps tables of its own in the same file (the stream aggregates) uses this thread's
+    :meth:`connection` and writes in a :meth:`transaction`.
+    """
 
     def __init__(self, path: str | Path, *, table: str = "kv") -> None:
         if not table.isidentifier():
@@ -85,7 +90,8 @@ class SQLiteKV(KeyValue):
         self.table = table
         self._local = threading.local()
 
-    def _conn(self) -> sqlite3.Connection:
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection to the file (autocommit: ``isolation_level=None``), opened on first use."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,8 +108,21 @@ class SQLiteKV(KeyValue):
             self._local.conn = conn
         return conn
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection inside ``BEGIN IMMEDIATE``: one writer at a time across threads and
+        processes; committed when the block ends, rolled back when it raises."""
+        conn = self.connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
     def get(self, key: str) -> bytes | None:
-        row = self._conn().execute(
+        row = self.connection().execute(
             f"SELECT value, expires_at FROM {self.table} WHERE key = ?", (key,)
         ).fetchone()
         if row is None or (row[1] is not None and row[1] <= time.time()):
@@ -115,7 +134,7 @@ class SQLiteKV(KeyValue):
             return []
         now = time.time()
         found: dict[str, bytes] = {}
-        conn = self._conn()
+        conn = self.connection()
         for i in range(0, len(keys), 500):  # stay under SQLite's bound-parameter limit
             chunk = list(keys[i : i + 500])
             marks = ",".join("?" * len(chunk))
@@ -131,31 +150,25 @@ class SQLiteKV(KeyValue):
 
     def set_many(self, items: Mapping[str, bytes], *, ttl: float | None = None) -> None:
         expires = None if ttl is None else time.time() + ttl
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self.transaction() as conn:
             conn.executemany(
                 f"INSERT INTO {self.table}(key, value, expires_at) VALUES (?, ?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
                 [(k, v, expires) for k, v in items.items()],
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def delete(self, *keys: str) -> int:
         if not keys:
             return 0
         live = sum(v is not None for v in self.mget(keys))
         marks = ",".join("?" * len(keys))
-        self._conn().execute(f"DELETE FROM {self.table} WHERE key IN ({marks})", keys)
+        self.connection().execute(f"DELETE FROM {self.table} WHERE key IN ({marks})", keys)
         return live
 
     def scan(self, prefix: str = "") -> Iterator[str]:
         now = time.time()
         # Range scan on the primary key: [prefix, prefix + U+10FFFF).
-        rows = self._conn().execute(
+        rows = self.connection().execute(
             f"SELECT key FROM {self.table} WHERE key >= ? AND key < ? AND (expires_at IS NULL OR expires_at > ?)",
             (prefix, prefix + "\U0010ffff", now),
         ).fetchall()
@@ -177,6 +190,10 @@ class RedisKV(KeyValue):
     answering, calls raise :class:`BackendUnavailable` at once instead of each waiting out the timeout,
     until a PING (sent every ``retry_after_s`` from the breaker's thread) is answered. Callers on an event
     loop run calls in :attr:`executor`.
+
+    Code that keeps data structures of its own in the same Redis (the stream aggregates' hashes) goes
+    through :meth:`script` and :meth:`pipeline`, which keep those guarantees; its keys start with
+    :attr:`prefix`.
     """
 
     def __init__(self, url: str, *, prefix: str = "", socket_timeout: float = 0.5, failures: int = 2,
@@ -223,6 +240,25 @@ class RedisKV(KeyValue):
                         self.threads, thread_name_prefix="modelmill-redis")
         return self._executor
 
+    def script(self, source: str) -> Callable[[Sequence[str], Sequence[Any]], Any]:
+        """A Lua script, run atomically by Redis as ``run(keys, args)`` (EVALSHA, loaded on first use)."""
+        registered: Any = None
+
+        def run(keys: Sequence[str], args: Sequence[Any]) -> Any:
+            nonlocal registered
+            if registered is None:
+                registered = self.client.register_script(source)
+            return self._call(registered, keys=list(keys), args=list(args), client=self.client)
+
+        return run
+
+    def pipeline(self, commands: Callable[[Any], object]) -> list[Any]:
+        """The replies to the commands that ``commands(pipe)`` queues on a redis-py pipeline, sent in one
+        round trip (not a transaction)."""
+        pipe = self.client.pipeline(transaction=False)
+        commands(pipe)
+        return list(self._call(pipe.execute))
+
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         import redis
 
@@ -253,10 +289,12 @@ class RedisKV(KeyValue):
 
     def set_many(self, items: Mapping[str, bytes], *, ttl: float | None = None) -> None:
         px = None if ttl is None else max(1, int(ttl * 1000))
-        pipe = self.client.pipeline(transaction=False)
-        for k, v in items.items():
-            pipe.set(self.prefix + k, v, px=px)
-        self._call(pipe.execute)
+
+        def commands(pipe: Any) -> None:
+            for k, v in items.items():
+                pipe.set(self.prefix + k, v, px=px)
+
+        self.pipeline(commands)
 
     def delete(self, *keys: str) -> int:
         if not keys:
