@@ -1,92 +1,40 @@
-"""One contract, every source: local log, Kafka (Tansu), NATS JetStream, Redis Streams — real servers."""
+"""One contract, every source: local log, Kafka (Tansu), NATS JetStream, Redis Streams — real servers.
+
+The contract is modelmill.testing's check_source and check_publisher, run sub-check by sub-check over each backend;
+then what the ingestor and the local log add.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import pytest
 
-from modelmill.ingest import DeadLetters, Ingestor, Polled, Source, open_publisher, open_source
+from modelmill.ingest import DeadLetters, Ingestor, Polled, open_publisher, open_source
 from modelmill.project import Project
-from tests.ingest.conftest import CLICKS, Broker, click, clicks
+from modelmill.testing import PUBLISHER_CHECKS, SOURCE_CHECKS, check_publisher, check_source
+from tests.ingest.conftest import BACKENDS, CLICKS, Broker, click, clicks
 
-
-def drain(src: Source, want: int, *, ack: bool = True, timeout: float = 30.0, size: int = 5_000,
-          unique: bool = False) -> list[bytes]:
-    """Poll until ``want`` payloads (``unique``: distinct payloads) arrived, or ``timeout``."""
-    got: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    while (len(set(got)) if unique else len(got)) < want and time.monotonic() < deadline:
-        polled = src.poll(min(size, max(1, want - len(got))), 0.5)
-        got.extend(polled.payloads)
-        if ack:
-            src.ack([polled])
-    return got
-
-
-def test_delivers_in_order_and_forgets_acked(broker: Broker) -> None:
-    events = clicks(3_000)
-    with broker.publisher() as pub:
-        pub.publish(events[:1_000])
-        pub.publish(events[1_000:])
-    with broker.source() as src:
-        got = drain(src, len(events))
-        assert got == events  # one partition: publish order is delivery order
-        assert src.poll(100, 0.3).payloads == []
-        assert src.lag() == 0
-    with broker.source(consumer="c2") as again:  # the group's position survived the consumer
-        assert again.poll(100, 1.0).payloads == []
-
-
-def test_unacked_events_are_delivered_again(broker: Broker) -> None:
-    events = clicks(500)
-    with broker.publisher() as pub:
-        pub.publish(events)
-    with broker.source() as src:
-        first = drain(src, 300, ack=False)
-        assert first == events[:300]
-    # The consumer went away without acking: the group gets those events again (after ack_wait for NATS).
-    with broker.source() as src:
-        again = drain(src, 500, timeout=30, unique=True)  # at least once: repeats are allowed
-    assert set(again) == set(events)
-
-
+# Where a group is split by partition, the split check publishes to a two-partition stream.
+PARTITIONED = {"local": {"partitions": 2}, "kafka": {"partitions": 2}}
 # Waits for Tansu to rebalance a second consumer into the group (about 20 s).
-@pytest.mark.slow
-def test_consumers_of_one_group_split_the_work(broker: Broker) -> None:
-    n = 4_000
-    options = {"partitions": 2} if broker.kind in ("local", "kafka") else {}
-    events = clicks(n)
-    with broker.publisher(**options) as pub:
-        pub.publish(events)
-    received: dict[str, list[bytes]] = {"c1": [], "c2": []}
-    with broker.source(consumer="c1") as a, broker.source(consumer="c2") as b:
-        deadline = time.monotonic() + 60
-        while sum(map(len, received.values())) < n and time.monotonic() < deadline:
-            for name, src in (("c1", a), ("c2", b)):
-                # Small polls and a pause: the first consumer must not drain the backlog before the
-                # second one's join has been rebalanced in (Kafka takes a few seconds; seen once in CI).
-                polled = src.poll(50, 0.2)
-                received[name].extend(polled.payloads)
-                src.ack([polled])
-            time.sleep(0.02)
-    assert sum(map(len, received.values())) == n
-    assert not set(received["c1"]) & set(received["c2"])  # no event went to both
-    assert set(received["c1"]) | set(received["c2"]) == set(events)
-    assert received["c1"] and received["c2"]  # both did part of the work
+_SLOW = {"splits_a_group"}
 
 
-def test_lag_counts_the_backlog(broker: Broker) -> None:
-    with broker.publisher() as pub:
-        pub.publish(clicks(1_000))
-    with broker.source() as src:
-        got = len(drain(src, 400, size=100))
-        lag = src.lag()
-        assert lag is not None
-        assert abs(lag - (1_000 - got)) <= 50  # the local log estimates from record sizes
+@pytest.mark.parametrize("check", [pytest.param(c, marks=pytest.mark.slow) if c in _SLOW else c
+                                   for c in SOURCE_CHECKS])
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_source_contract(make_broker: Callable[[str], Broker], kind: str, check: str) -> None:
+    check_source(lambda: make_broker(kind), partitioned=PARTITIONED.get(kind), checks=[check])
+
+
+@pytest.mark.parametrize("check", list(PUBLISHER_CHECKS))
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_publisher_contract(make_broker: Callable[[str], Broker], kind: str, check: str) -> None:
+    check_publisher(lambda: make_broker(kind), checks=[check])
 
 
 def test_ingests_into_the_offline_store_exactly_once(broker: Broker, project: Project) -> None:

@@ -1,63 +1,128 @@
-"""Every flavor loads to the same predict interface and scores like the native model."""
+"""Every flavor loads to the same predict interface and scores like the native model: modelmill.testing.check_flavor
+over each flavor and model kind; then what each flavor stores and refuses."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from sklearn.linear_model import Ridge
+from sklearn.linear_model import LogisticRegression, Ridge
 
 from modelmill.errors import InputError
-from modelmill.registry import Field, Registry, Signature
+from modelmill.project import Project
+from modelmill.registry import Registry, Signature, to_onnx
+from modelmill.testing import check_flavor
 from tests.registry.mlp import MLP, train_mlp
 
-
-def test_lightgbm_classifier_and_booster(sqlite_registry: Registry, classification, signature6: Signature) -> None:
-    import lightgbm as lgb
-
-    X, y, Xt, _ = classification
-    clf = lgb.LGBMClassifier(n_estimators=30, num_leaves=15, verbose=-1, random_state=0).fit(X, y)
-    for model in (clf, clf.booster_):
-        mv = sqlite_registry.register("lgb", model, flavor="lightgbm", signature=signature6)
-        loaded = sqlite_registry.load(mv)
-        np.testing.assert_allclose(loaded.predict(Xt), clf.predict_proba(Xt)[:, 1], rtol=1e-9)
+Data = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
-def test_regressor_predicts_its_value(sqlite_registry: Registry, classification) -> None:
-    X, _, Xt, _ = classification
-    model = Ridge().fit(X, X[:, 0] * 3.0)
-    sig = Signature(inputs=[Field(f"f{i}") for i in range(6)], outputs=[Field("value")])
-    loaded = sqlite_registry.load(sqlite_registry.register("reg", model, flavor="sklearn", signature=sig))
-    np.testing.assert_allclose(loaded.predict(Xt), model.predict(Xt))
-
-
-def test_torch_state_dict_and_torchscript(sqlite_registry: Registry, classification, signature6: Signature) -> None:
-    X, y, Xt, _ = classification
-    model = train_mlp(X, y, epochs=30)
+def _torch_scores(model: torch.nn.Module, Xt: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
-        expected = torch.sigmoid(model(torch.from_numpy(Xt.astype(np.float32)))).numpy().ravel()
+        return torch.sigmoid(model(torch.from_numpy(Xt.astype(np.float32)))).numpy().ravel()
 
-    mv = sqlite_registry.register("mlp", model, flavor="torch", signature=signature6)
-    loaded = sqlite_registry.load(mv)
-    assert loaded.options["format"] == "state_dict" and isinstance(loaded.raw, MLP)
-    np.testing.assert_allclose(loaded.predict(Xt), expected, rtol=1e-6, atol=1e-7)
 
+def _local(inner: torch.nn.Module) -> torch.nn.Module:
     class Local(torch.nn.Module):  # not importable: stored as TorchScript
         def __init__(self) -> None:
             super().__init__()
-            self.inner = model
+            self.inner = inner
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.inner(x)
 
-    mv2 = sqlite_registry.register("mlp", Local(), flavor="torch", signature=signature6)
-    loaded2 = sqlite_registry.load(mv2)
-    assert loaded2.options["format"] == "torchscript"
-    np.testing.assert_allclose(loaded2.predict(Xt), expected, rtol=1e-6, atol=1e-7)
+    return Local()
 
-    probs = sqlite_registry.register("mlp", torch.nn.Sequential(model, torch.nn.Sigmoid()), flavor="torch",
-                                     signature=signature6, options={"output": "probability"})
-    np.testing.assert_allclose(sqlite_registry.load(probs).predict(Xt), expected, rtol=1e-6, atol=1e-7)
+
+def _lgb_classifier(X: np.ndarray, y: np.ndarray) -> Any:
+    import lightgbm as lgb
+
+    return lgb.LGBMClassifier(n_estimators=30, num_leaves=15, verbose=-1, random_state=0).fit(X, y)
+
+
+# Each case: (flavor, make(X, y) -> (model to store, native scores of Xt), options, rtol, atol).
+Case = tuple[str, Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[Any, np.ndarray]], dict[str, Any], float, float]
+
+
+def _case_lgb_classifier(X: np.ndarray, y: np.ndarray, Xt: np.ndarray) -> tuple[Any, np.ndarray]:
+    clf = _lgb_classifier(X, y)
+    return clf, clf.predict_proba(Xt)[:, 1]
+
+
+def _case_lgb_booster(X: np.ndarray, y: np.ndarray, Xt: np.ndarray) -> tuple[Any, np.ndarray]:
+    clf = _lgb_classifier(X, y)
+    return clf.booster_, clf.predict_proba(Xt)[:, 1]
+
+
+def _case_sklearn_classifier(X: np.ndarray, y: np.ndarray, Xt: np.ndarray) -> tuple[Any, np.ndarray]:
+    clf = LogisticRegression().fit(X, y)
+    return clf, clf.predict_proba(Xt)[:, 1]
+
+
+def _case_sklearn_regressor(X: np.ndarray, y: np.ndarray, Xt: np.ndarray) -> tuple[Any, np.ndarray]:
+    reg = Ridge().fit(X, X[:, 0] * 3.0)  # a regressor predicts its value
+    return reg, reg.predict(Xt)
+
+
+def _case_torch_state_dict(X: np.ndarray, y: np.ndarray, Xt: np.ndarray) -> tuple[Any, np.ndarray]:
+    model = train_mlp(X, y, epochs=30)
+    return model, _torch_scores(model, Xt)
+
+
+def _case_torch_torchscript(X: np.ndarray, y: np.ndarray, Xt: np.ndarray) -> tuple[Any, np.ndarray]:
+    model = train_mlp(X, y, epochs=30)
+    return _local(model), _torch_scores(model, Xt)
+
+
+def _case_torch_probability(X: np.ndarray, y: np.ndarray, Xt: np.ndarray) -> tuple[Any, np.ndarray]:
+    model = train_mlp(X, y, epochs=30)
+    return torch.nn.Sequential(model, torch.nn.Sigmoid()), _torch_scores(model, Xt)
+
+
+def _case_onnx(X: np.ndarray, y: np.ndarray, Xt: np.ndarray) -> tuple[Any, np.ndarray]:
+    clf = LogisticRegression().fit(X, y)
+    return to_onnx(clf, "sklearn", n_features=X.shape[1]), clf.predict_proba(Xt)[:, 1]
+
+
+CASES: dict[str, Case] = {
+    "lightgbm-classifier": ("lightgbm", _case_lgb_classifier, {}, 1e-9, 0.0),
+    "lightgbm-booster": ("lightgbm", _case_lgb_booster, {}, 1e-9, 0.0),
+    "sklearn-classifier": ("sklearn", _case_sklearn_classifier, {}, 1e-9, 0.0),
+    "sklearn-regressor": ("sklearn", _case_sklearn_regressor, {}, 1e-7, 0.0),
+    "torch-state-dict": ("torch", _case_torch_state_dict, {}, 1e-6, 1e-7),
+    "torch-torchscript": ("torch", _case_torch_torchscript, {}, 1e-6, 1e-7),
+    "torch-probability": ("torch", _case_torch_probability, {"output": "probability"}, 1e-6, 1e-7),
+    "onnx": ("onnx", _case_onnx, {}, 0.0, 1e-5),  # float32 inside ONNX
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_flavor_contract(project: Project, classification: Data, case: str) -> None:
+    flavor, make, options, rtol, atol = CASES[case]
+    X, y, Xt, _ = classification
+    model, expected = make(X, y, Xt)
+    check_flavor(flavor, model, Xt, expected, options=options, project=project, rtol=rtol, atol=atol)
+
+
+def test_torch_stores_an_importable_module_as_a_state_dict_and_else_torchscript(
+        sqlite_registry: Registry, classification: Data, signature6: Signature) -> None:
+    X, y, _, _ = classification
+    model = train_mlp(X, y, epochs=5)
+    loaded = sqlite_registry.load(sqlite_registry.register("mlp", model, flavor="torch", signature=signature6))
+    assert loaded.options["format"] == "state_dict" and isinstance(loaded.raw, MLP)
+    scripted = sqlite_registry.load(sqlite_registry.register("mlp", _local(model), flavor="torch",
+                                                             signature=signature6))
+    assert scripted.options["format"] == "torchscript"
+
+
+def test_check_flavor_names_the_broken_promise(project: Project, classification: Data) -> None:
+    X, y, Xt, _ = classification
+    clf = LogisticRegression().fit(X, y)
+    with pytest.raises(AssertionError, match="scores differ from the native model's"):
+        check_flavor("sklearn", clf, Xt, clf.predict_proba(Xt)[:, 0], project=project)  # the wrong class
 
 
 def test_flavor_rejects_what_it_cannot_store(sqlite_registry: Registry, signature6: Signature) -> None:
