@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -64,3 +65,41 @@ def test_send_labels_counts_and_the_newest_label_wins_in_the_measured_accuracy(s
     accuracy = entry["metrics"]["accuracy"]
     assert accuracy["n"] == 199
     assert abs(accuracy["value"] - expected) <= 1e-12, (accuracy, expected)
+
+
+# --- ab-test.md ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ab_test(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _run("ab-test.md", tmp_path_factory.mktemp("ab-test"))
+
+
+@pytest.mark.slow
+def test_ab_test_measures_each_variants_log_loss_and_keeps_the_better_control(ab_test: Path) -> None:
+    w = ab_test
+    served = pd.read_json(w / "served.jsonl", lines=True)
+    served["version"] = served["version"].astype(int)
+    # the routing key decides the variant, and both got about half of the 1,000 customers
+    assert set(served["version"]) == {1, 2} and 400 <= (served["version"] == 1).sum() <= 600
+    status = _json(w, "status.json")
+    assert status["exposures"] == {"control": int((served.version == 1).sum()),
+                                   "treatment": int((served.version == 2).sum())}
+    assert status["srm_p_value"] > 0.001
+
+    labels = pd.read_csv(w / "labels.csv").set_index("id")["label"]
+    p = served.set_index("id")["output"].clip(1e-15, 1 - 1e-15)
+    y = labels.loc[p.index]
+    loss = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    version = served.set_index("id")["version"]
+    analysis = _json(w, "analysis.json")
+    for side, v in (("control", 1), ("treatment", 2)):
+        assert analysis[side]["n"] == int((version == v).sum())
+        assert abs(analysis[side]["mean"] - float(loss[version == v].mean())) <= 1e-9, (side, analysis[side])
+    assert analysis["direction"] == "lower" and analysis["lift_abs"] > 0
+    assert analysis["decision"] == "keep_control" and analysis["p_value"] < 0.05
+
+    backwards = _json(w, "backwards.json")
+    assert backwards["direction"] == "higher" and backwards["decision"] == "switch_to_treatment"
+
+    assert _json(w, "stopped.json")["status"] == "stopped"
+    assert _json(w, "after.json")["model_version"] == "1"
