@@ -348,10 +348,10 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "entities": {"type": "object", "description": "Entity keys of the model's feature service.",
                          "additionalProperties": {"oneOf": [{"type": "string"}, {"type": "number"}]}},
-            "features": {"type": "object", "description": "Request-time features.",
+            "features": {"type": "object", "nullable": True, "description": "Request-time features.",
                          "additionalProperties": {"type": "number"}},
-            "routing_key": {"type": "string"},
-            "id": {"type": "string", "description": _CLIENT_ID},
+            "routing_key": {"type": "string", "nullable": True},
+            "id": {"type": "string", "nullable": True, "description": _CLIENT_ID},
         },
     },
     "PredictRequest": {
@@ -359,10 +359,17 @@ SCHEMAS: dict[str, Any] = {
         "anyOf": [
             _ref("PredictInstance"),
             {"type": "object", "required": ["instances"],
-             "properties": {"instances": {"type": "array", "minItems": 1, "items": _ref("PredictInstance")},
-                            "routing_key": {"type": "string"},
-                            "id": {"type": "string", "description": "Instance i without its own id gets "
-                                                                    "<id>/<i>."}}},
+             "properties": {"instances": {
+                                "type": "array", "minItems": 1,
+                                # partial success: the items are not held to PredictInstance here, since an
+                                # instance whose features fail is answered in its place, not refused with the rest
+                                "items": {"type": "object", "description": "A PredictInstance. One without an "
+                                          "'entities' object refuses the whole request (400); one whose features "
+                                          "or lookup fail gets its own error and status in its place in the "
+                                          "answer, and the others are still predicted."}},
+                            "routing_key": {"type": "string", "nullable": True},
+                            "id": {"type": "string", "nullable": True,
+                                   "description": "Instance i without its own id gets <id>/<i>."}}},
         ],
     },
     "Variant": {
