@@ -31,8 +31,8 @@ def check_flavor(flavor: str | Flavor, model: Any, X: np.ndarray, expected: np.n
     flavor whose ``predict`` returns ``[n]`` float64 equal to ``expected`` within ``rtol``/``atol``, takes one
     row as a 1-D array, and refuses a matrix of the wrong width with :class:`~modelmill.errors.InputError`;
     and that the flavor is registered (``modelmill.registry.flavors.FLAVORS``), so that
-    :meth:`Registry.register <modelmill.registry.Registry.register>` stores the model (``options`` go to the
-    flavor) and :meth:`Registry.load <modelmill.registry.Registry.load>` scores the same. The registry round
+    ``Registry.register`` stores the model (``options`` go to the flavor) and ``Registry.load`` scores the
+    same. The registry round
     trip runs in a scratch project unless ``project`` is given. Raises :class:`AssertionError` naming the
     broken promise.
     """
