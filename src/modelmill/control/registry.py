@@ -85,10 +85,8 @@ def _run(project: Any, run_id: str | None) -> dict[str, Any] | None:
     """The tracked run behind a version, when the training stage knows it."""
     if not run_id:
         return None
-    try:
-        from modelmill.training import Runs
-    except ImportError:
-        return {"run_id": run_id, "found": False, "error": "modelmill.training is not available"}
+    from modelmill.training import Runs
+
     try:
         info = Runs(project).get(run_id)
     except ModelmillError as exc:

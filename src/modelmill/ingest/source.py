@@ -215,8 +215,3 @@ def open_publisher(url: str, *, stream: str, **options: Any) -> Publisher:
         return RedisStreamPublisher(url, stream=stream, **options)
     raise InputError("broker", "use local:///PATH, kafka://HOST:PORT, nats://HOST:PORT or redis://HOST:PORT/DB",
                      url)
-
-
-def host_port(url: str, default_port: int) -> tuple[str, int]:
-    parts = urlsplit(url)
-    return parts.hostname or "127.0.0.1", parts.port or default_port

@@ -184,14 +184,14 @@ class ProjectMeasure:
         return self._baselines[key]
 
     def _registered_metric(self, model: str, version: str, metric: str) -> float | None:
-        try:
-            from modelmill.registry import Registry  # type: ignore[attr-defined]
+        from modelmill.registry import Registry
 
+        try:
             mv = Registry(self.project).resolve(f"{model}@{version}")
-            value = (mv.metrics or {}).get(metric)
-            return float(value) if value is not None else None
-        except (ImportError, NotFoundError, InputError):
+        except (NotFoundError, InputError):
             return None
+        value = (mv.metrics or {}).get(metric)
+        return float(value) if value is not None else None
 
     def _drift_share(self, rule: Rule, now: float) -> dict[Labels, float]:
         t = monitoring_windows

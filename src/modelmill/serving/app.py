@@ -221,10 +221,8 @@ def build_server(project: Any, config: ServerConfig) -> ModelServer:
 
 
 def _feature_store(project: Any) -> Any:
-    try:
-        from modelmill.features import FeatureStore  # type: ignore[attr-defined]
-    except ImportError:
-        return None
+    from modelmill.features import FeatureStore
+
     return FeatureStore(project)
 
 

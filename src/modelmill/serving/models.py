@@ -27,7 +27,6 @@ __all__ = [
     "ModelSource",
     "Signature",
     "StaticSource",
-    "VersionRef",
     "input_names",
     "parse_ref",
 ]
@@ -55,14 +54,6 @@ class ModelHandle(Protocol):
     signature: Any  # has ``.inputs``: a list of objects with ``.name`` and ``.dtype``
 
     def predict(self, X: np.ndarray) -> np.ndarray: ...
-
-
-class VersionRef(Protocol):
-    """A resolved model version (the registry's ``ModelVersion`` is one)."""
-
-    name: str
-    version: int
-    lineage: Any
 
 
 class ModelSource(Protocol):
