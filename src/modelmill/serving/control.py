@@ -39,7 +39,7 @@ from starlette.responses import Response
 
 from modelmill import control
 from modelmill.control import fields
-from modelmill.errors import BackendUnavailable, ConfigError, ConflictError, InputError, RolloutError
+from modelmill.errors import BackendUnavailable, InputError
 from modelmill.registry import check_version
 from modelmill.security import actor
 from modelmill.serving.admin import parse_object
@@ -53,11 +53,7 @@ _ID = re.compile(r"[0-9]{1,18}")
 
 
 def _error(exc: BaseException) -> Response:
-    if isinstance(exc, RolloutError):  # a transition the rollout's state does not allow: a conflict, not a bug
-        exc = ConflictError(exc.message)
-    elif isinstance(exc, ConfigError):  # the project's configuration, not the request, is wrong
-        exc = BackendUnavailable("project configuration", "modelmill.toml", exc.message)
-    return error_response(exc)
+    return error_response(exc)  # a RolloutError is a 409, a ConfigError a 503 (responses.status_of)
 
 
 def _trigger_id(raw: str) -> int:

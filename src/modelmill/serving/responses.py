@@ -19,10 +19,12 @@ from starlette.types import Receive
 from modelmill.errors import (
     ArtifactIntegrityError,
     BackendUnavailable,
+    ConfigError,
     ConflictError,
     InputError,
     ModelmillError,
     NotFoundError,
+    RolloutError,
 )
 from modelmill.serving.limits import BodyTooLarge, TooManyRows
 
@@ -65,10 +67,10 @@ def status_of(exc: BaseException) -> int:
         return 422
     if isinstance(exc, TimeoutError):
         return 408
-    if isinstance(exc, BackendUnavailable):
-        return 503
-    if isinstance(exc, ArtifactIntegrityError | ConflictError):
-        return 409  # the request is sound, the state it names is not (a corrupt artifact, a busy rollout)
+    if isinstance(exc, BackendUnavailable | ConfigError):
+        return 503  # the server's backends or its project's configuration, not the request, are at fault
+    if isinstance(exc, ArtifactIntegrityError | ConflictError | RolloutError):
+        return 409  # the request is sound, the state it names is not (a corrupt artifact, a finished rollout)
     return 500
 
 
