@@ -14,13 +14,16 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from modelmill.config import Settings
 from modelmill.errors import ConfigError
-from modelmill.ingest import OfflineSink, Rejected, Validator
+from modelmill.ingest import EventSchema, Field, OfflineSink, Rejected, Validator
+from modelmill.ingest.sink import hash_ids
 from modelmill.ingest.validation import TimeWindow
 from modelmill.project import Project
+from modelmill.store.tables.ingest import ingest_batches, ingest_tables
 from tests.ingest.conftest import CLICKS, click, clicks
 
 
@@ -96,6 +99,35 @@ def test_two_tables_with_the_same_event_ids_keep_their_own_ids(project: Project)
     # opened after the clicks were committed: it catches up on its own table's ids only
     assert OfflineSink(project, views).commit(_batch(0, 30)).num_rows == 30
     assert project.offline.read("views").num_rows == 30
+
+
+def test_ids_stored_under_the_index_key_of_earlier_releases_are_still_found(tmp_path: Path) -> None:
+    """The stored index is keyed ``<table>@<first 16 hex digits of the SHA-1 of the offline root>``. A release
+    that changed the key would forget every stored id and write each redelivered event a second time."""
+    settings = Settings.defaults(home=tmp_path / "h").replace(offline="memory://sink-key-format/offline")
+    stored = _batch(0, 10)
+    with Project(settings) as project:
+        with project.db.begin() as conn:  # what an earlier release left for these ten events
+            conn.execute(ingest_tables.insert().values(table_name="clicks@da91f9261324cce0", seq=1, updated_at=0.0))
+            conn.execute(ingest_batches.insert().values(
+                table_name="clicks@da91f9261324cce0", seq=1, stream="clicks", rows=10, created_at=0.0,
+                id_hashes=hash_ids(stored.column("id")).astype("<u8").tobytes()))
+        sink = OfflineSink(project, CLICKS).open()
+        assert sink.known_ids == 10
+        assert sink.commit(_batch(5, 10)).column("id").to_pylist() == [f"e{i:07d}" for i in range(10, 15)]
+        project.offline.fs.rm("memory://sink-key-format", recursive=True)
+
+
+def test_a_sink_whose_lock_row_was_deleted_before_its_first_batch_recreates_it(project: Project) -> None:
+    sink = OfflineSink(project, CLICKS).open()
+    with project.db.begin() as conn:
+        conn.execute(ingest_tables.delete())  # a reset of a table that has no batch yet
+    assert sink.commit(_batch(0, 10)).num_rows == 10
+    assert sink.commit(_batch(5, 10)).num_rows == 5
+    with project.db.begin() as conn:
+        assert [r.seq for r in conn.execute(sa.select(ingest_tables.c.seq))] == [2]
+        assert [r.seq for r in conn.execute(sa.select(ingest_batches.c.seq).order_by(ingest_batches.c.seq))] == [1, 2]
+    assert project.offline.read("clicks").num_rows == 15
 
 
 def test_within_runs_in_the_commit_and_a_failure_there_leaves_no_event_behind(project: Project) -> None:
@@ -208,9 +240,86 @@ def test_a_window_bound_outside_the_calendar_or_not_a_whole_number_is_refused(ke
     assert TimeWindow(min_us=lowest, max_us=highest).describe() == "0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999Z"
     for bad in (lowest - 1, highest + 1, True, 1.5):
         with pytest.raises(ConfigError) as info:
-            TimeWindow(**{key: bad})
+            TimeWindow(**{key: bad})  # type: ignore[arg-type]  # the wrong types are the point
         assert (info.value.key, info.value.value, info.value.accepted) == (
             f"ingest.{key[:3]}_time", bad, "a time between 0001-01-01 and 9999-12-31")
     with pytest.raises(ConfigError) as same:
         TimeWindow(min_us=0, max_us=0)
     assert same.value.key == "ingest.max_time"
+
+
+SEEN = EventSchema(name="seen", fields=[Field("id", "string"), Field("ts", "timestamp"), Field("seen", "timestamp"),
+                                        Field("note", "string", required=True)], event_id="id", event_time="ts")
+WINDOW = TimeWindow.from_section({"min_time": "2000-01-01", "max_time": "2030-01-01"})
+
+
+def _seen(i: int, **change: object) -> bytes:
+    return orjson.dumps({"id": f"s{i}", "ts": "2024-01-01T00:00:00Z", "seen": "2024-01-02T00:00:00Z", "note": "n",
+                         **change})
+
+
+@pytest.mark.parametrize("path", ["fast", "slow"])
+def test_a_null_optional_timestamp_is_kept_beside_one_outside_the_window(path: str) -> None:
+    late = _seen(1, seen="2040-01-01T00:00:00Z")
+    batch = [_seen(0, seen=None), late, _seen(2)] + ([b"{"] if path == "slow" else [])
+    table, rejected = Validator(SEEN, window=WINDOW).validate(batch)
+    assert table.column("id").to_pylist() == ["s0", "s2"] and table.column("seen").null_count == 1
+    assert [(r.reason, r.field, r.index, r.payload) for r in rejected if r.reason != "invalid_json"] == [
+        ("out_of_range", "seen", 1, late)]
+
+
+@pytest.mark.parametrize("path", ["fast", "slow"])
+def test_each_row_is_rejected_for_its_own_problem_when_two_checks_find_some(path: str) -> None:
+    late, blank = _seen(0, seen="2040-01-01T00:00:00Z"), _seen(1, note="")
+    batch = [late, blank, _seen(2)] + ([b"{"] if path == "slow" else [])
+    table, rejected = Validator(SEEN, window=WINDOW).validate(batch)
+    assert table.column("id").to_pylist() == ["s2"]
+    assert [(r.reason, r.field, r.index) for r in rejected if r.reason != "invalid_json"] == [
+        ("out_of_range", "seen", 0), ("missing_required", "note", 1)]
+
+
+def test_an_event_of_exactly_the_size_limit_beside_a_larger_one_is_kept() -> None:
+    base = orjson.dumps({**click(0), "kind": ""})
+    exact = orjson.dumps({**click(0), "kind": "k" * (CLICKS.max_event_bytes - len(base))})
+    big = orjson.dumps({**click(1), "kind": "k" * CLICKS.max_event_bytes})
+    table, rejected = Validator(CLICKS).validate([exact, big])
+    assert table.column("id").to_pylist() == ["e0000000"]
+    assert [(r.reason, r.index) for r in rejected] == [("oversized", 1)]
+
+
+def test_a_document_that_is_not_an_object_says_what_it_is() -> None:
+    _, rejected = Validator(CLICKS).validate([b"[1]", b'"x"', b"5", b"{"])
+    assert [(r.reason, r.detail) for r in rejected[:3]] == [
+        ("not_an_object", "expected a JSON object, got list"), ("not_an_object", "expected a JSON object, got str"),
+        ("not_an_object", "expected a JSON object, got int")]
+
+
+def test_a_wrong_value_is_shown_as_it_arrived() -> None:
+    def detail(**change: object) -> str:
+        return shown(orjson.dumps({**click(0), **change}))
+
+    def shown(payload: bytes) -> str:
+        _, rejected = Validator(CLICKS).validate([payload])
+        (r,) = rejected
+        return r.detail
+
+    assert detail(kind=5) == "field 'kind' must be string, got number 5"
+    assert detail(user="x" * 38) == 'field \'user\' must be int, got string "' + "x" * 38 + '"'  # 40: shown whole
+    assert detail(ts="yesterday") == ('field \'ts\' must be an ISO-8601 timestamp or epoch seconds, got '
+                                      '"yesterday"')
+    # nested deeper than orjson writes (but not than it reads): only the value's kind is shown
+    event = orjson.dumps({**click(0), "kind": None})
+    deep = event.replace(b'"kind":null', b'"kind":' + b"[" * 300 + b"]" * 300)
+    assert shown(deep) == "field 'kind' must be string, got array […]"
+    nested = event.replace(b'"kind":null', b'"kind":' + b'{"a":' * 260 + b"{}" + b"}" * 260)
+    assert shown(nested) == "field 'kind' must be string, got object {…}"
+
+
+@pytest.mark.parametrize(("seconds", "shown"), [(1e13, (1 << 63) - 1), (9.2e12, (1 << 63) - 1), (-1e13, -(1 << 63))])
+def test_epoch_seconds_past_64_bit_microseconds_are_out_of_range_at_the_matching_end(seconds: float,
+                                                                                      shown: int) -> None:
+    _, rejected = Validator(CLICKS).validate([orjson.dumps({**click(0), "ts": seconds})])
+    (r,) = rejected
+    assert (r.reason, r.field) == ("out_of_range", "ts")
+    assert r.detail == (f"field 'ts' is {shown} microseconds since the epoch, outside the accepted window "
+                        f"{TimeWindow().describe()} (set [ingest] min_time / max_time)")
