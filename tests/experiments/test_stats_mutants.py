@@ -7,6 +7,7 @@ changed; each test here compares the module with an independent computation of w
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -321,3 +322,123 @@ def test_cuped_works_on_small_variances_too() -> None:
 def test_one_proportion_interval_defaults_to_wald_and_takes_a_single_unit() -> None:
     assert proportion_confint(7, 20) == proportion_confint(7, 20, method="normal")
     assert proportion_confint(1, 1, method="wilson") == pytest.approx(sm_confint(1, 1, method="wilson"))
+
+
+# ---- what each refusal names, and where each boundary lies -----------------------------------------------
+
+
+def _refusal(call: Any) -> tuple[str, str, Any]:
+    with pytest.raises(InputError) as info:
+        call()
+    return info.value.field, info.value.problem, info.value.value
+
+
+def test_each_refusal_names_the_field_the_problem_and_the_value_given() -> None:
+    numbers = Sample.from_values("A", [1.0, 2.0, 3.0])
+    assert _refusal(lambda: Sample.from_counts("B", 1, 0)) == ("B.n", "must be a positive number of units", 0)
+    assert _refusal(lambda: Sample.from_counts("B", 11, 10)) == ("B.successes", "must lie between 0 and n=10", 11)
+    assert _refusal(lambda: Sample.from_counts("B", -1, 10)) == ("B.successes", "must lie between 0 and n=10", -1)
+    assert _refusal(lambda: ztest(numbers, numbers)) == (
+        "metric", "the pooled z-test needs a 0/1 metric; use welch_ttest for numeric metrics", None)
+    assert _refusal(lambda: welch_ttest(numbers, Sample.from_values("B", [1.0]))) == (
+        "B.n", "Welch's t-test needs at least 2 units per variant", 1)
+    assert _refusal(lambda: cuped([1.0, 2.0], [1.0])) == (
+        "covariate", "needs one covariate value per unit (at least two units)", None)
+    assert _refusal(lambda: srm_test([5])) == ("counts", "need at least two non-negative variant counts", [5])
+    assert _refusal(lambda: srm_test([5, -1])) == ("counts", "need at least two non-negative variant counts", [5, -1])
+    assert _refusal(lambda: srm_test([5, 5], [1.0, 0.0])) == ("weights", "need 2 positive weights", [1.0, 0.0])
+    assert _refusal(lambda: ztest_means(numbers, numbers, alpha=1.5)) == (
+        "alpha", "must lie strictly between 0 and 1", 1.5)
+    assert _refusal(lambda: sample_size_means(1.0, 0.1, power=1.0)) == (
+        "power", "must lie strictly between 0 and 1", 1.0)
+    assert _refusal(lambda: sample_size_means(1.0, 0.1, power=0.0))[0] == "power"
+    assert _refusal(lambda: sample_size_means(0.0, 0.1)) == ("mde", "needs sd > 0 and a non-zero mde", 0.1)
+    outside = "baseline and baseline+mde must be distinct proportions in (0, 1)"
+    assert _refusal(lambda: sample_size_proportions(0.5, 0.6)) == ("mde", outside, 0.6)
+    # each proportion must lie strictly inside (0, 1), the baseline as much as the target
+    assert _refusal(lambda: sample_size_proportions(0.5, 0.5)) == ("mde", outside, 0.5)  # target exactly 1
+    assert _refusal(lambda: sample_size_proportions(1.0, -0.5)) == ("mde", outside, -0.5)  # baseline exactly 1
+    assert _refusal(lambda: sample_size_proportions(1.5, -1.0)) == ("mde", outside, -1.0)
+
+
+def test_the_bounds_of_a_sample_are_inclusive() -> None:
+    assert Sample.from_counts("A", 0, 10).mean == 0.0 and Sample.from_counts("A", 10, 10).mean == 1.0
+    assert Sample.from_values("A", [1.0, 3.0]).variance == 2.0  # two values have a sample variance
+    two = welch_ttest(Sample.from_values("A", [1.0, 3.0]), Sample.from_values("B", [2.0, 5.0]))  # 2 units suffice
+    reference = st.ttest_ind([1.0, 3.0], [2.0, 5.0], equal_var=False)
+    assert two.statistic == pytest.approx(reference.statistic, rel=1e-9)
+    assert two.p_value == pytest.approx(reference.pvalue, rel=1e-9)
+
+
+def test_the_relative_interval_of_a_single_success_is_statsmodels() -> None:
+    for (xa, na), (xb, nb) in (((1, 200), (4, 180)), ((6, 200), (1, 180))):
+        result = ztest(Sample.from_counts("A", xa, na), Sample.from_counts("B", xb, nb))
+        low, high = confint_proportions_2indep(xb, nb, xa, na, method="log", compare="ratio")
+        assert result.ci_rel == pytest.approx((low - 1, high - 1), rel=1e-9)
+
+
+def test_welch_on_constant_samples_is_certain_and_keeps_the_pooled_degrees_of_freedom() -> None:
+    low, high = Sample.from_values("A", [2.0] * 4), Sample.from_values("B", [3.0] * 6)
+    apart = welch_ttest(low, high)
+    assert (apart.statistic, apart.p_value, apart.df) == (-math.inf, 0.0, 8.0)
+    assert apart.ci_abs == (1.0, 1.0) and apart.ci_rel == (0.5, 0.5)
+    assert welch_ttest(high, low).statistic == math.inf
+    same = welch_ttest(low, Sample.from_values("B", [2.0] * 6))
+    assert (same.statistic, same.p_value, same.df) == (0.0, 1.0, 8.0)
+
+
+def test_the_relative_interval_is_the_delta_method_on_the_ratio_of_means() -> None:
+    """Var(B/A) ≈ (B/A)² (se_B²/B² + se_A²/A²); Welch uses its t quantile, the normal tests z."""
+    rng = np.random.default_rng(11)
+    a_vals, b_vals = rng.normal(2.0, 0.3, 60), rng.normal(2.2, 0.5, 45)  # a standard error well below 1
+    a, b = Sample.from_values("A", a_vals), Sample.from_values("B", b_vals)
+    ratio = b.mean / a.mean
+    se = ratio * math.sqrt(b.sem2 / b.mean**2 + a.sem2 / a.mean**2)
+    welch = welch_ttest(a, b, alpha=0.1)
+    t = st.t.isf(0.05, st.ttest_ind(a_vals, b_vals, equal_var=False).df)
+    assert welch.ci_rel == pytest.approx((ratio - 1 - t * se, ratio - 1 + t * se), rel=1e-9)
+    z = st.norm.isf(0.05)
+    for result in (ztest_means(a, b, alpha=0.1), sequential_test(a, b, alpha=0.1)):
+        assert result.ci_rel == pytest.approx((ratio - 1 - z * se, ratio - 1 + z * se), rel=1e-9)
+    assert welch.statistic == pytest.approx(st.ttest_ind(a_vals, b_vals, equal_var=False).statistic, rel=1e-9)
+    centred = Sample.from_values("A", [-1.0, 1.0, -2.0, 2.0])  # a control mean of 0: no relative lift
+    nothing = welch_ttest(centred, b)
+    assert math.isnan(nothing.lift_rel) and all(math.isnan(x) for x in nothing.ci_rel)
+
+
+def _exact_beat(a: Sample, b: Sample, prior: tuple[float, float]) -> float:
+    """P(p_B > p_A) for Beta posteriors, by numerical integration of f_B · F_A."""
+    from scipy import integrate
+
+    assert a.successes is not None and b.successes is not None
+    pa = st.beta(prior[0] + a.successes, prior[1] + a.n - a.successes)
+    pb = st.beta(prior[0] + b.successes, prior[1] + b.n - b.successes)
+    return float(integrate.quad(lambda x: pb.pdf(x) * pa.cdf(x), 0, 1, epsabs=1e-12, limit=200)[0])
+
+
+@pytest.mark.parametrize("prior", [(2.0, 5.0), (3.0, 1.0)])
+def test_an_asymmetric_prior_is_beta_a_b(prior: tuple[float, float]) -> None:
+    a, b = Sample.from_counts("A", 4, 30), Sample.from_counts("B", 9, 35)
+    assert prob_beat_control(a, b, prior=prior) == pytest.approx(_exact_beat(a, b, prior), abs=1e-7)
+
+
+def test_a_fractional_prior_uses_the_normal_law_with_each_beta_posteriors_mean_and_variance() -> None:
+    a, b = Sample.from_counts("A", 3, 10), Sample.from_counts("B", 5, 12)
+    pa, pb = st.beta(0.5 + 3, 0.5 + 7), st.beta(0.5 + 5, 0.5 + 7)
+    expected = st.norm.cdf((pb.mean() - pa.mean()) / math.sqrt(pa.var() + pb.var()))
+    assert prob_beat_control(a, b, prior=(0.5, 0.5)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_with_no_effect_the_power_of_a_proportion_test_is_its_significance_level() -> None:
+    for alpha in (0.05, 0.2):
+        assert power_proportions(0.3, 0.0, 500, alpha=alpha) == pytest.approx(alpha, rel=1e-12)
+    assert power_means(1.0, 0.0, 500, alpha=0.05) == pytest.approx(0.05, rel=1e-12)
+
+
+def test_the_default_mixing_sd_pools_the_variances_of_the_smallest_samples() -> None:
+    a, b = Sample.from_values("A", [1.0]), Sample.from_values("B", [2.0, 4.0])
+    pooled = (0 * a.variance + 1 * b.variance) / 1  # (n_a - 1) s_a² + (n_b - 1) s_b² over n_a + n_b - 2 = 1
+    assert sequential_test(a, b).p_value == pytest.approx(
+        sequential_test(a, b, tau=0.1 * math.sqrt(pooled)).p_value, rel=1e-12)
+    assert sequential_test(a, b).ci_abs == pytest.approx(
+        sequential_test(a, b, tau=0.1 * math.sqrt(pooled)).ci_abs, rel=1e-12)
