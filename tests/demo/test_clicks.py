@@ -60,3 +60,47 @@ def test_clicks_small_scale(tmp_path: Path) -> None:
     assert ab["version"] == 2 and ab["decision"] == "switch_to_treatment"
     assert ab["right_sign"] and ab["found"] and ab["measured_lift"] > 0 and ab["true_effect"] > 0
     assert (tmp_path / "modelmill.toml").read_text().count("[models.clicks") >= 4
+
+
+def test_detectors_are_scored_against_the_planted_drift() -> None:
+    from modelmill.demo.clicks import WindowRow, score_detectors
+
+    def window(i: int, drifted: bool, *versions: tuple[int, str, list[str]]) -> WindowRow:
+        row = WindowRow(window=i, start="", drifted_truth=drifted)
+        row.drift = [{"version": v, "drift_share": 0.5, "status": s, "drifted": d} for v, s, d in versions]
+        return row
+
+    rows = [window(1, False, (1, "pass", ["users__affinity"])),
+            window(2, True, (1, "fail", ["session_len", "device_web", "__prediction__"])),
+            # v2 was trained past the drift: a flag on it is a false alarm, silence a quiet window
+            window(3, True, (1, "pass", ["session_len"]), (2, "fail", ["device_web"]))]
+    dataset, *columns = score_detectors(rows, {1: False, 2: True})
+    assert (dataset["hits"], dataset["misses"], dataset["false_alarms"], dataset["quiet_windows"],
+            dataset["first_hit_window"]) == (1, 1, 1, 1, 2)
+    by = {c["detector"]: c for c in columns}
+    assert (by["column session_len"]["hits"], by["column session_len"]["misses"]) == (2, 0)
+    assert (by["column device_web"]["hits"], by["column device_web"]["misses"],
+            by["column device_web"]["false_alarms"]) == (1, 1, 1)
+    assert by["column users__affinity"]["false_alarms"] == 1 and not by["column users__affinity"]["planted"]
+    assert by["column __prediction__"]["flagged"] == 1 and by["column __prediction__"]["hits"] == 0
+
+
+def test_the_generator_plants_what_it_reports() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from modelmill.datasets import ClickStream
+
+    gen = ClickStream(users=2_000, seed=3, drift_at=pd.Timestamp("2024-01-01 02:00", tz="UTC"), drift_shift=1.0,
+                      ab_lift=0.5)
+    quiet, drifted = gen.window(1, 20_000), gen.window(2, 20_000)
+    assert quiet["ts"].max() < gen.truth().drift_at <= drifted["ts"].min()
+    assert not gen.truth().drifted(quiet["ts"].max()) and gen.truth().drifted(drifted["ts"].min())
+    ratio = drifted["session_len"].median() / quiet["session_len"].median()
+    assert abs(ratio - np.exp(0.5)) < 0.05
+    assert (drifted["device"] == "web").mean() > (quiet["device"] == "web").mean() + 0.15
+    assert abs(drifted["tenure_days"].mean() / quiet["tenure_days"].mean() - 1) < 0.05  # not planted: unmoved
+    # Treated impressions click more, by what ab_effect says.
+    treated, control = gen.clicks(quiet, np.ones(len(quiet), bool)), gen.clicks(quiet, np.zeros(len(quiet), bool))
+    assert abs((treated.mean() - control.mean()) - gen.ab_effect(quiet)) < 0.01 and gen.ab_effect(quiet) > 0.03
+    assert gen.window(1, 20_000).equals(quiet)  # a window is the same rows every time

@@ -85,7 +85,9 @@ def _clicks(*, users: int, fresh: bool, as_json: bool, backends: dict[str, str |
             " ".join(f"v{d['version']}:{d['drift_share']:.2f}" for d in w.drift if d.get("drift_share") is not None),
             "; ".join(a.removeprefix("clicks.") for a in w.alerts), " ".join(f"v{k}:{v}" for k, v in w.served.items())] for w in result.windows])
     table("detectors against the planted ground truth", ["detector", "hits", "misses", "false alarms"],
-          [[d["detector"], str(d["hits"]), str(d["misses"]), str(d["false_alarms"])] for d in result.detectors])
+          [[d["detector"], str(d["hits"]), str(d["misses"]), str(d["false_alarms"])] if "flagged" not in d else
+           [f"{d['detector']} (moves with its inputs: flagged {d['flagged']}, not scored)", "", "", ""]
+           for d in result.detectors])
     drift = next((d for d in result.detectors if d["detector"] == "dataset drift (monitor)"), None)
     if drift is not None:
         at = next((w.window for w in result.windows if w.drifted_truth), None)
