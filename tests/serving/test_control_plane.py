@@ -273,10 +273,15 @@ def test_http_never_imports_a_module_the_project_does_not_name(plane: Plane, tmp
 
 
 def test_monitoring_shows_the_latest_window_per_version_and_the_alerts(plane: Plane) -> None:
-    assert plane.ok("GET", "/v1/monitoring", role="read") == {"windows": [], "alerts": []}
+    assert plane.ok("GET", "/v1/monitoring", role="read") == {"windows": [], "performance": [], "alerts": []}
     X = np.random.default_rng(6).normal(size=(8, len(COLUMNS)))
-    assert plane.client.post("/v2/models/clf/infer", json=infer_body(X)).status_code == 200
+    answer = plane.client.post("/v2/models/clf/infer", json={**infer_body(X), "id": "m"})
+    assert answer.status_code == 200
     plane.flush()
+    scores = answer.json()["outputs"][0]["data"]
+    assert len(scores) == 8
+    labels = [{"id": f"m/{i}", "label": i % 2} for i in range(8)]
+    assert plane.ok("POST", "/v1/models/clf/labels", {"labels": labels}, role="label")["accepted"] == 8
     rule = Rule.from_mapping({"name": "events-fresh", "kind": "feature_freshness", "table": "events",
                               "threshold": 60})
     monitor = Monitor(plane.project, MonitoringConfig(rules=(rule,)))
@@ -290,6 +295,14 @@ def test_monitoring_shows_the_latest_window_per_version_and_the_alerts(plane: Pl
     assert window["at"] == second["at"]  # the newer of the two rounds
     assert [(a["rule"], a["state"], a["labels"]["table"]) for a in out["alerts"]] == [
         ("events-fresh", "firing", "events")]
+    # the delayed-label metrics of the labelled predictions, measured when asked
+    [perf] = out["performance"]
+    assert (perf["model"], perf["version"], perf["task"], perf["n"]) == ("clf", 1, "binary", 8)
+    from sklearn.metrics import roc_auc_score
+
+    expected = roc_auc_score([i % 2 for i in range(8)], scores)
+    assert abs(perf["metrics"]["auc"]["value"] - expected) <= 1e-9 and perf["metrics"]["auc"]["n"] == 8
+    assert plane.ok("GET", "/v1/monitoring?model=other", role="read")["performance"] == []
     assert plane.ok("GET", "/v1/monitoring?model=other", role="read")["windows"] == []
     bad = plane.call("GET", "/v1/monitoring?model=a b", role="read")
     assert bad.status_code == 400 and "name" in bad.json()["error"]

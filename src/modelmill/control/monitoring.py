@@ -4,14 +4,16 @@
 ``modelmill loop``) stores one window per model version served in it, with its drift and its
 delayed-label metrics; this reads back the newest window of each version, so what a console shows is
 what the monitor last measured. A window without a drift verdict (no reference profile, no logged
-features) says ``no_data``, never ``pass``.
+features) says ``no_data``, never ``pass``. ``performance`` is measured when asked: the delayed-label
+metrics of every version served in the last ``[monitoring] label_window``, each with the number of
+labelled predictions behind it (``Monitor.performance``, the rows ``monitor --once --json`` shows).
 
     >>> import tempfile
     >>> from modelmill.config import Settings
     >>> from modelmill.project import Project
     >>> project = Project(Settings.defaults(home=tempfile.mkdtemp()))
     >>> monitoring_status(project)
-    {'windows': [], 'alerts': []}
+    {'windows': [], 'performance': [], 'alerts': []}
     >>> project.close()
 """
 
@@ -28,8 +30,12 @@ __all__ = ["monitoring_status"]
 
 
 def monitoring_status(project: Any, *, model: str | None = None) -> dict[str, Any]:
-    """``{"windows": [...], "alerts": [...]}``: the newest window per model and version (by model, then
-    version) and every alert with its state (``pending``, ``firing``, ``resolved``, ``inactive``)."""
+    """``{"windows": [...], "performance": [...], "alerts": [...]}``: the newest window per model and
+    version (by model, then version), the delayed-label metrics per served version, and every alert with
+    its state (``pending``, ``firing``, ``resolved``, ``inactive``)."""
+    from modelmill.monitoring import Monitor, MonitoringConfig
+
+
     w = monitoring_windows
     newest = sa.select(sa.func.max(w.c.id)).group_by(w.c.model, w.c.version)
     if model is not None:
@@ -40,7 +46,9 @@ def monitoring_status(project: Any, *, model: str | None = None) -> dict[str, An
         alerts = conn.execute(sa.select(a).order_by(a.c.rule, a.c.fingerprint)).all()
     windows = [_window(r) for r in rows]
     listed = [_alert(r) for r in alerts if model is None or (r.labels or {}).get("model") in (None, model)]
-    return {"windows": windows, "alerts": listed}
+    config = MonitoringConfig.from_section(project.settings.section("monitoring"))
+    performance = [p for p in Monitor(project, config).performance() if model is None or p["model"] == model]
+    return {"windows": windows, "performance": performance, "alerts": listed}
 
 
 def _window(r: Any) -> dict[str, Any]:

@@ -273,8 +273,22 @@ CONTROL_SCHEMAS: dict[str, Any] = {
         },
     },
     "Monitoring": {
-        "type": "object", "required": ["windows", "alerts"],
+        "type": "object", "required": ["windows", "performance", "alerts"],
         "properties": {
+            "performance": {"type": "array", "description": "The delayed-label metrics of every version served "
+                            "in the last [monitoring] label_window, by its task, each with the count of labelled "
+                            "predictions behind it (as `modelmill monitor --once --json` reports them).",
+                            "items": {
+                "type": "object", "required": ["model", "version", "n", "status", "metrics"],
+                "properties": {"model": {"type": "string"}, "version": {"type": "integer"},
+                               "task": {"type": "string", "nullable": True}, "n": {"type": "integer"},
+                               "status": {"type": "string", "enum": ["measured", "no_data"]},
+                               "reason": {"type": "string", "nullable": True},
+                               "metrics": {"type": "object", "additionalProperties": {
+                                   "type": "object", "required": ["value", "n", "status"],
+                                   "properties": {"value": _NUM_OR_NULL, "n": {"type": "integer"},
+                                                  "status": {"type": "string", "enum": ["measured", "no_data"]},
+                                                  "reason": {"type": "string", "nullable": True}}}}}}},
             "windows": {"type": "array", "items": {
                 "type": "object", "required": ["model", "version", "at", "n_rows", "status", "metrics"],
                 "properties": {"model": {"type": "string"}, "version": {"type": "integer"}, "at": _NUM,
@@ -559,7 +573,8 @@ def _control_paths() -> dict[str, Any]:
                                                    "(role read)", _json(_ref("PipelineRunStatus"), "The status.")),
         "/v1/monitoring": _control("get", [model_query], "The latest drift and performance per model version, "
                                    "and the alerts (role read)", _json(_ref("Monitoring"), "What the monitor "
-                                                                        "measured last.")),
+                                                                        "measured last, and the delayed-label "
+                                                                        "metrics now.")),
     }
 
 
