@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from modelmill.store import KeyValue
 from modelmill.testing.base import expect, run_checks
 
-__all__ = ["KV_CHECKS", "check_kv", "watch_expiry"]
+__all__ = ["KV_CHECKS", "check_kv", "on_fresh_store", "watch_expiry"]
 
 
 def watch_expiry(write: Callable[[], object], present: Callable[[], bool], ttl_s: float, *,
@@ -139,10 +139,12 @@ KV_CHECKS: dict[str, Callable[[KeyValue], None]] = {
 }
 
 
-def _one(fn: Callable[[KeyValue], None]) -> Callable[[Callable[[], KeyValue]], None]:
-    def run(make_kv: Callable[[], KeyValue]) -> None:
-        kv = make_kv()
+def on_fresh_store(fn: Callable[[KeyValue], None]) -> Callable[[Callable[[], KeyValue]], None]:
+    """``fn`` as a sub-check given the factory: run on a new store from it (which must be empty), then closed."""
+    def run(make: Callable[[], KeyValue]) -> None:
+        kv = make()
         try:
+            expect(next(iter(kv.scan("")), None) is None, "the factory must give a new, empty store; it has keys")
             fn(kv)
         finally:
             kv.close()
@@ -158,4 +160,4 @@ def check_kv(make_kv: Callable[[], KeyValue], *, checks: Iterable[str] | None = 
         >>> from modelmill.store import MemoryKV
         >>> check_kv(MemoryKV)
     """
-    run_checks("check_kv", {name: _one(fn) for name, fn in KV_CHECKS.items()}, checks, make_kv)
+    run_checks("check_kv", {name: on_fresh_store(fn) for name, fn in KV_CHECKS.items()}, checks, make_kv)

@@ -17,6 +17,7 @@ from modelmill.errors import InputError
 from modelmill.features import Entity, FeatureService, FeatureStore, FeatureView, Field, Status
 from modelmill.store import KeyValue
 from modelmill.testing.base import expect, run_checks, scratch_project
+from modelmill.testing.kv import on_fresh_store
 
 __all__ = ["ONLINE_CHECKS", "T0", "at", "check_online_store", "define_views"]
 
@@ -166,21 +167,16 @@ ONLINE_CHECKS: dict[str, Callable[[FeatureStore], None]] = {
 }
 
 
-def _one(fn: Callable[[FeatureStore], None]) -> Callable[[Callable[[], KeyValue]], None]:
-    def run(make_online: Callable[[], KeyValue]) -> None:
-        kv = make_online()
-        try:
-            expect(next(iter(kv.scan("")), None) is None, "make_online() must give an empty store; it has keys")
-            with scratch_project() as project:
-                store = FeatureStore(project, online=kv)
-                try:
-                    fn(store)
-                finally:
-                    store.close()
-        finally:
-            kv.close()
+def _in_scratch_project(fn: Callable[[FeatureStore], None]) -> Callable[[Callable[[], KeyValue]], None]:
+    def run(kv: KeyValue) -> None:
+        with scratch_project() as project:
+            store = FeatureStore(project, online=kv)
+            try:
+                fn(store)
+            finally:
+                store.close()
     run.__doc__ = fn.__doc__
-    return run
+    return on_fresh_store(run)
 
 
 def check_online_store(make_online: Callable[[], KeyValue], *, checks: Iterable[str] | None = None) -> None:
@@ -190,4 +186,4 @@ def check_online_store(make_online: Callable[[], KeyValue], *, checks: Iterable[
     this check is about what the feature store builds on it (statuses, ttl, incremental materialisation, and
     online values equal to training values).
     """
-    run_checks("check_online_store", {name: _one(fn) for name, fn in ONLINE_CHECKS.items()}, checks, make_online)
+    run_checks("check_online_store", {name: _in_scratch_project(fn) for name, fn in ONLINE_CHECKS.items()}, checks, make_online)
