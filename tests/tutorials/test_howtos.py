@@ -103,3 +103,33 @@ def test_ab_test_measures_each_variants_log_loss_and_keeps_the_better_control(ab
 
     assert _json(w, "stopped.json")["status"] == "stopped"
     assert _json(w, "after.json")["model_version"] == "1"
+
+
+# --- rollout.md ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def rollout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _run("rollout.md", tmp_path_factory.mktemp("rollout"))
+
+
+@pytest.mark.slow
+def test_rollout_holds_without_data_advances_on_traffic_and_rolls_back_on_a_breach(rollout: Path) -> None:
+    w = rollout
+    assert _json(w, "started.json")["rollout"]["stage"] == "10"
+    held = _json(w, "held.json")
+    assert held["action"] == "hold" and held["rollout"]["status"] == "running" and held["rollout"]["stage"] == "10"
+    assert {c["status"] for c in held["checks"]} == {"no_data"}
+
+    ran = _json(w, "ran.json")
+    assert [(e["action"], e["from"], e["to"]) for e in ran["events"]][:2] == [("start", None, "10"),
+                                                                               ("advance", "10", "100")]
+    assert _json(w, "status.json")["rollout"]["stage"] == "100"
+    assert _json(w, "promoted.json")["rollout"]["status"] == "completed"
+    assert _json(w, "production.json")["version"] == 2
+
+    rolled = _json(w, "rolled_back.json")
+    assert rolled["action"] == "rollback" and rolled["rollout"]["status"] == "rolled_back"
+    assert [c["check"] for c in rolled["checks"] if c["status"] == "fail"] == ["output_shift"]
+    assert _json(w, "manual.json")["rollout"]["status"] == "rolled_back"
+    refused = (w / "refused.txt").read_text()
+    assert "'churn@9' not found" in refused and "min_requests" in refused
