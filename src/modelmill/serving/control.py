@@ -39,7 +39,7 @@ from starlette.responses import Response
 
 from modelmill import control
 from modelmill.control import fields
-from modelmill.errors import BackendUnavailable, InputError
+from modelmill.errors import InputError
 from modelmill.registry import check_version
 from modelmill.security import actor
 from modelmill.serving.admin import parse_object
@@ -69,13 +69,7 @@ class ControlRoutes:
         self.server = server
 
     def _project(self) -> Any:
-        for holder in (self.server.routes, self.server.source):
-            project = getattr(holder, "project", None)
-            if project is not None:
-                return project
-        raise BackendUnavailable("metadata database", "(not configured)",
-                                 "this server was built without a project: it has no registry, rollouts, "
-                                 "experiments or pipelines to show or change")
+        return self.server.project("show or change its registry, rollouts, experiments or pipelines")
 
     async def _body(self, request: Request, *, optional: bool = False) -> dict[str, Any]:
         body = await read_body(request.receive, request.headers, self.server.config.limits.max_body_bytes)

@@ -69,13 +69,7 @@ class LabelRoute:
         self.server = server
 
     def _project(self) -> Any:
-        # The route table and the registry both hold the project; its database keeps the audit trail.
-        for holder in (self.server.routes, self.server.source):
-            project = getattr(holder, "project", None)
-            if project is not None:
-                return project
-        raise BackendUnavailable("metadata database", "(not configured)",
-                                 "this server was built without a project, so it cannot audit a label write")
+        return self.server.project("audit a label write")  # its database keeps the audit trail
 
     def _task(self, name: str) -> LabelTask:
         """The task of the model's newest version: one the registry knows, served or not (labels may come

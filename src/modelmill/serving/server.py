@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from modelmill.errors import ConfigError, InputError, ModelmillError, NotFoundError
+from modelmill.errors import BackendUnavailable, ConfigError, InputError, ModelmillError, NotFoundError
 from modelmill.security.auth import MODES
 from modelmill.serving import metrics
 from modelmill.serving.batching import Batcher
@@ -262,6 +262,16 @@ class ModelServer:
 
     def model_names(self) -> list[str]:
         return sorted(self._live)
+
+    def project(self, needed_for: str) -> Any:
+        """The project this server was built over (its route table and its registry hold it), or a
+        :class:`BackendUnavailable` saying what ``needed_for`` cannot do without one."""
+        for holder in (self.routes, self.source):
+            project = getattr(holder, "project", None)
+            if project is not None:
+                return project
+        raise BackendUnavailable("metadata database", "(not configured)",
+                                 f"this server was built without a project, so it cannot {needed_for}")
 
     def live_route(self, model: str) -> LiveRoute:
         live = self._live.get(model)
