@@ -8,7 +8,7 @@ import numpy as np
 
 from modelmill.serving import FunctionModel, ModelServer, PredictionCache, ServerConfig, StaticSource
 from modelmill.store.kv import RedisKV
-from tests.expiry import watch_expiry
+from modelmill.testing import watch_expiry
 
 
 def test_lru_evicts_the_least_recently_used() -> None:
