@@ -133,3 +133,27 @@ def test_rollout_holds_without_data_advances_on_traffic_and_rolls_back_on_a_brea
     assert _json(w, "manual.json")["rollout"]["status"] == "rolled_back"
     refused = (w / "refused.txt").read_text()
     assert "'churn@9' not found" in refused and "min_requests" in refused
+
+
+# --- ingest-stream.md ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ingest_stream(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _run("ingest-stream.md", tmp_path_factory.mktemp("ingest-stream"), timeout=240)
+
+
+def test_ingest_stream_keeps_each_good_event_once_and_replays_the_fixed_dead_letters(ingest_stream: Path) -> None:
+    w = ingest_stream
+    assert _json(w, "published.json")["published"] == 24
+    ingested = _json(w, "ingested.json")
+    assert (ingested["polled"], ingested["written"], ingested["duplicates"], ingested["dead_letters"]) == (24, 20, 1, 3)
+    dead = _json(w, "dead.json")
+    assert {(d["reason"], d["field"]) for d in dead["dead_letters"]} == {
+        ("missing_required", "customer_id"), ("wrong_type", "placed_at"), ("wrong_type", "amount")}
+    assert {json.loads(d["payload"])["order_id"] for d in dead["dead_letters"]} == {"o-20", "o-21", "o-22"}
+    assert _json(w, "replayed.json") == {"schema": "orders", "accepted": 1, "duplicates": 0, "still_failing": 2}
+
+    stored = pd.read_parquet(w / ".modelmill" / "offline" / "orders")
+    assert sorted(stored["order_id"]) == sorted(f"o-{i}" for i in range(21))
+    assert stored.set_index("order_id").loc["o-7", "amount"] == 17.0
+    assert pd.isna(stored.set_index("order_id").loc["o-20", "customer_id"])
