@@ -67,14 +67,26 @@ ExcludeOption = typer.Option(None, "--exclude", help="Comma-separated columns no
 TargetOption = typer.Option(None, "--target", help="The label column: left out of the feature drift.")
 DriftShareOption = typer.Option(None, "--drift-share", help="Share of drifted columns that makes the dataset "
                                 "drift (default 0.5).")
+CalibratedOption = typer.Option(None, "--calibrated/--fixed", help="Thresholds calibrated on the reference's own "
+                                "variability at the current's size, or Evidently's fixed ones (default: "
+                                "[monitoring.drift] calibrated, else fixed).")
+QuantileOption = typer.Option(None, "--quantile", help="Calibrated threshold: this quantile of the reference's "
+                              "null windows (default 0.99: an A/A column flags 1% of the time).")
 
 
 def file_drift(reference: pa.Table, current: pa.Table, *, columns: str | None, exclude: str | None,
-               target: str | None, drift_share: float | None) -> tuple[DriftReport, DriftOptions]:
+               target: str | None, drift_share: float | None, calibrated: bool | None = None,
+               quantile: float | None = None) -> tuple[DriftReport, DriftOptions]:
     """Drift of two files as ``drift`` and ``report`` both compute it: one column selection, one set of options."""
     options = _drift_options()
     if drift_share is not None:
         options = dataclasses.replace(options, drift_share=drift_share)
+    if calibrated is not None:
+        options = dataclasses.replace(options, calibrated=calibrated)
+    if quantile is not None:
+        if not options.calibrated:
+            raise InputError("quantile", "sets the calibrated threshold; pass --calibrated with it", quantile)
+        options = dataclasses.replace(options, quantile=quantile)
     result = detect_drift(reference, current, columns=_columns(columns), exclude=_columns(exclude, "exclude") or (),
                           target=target, options=options)
     return result, options
@@ -92,19 +104,28 @@ def drift(
     exclude: str | None = ExcludeOption,
     target: str | None = TargetOption,
     drift_share: float | None = DriftShareOption,
+    calibrated: bool | None = CalibratedOption,
+    quantile: float | None = QuantileOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Test every column for drift, choosing each test the way Evidently does."""
+    """Test every column for drift, choosing each test the way Evidently does.
+
+    With --calibrated, each column's threshold is the quantile of its statistic over windows of the
+    current's size resampled from the reference (JSON: ``threshold``, and ``calibration`` with the
+    fixed threshold's verdict beside it)."""
     ref, cur = read_table(reference, field="reference"), read_table(current, field="current")
     started = time.perf_counter()
-    result, _ = file_drift(ref, cur, columns=columns, exclude=exclude, target=target, drift_share=drift_share)
+    result, _ = file_drift(ref, cur, columns=columns, exclude=exclude, target=target, drift_share=drift_share,
+                           calibrated=calibrated, quantile=quantile)
     if as_json:
         emit_json(result.to_dict())
         return
     rows = [[name, c.type, c.test, f"{c.statistic:.4g}", "" if c.p_value is None else f"{c.p_value:.3g}",
-             c.threshold, f"{c.psi:.3g}", Text("DRIFT", style="red") if c.drift else "ok"] for name, c in result.columns.items()]
+             f"{c.threshold:.4g}", f"{c.psi:.3g}", Text("DRIFT", style="red") if c.drift else "ok"]
+            for name, c in result.columns.items()]
+    kind = "calibrated threshold" if any(c.calibration for c in result.columns.values()) else "threshold"
     table(f"drift: {reference.name} → {current.name}", ["column", "type", "test", "statistic", "p-value",
-                                                        "threshold", "psi", "verdict"], rows)
+                                                        kind, "psi", "verdict"], rows)
     verdict = "[red]dataset drift[/]" if result.dataset_drift else "no dataset drift"
     console.print(f"{verdict}: {len(result.drifted)}/{len(result.columns)} columns drifted "
                   f"(share {result.drift_share:.2f}); {time.perf_counter() - started:.2f} s")
@@ -209,20 +230,23 @@ def report(
     exclude: str | None = ExcludeOption,
     target: str | None = TargetOption,
     drift_share: float | None = DriftShareOption,
+    calibrated: bool | None = CalibratedOption,
+    quantile: float | None = QuantileOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Write one self-contained HTML report with charts (no scripts, no network needed to view it)."""
     parse_duration(window)
     if (reference is None) != (current is None):
         raise InputError("reference", "pass both --reference and --current, or neither")
-    if reference is None and any(v is not None for v in (columns, exclude, target, drift_share)):
-        raise InputError("columns", "--columns, --exclude, --target and --drift-share apply to --reference and "
-                         "--current files only")
+    if reference is None and any(v is not None for v in (columns, exclude, target, drift_share, calibrated,
+                                                         quantile)):
+        raise InputError("columns", "--columns, --exclude, --target, --drift-share, --calibrated and --quantile "
+                         "apply to --reference and --current files only")
     verdict: dict[str, object] = {}
     if reference is not None and current is not None:
         ref, cur = read_table(reference, field="reference"), read_table(current, field="current")
         result, options = file_drift(ref, cur, columns=columns, exclude=exclude, target=target,
-                                     drift_share=drift_share)
+                                     drift_share=drift_share, calibrated=calibrated, quantile=quantile)
         verdict = _verdict(result)
         names = list(result.columns)
         ref_s = summarize(ref, columns=names, options=options)

@@ -21,6 +21,21 @@ binary          ``ztest`` (p < 0.05)         ``jensenshannon`` (>= 0.1)
 PSI is reported for every column; the dataset drifts when the share of drifted
 columns reaches ``drift_share`` (0.5).
 
+Calibrated thresholds (``DriftOptions(calibrated=True)``, ``[monitoring.drift]
+calibrated = true``): a fixed threshold means a different false-alarm rate at every
+window size (Wasserstein 0.1 flags most columns of a 200-row window drawn from the
+reference itself, and almost no real shift at 30,000 rows). Calibrated, each
+column's threshold is the ``quantile`` (0.99) of the same statistic over
+``calibration_windows`` (200) null windows resampled from the reference, sized so
+that they vary as much as an independent current window of the current's size
+would (:func:`calibrate`); the column drifts when its statistic (``|z|`` for the
+z-test; p-value tests are calibrated on their statistic) is above that threshold.
+An A/A window then flags a column at most ``1 - quantile`` of the time, whatever the
+sample size. A column with its own ``threshold`` keeps it. Cost: per column,
+``calibration_windows`` runs of its test on a window and a pool of at most 10,000
+reference values (about 0.1 s); :class:`~modelmill.monitoring.reference.ReferenceProfile`
+stores the null statistics per window size, so a monitor pays it once per size.
+
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
     >>> ref = {"x": rng.normal(0, 1, 5000), "c": rng.choice(["a", "b", "c"], 5000)}
@@ -37,7 +52,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
@@ -55,6 +71,8 @@ __all__ = [
     "DriftOptions",
     "DriftReport",
     "StatTest",
+    "calibrate",
+    "calibration_size",
     "compare",
     "detect_drift",
     "infer_kind",
@@ -398,6 +416,10 @@ class DriftOptions:
     distance: float = 0.1
     drift_share: float = 0.5
     small_sample: int = 1000
+    calibrated: bool = False
+    quantile: float = 0.99
+    calibration_windows: int = 200
+    seed: int = 0
     columns: Mapping[str, ColumnOptions] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -405,6 +427,16 @@ class DriftOptions:
             value = getattr(self, name)
             if not isinstance(value, int | float) or not 0 <= value <= (1 if name != "distance" else math.inf):
                 raise InputError(name, "must be a number in range", value)
+        if not isinstance(self.calibrated, bool):
+            raise InputError("calibrated", "must be true or false", self.calibrated)
+        if isinstance(self.quantile, bool) or not isinstance(self.quantile, int | float) or not 0 < self.quantile < 1:
+            raise InputError("quantile", "must be a number between 0 and 1 (exclusive), e.g. 0.99", self.quantile)
+        windows = self.calibration_windows
+        if isinstance(windows, bool) or not isinstance(windows, int) or not 20 <= windows <= 100_000:
+            raise InputError("calibration_windows", "must be a whole number from 20 to 100000 (200 is usual)",
+                             windows)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise InputError("seed", "must be a whole number >= 0", self.seed)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> DriftOptions:
@@ -434,11 +466,17 @@ class ColumnDrift:
     threshold: float
     drift: bool
     psi: float
+    #: With a calibrated threshold: ``quantile``, ``windows``, ``window_size`` (the size calibrated at),
+    #: and the verdict the fixed threshold gives (``fixed_threshold``, ``fixed_drift``).
+    calibration: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "test": self.test, "statistic": _finite(self.statistic),
-                "p_value": None if self.p_value is None else _finite(self.p_value),
-                "threshold": self.threshold, "drift": self.drift, "psi": _finite(self.psi)}
+        out = {"type": self.type, "test": self.test, "statistic": _finite(self.statistic),
+               "p_value": None if self.p_value is None else _finite(self.p_value),
+               "threshold": self.threshold, "drift": self.drift, "psi": _finite(self.psi)}
+        if self.calibration is not None:
+            out["calibration"] = dict(self.calibration)
+        return out
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -505,9 +543,109 @@ def default_test(ref: ColumnSummary, cur: ColumnSummary, small_sample: int = 100
     return "jensenshannon"
 
 
+# ---- calibrated thresholds --------------------------------------------------------------------
+
+#: The pool a calibration resamples: a reference with more values is reduced to this many order statistics.
+CALIBRATION_POOL = 10_000
+
+
+def calibration_size(n: int) -> int:
+    """``n`` rounded down to a grid of steps of 2^(1/4), so that windows of about one size share a calibration.
+
+    Rounding down is the safe side: a smaller window varies more, so its threshold is higher.
+
+    >>> [calibration_size(n) for n in (1, 7, 100, 28_000)]
+    [1, 7, 90, 27554]
+    """
+    if n < 8:
+        return max(int(n), 1)
+    return math.floor(2 ** (math.floor(4 * math.log2(n) + 1e-9) / 4))
+
+
+def calibration_key(column: str, test: str, n_current: int, windows: int, seed: int) -> str:
+    """The key of one calibration in a cache (:attr:`ReferenceProfile.calibrations`)."""
+    return f"{column}|{test}|{int(n_current)}|{int(windows)}|{int(seed)}"
+
+
+def calibrate(ref: ColumnSummary, test: str, n_current: int, *, windows: int = 200, seed: int = 0,
+              column: str = "column") -> np.ndarray:
+    """Null statistics of ``test`` for current windows of ``n_current`` values drawn from the reference itself.
+
+    A window is drawn from the reference without replacement and compared with the
+    whole reference by the same test. Drawn at ``n_current`` values it would vary too
+    little (it shares its values with the reference, and an independent current
+    window adds the reference's own sampling noise), so it is drawn at ``k`` values,
+    ``1/k = 1/n_current + 1/n_ref + 1/pool``, which gives its shares the variance of an
+    independent window of ``n_current`` against a reference of ``n_ref``; it is then
+    stated at ``n_current`` values (counts scaled), so the tests whose statistic
+    grows with the sample (chi-square, z) and the binning see the current's size.
+    Returns ``windows`` statistics (``|z|`` for the z-test), in draw order; the
+    threshold is their quantile. Deterministic for a ``seed`` and ``column``.
+
+    >>> rng = np.random.default_rng(0)
+    >>> ref = summarize_column(rng.normal(size=5000), "numeric")
+    >>> small, large = calibrate(ref, "wasserstein", 200), calibrate(ref, "wasserstein", 5000)
+    >>> round(float(np.quantile(small, 0.99)), 2), round(float(np.quantile(large, 0.99)), 2)
+    (0.2, 0.05)
+    """
+    fn = _TESTS[test].fn
+    rng = np.random.default_rng([int(seed), zlib.crc32(column.encode()), int(n_current)])
+    m = int(n_current)
+    if ref.kind == "categorical":
+        assert ref.keys is not None and ref.counts is not None
+        pool = np.asarray(ref.counts, dtype=np.int64)
+        k = _draw_size(m, ref.n, ref.n)
+        drawn = rng.multivariate_hypergeometric(pool, k, size=windows).astype(np.float64) * (m / k)
+        summaries = (ColumnSummary(kind="categorical", n=m, keys=ref.keys, counts=row, n_unique=ref.n_unique)
+                     for row in drawn)
+    else:
+        values = _need_numeric(ref, test)
+        if len(values) > CALIBRATION_POOL:
+            values = values[np.round(np.linspace(0, len(values) - 1, CALIBRATION_POOL)).astype(np.int64)]
+        k = _draw_size(m, ref.n, len(values))
+        drawn = np.empty((windows, k))
+        for i in range(windows):
+            drawn[i] = values[rng.choice(len(values), k, replace=False)]
+        drawn.sort(axis=1)
+        if test == "wasserstein":
+            return _wasserstein_rows(_need_numeric(ref, test), drawn) / max(ref.std, 0.001)
+        summaries = (ColumnSummary(kind="numeric", n=m, values=row, std=ref.std, n_unique=ref.n_unique)
+                     for row in drawn)
+    try:
+        out = np.array([fn(ref, s)[0] for s in summaries], dtype=np.float64)
+    except InputError as exc:
+        raise InputError(column, f"cannot calibrate {test!r}: {exc.message}") from exc
+    return np.abs(out) if test == "ztest" else out
+
+
+def _wasserstein_rows(u: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """:func:`wasserstein_sorted` of ``u`` against each sorted row: rows of one length share one quantile grid."""
+    n, m = len(u), rows.shape[1]
+    g = math.gcd(n, m)
+    a, b = m // g, n // g
+    t = np.union1d(np.arange(1, n + 1, dtype=np.int64) * a, np.arange(1, m + 1, dtype=np.int64) * b)
+    dt = np.diff(t, prepend=0).astype(np.float64)
+    uq, iv = u[(t - 1) // a], (t - 1) // b
+    out = np.empty(len(rows))
+    step = max(1, (1 << 22) // len(t))  # rows per chunk: a few tens of MB at most
+    for i in range(0, len(rows), step):
+        out[i:i + step] = np.abs(rows[i:i + step, iv] - uq) @ dt
+    return out / (n * a)
+
+
+def _draw_size(n_current: int, n_ref: int, pool: int) -> int:
+    return max(1, min(pool, round(1.0 / (1.0 / n_current + 1.0 / max(n_ref, 1) + 1.0 / max(pool, 1)))))
+
+
 def compare_column(ref: ColumnSummary, cur: ColumnSummary, options: ColumnOptions | None = None, *,
-                   defaults: DriftOptions | None = None, name: str = "column") -> ColumnDrift:
-    """Test one column: the test, threshold and type from ``options``, else the defaults."""
+                   defaults: DriftOptions | None = None, name: str = "column",
+                   calibrations: MutableMapping[str, np.ndarray] | None = None) -> ColumnDrift:
+    """Test one column: the test, threshold and type from ``options``, else the defaults.
+
+    With ``defaults.calibrated`` (and no threshold of the column's own), the threshold
+    is calibrated (:func:`calibrate`) at the current's size; given ``calibrations``
+    (a cache), at that size rounded down by :func:`calibration_size`, looked up there
+    first and stored there when computed."""
     opts = options or ColumnOptions()
     base = defaults or DriftOptions()
     if ref.n == 0 or cur.n == 0:
@@ -521,15 +659,35 @@ def compare_column(ref: ColumnSummary, cur: ColumnSummary, options: ColumnOption
     threshold = opts.threshold if opts.threshold is not None else (
         base.p_value if test.kind == "p_value" else base.distance)
     statistic, p_value = test.fn(ref, cur)
-    return ColumnDrift(type=kind, test=test_name, statistic=statistic, p_value=p_value, threshold=float(threshold),
-                       drift=test.verdict(statistic, p_value, threshold), psi=psi(ref, cur))
+    fixed = test.verdict(statistic, p_value, threshold)
+    if not base.calibrated or opts.threshold is not None:
+        return ColumnDrift(type=kind, test=test_name, statistic=statistic, p_value=p_value,
+                           threshold=float(threshold), drift=fixed, psi=psi(ref, cur))
+    size = calibration_size(cur.n) if calibrations is not None else cur.n
+    key = calibration_key(name, test_name, size, base.calibration_windows, base.seed)
+    null = calibrations.get(key) if calibrations is not None else None
+    if null is None:
+        null = calibrate(ref, test_name, size, windows=base.calibration_windows, seed=base.seed, column=name)
+        if calibrations is not None:
+            calibrations[key] = null
+    calibrated = float(np.quantile(null, base.quantile))
+    observed = abs(statistic) if test_name == "ztest" else statistic
+    return ColumnDrift(type=kind, test=test_name, statistic=statistic, p_value=p_value, threshold=calibrated,
+                       drift=bool(observed > calibrated), psi=psi(ref, cur),
+                       calibration={"quantile": base.quantile, "windows": base.calibration_windows,
+                                    "window_size": size, "fixed_threshold": float(threshold),
+                                    "fixed_drift": fixed})
 
 
 def compare(reference: Mapping[str, ColumnSummary], current: Mapping[str, ColumnSummary],
-            options: DriftOptions | None = None) -> DriftReport:
-    """Test every column present in both mappings of summaries (reference order)."""
+            options: DriftOptions | None = None, *,
+            calibrations: MutableMapping[str, np.ndarray] | None = None) -> DriftReport:
+    """Test every column present in both mappings of summaries (reference order).
+
+    ``calibrations`` is the cache of calibrated thresholds (see :func:`compare_column`)."""
     opts = options or DriftOptions()
-    out = {name: compare_column(ref, current[name], opts.for_column(name), defaults=opts, name=name)
+    out = {name: compare_column(ref, current[name], opts.for_column(name), defaults=opts, name=name,
+                                calibrations=calibrations)
            for name, ref in reference.items() if name in current}
     return DriftReport(columns=out, share_threshold=opts.drift_share)
 

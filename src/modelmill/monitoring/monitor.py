@@ -13,6 +13,9 @@ Configured by ``[monitoring]`` in modelmill.toml::
 
     [monitoring.drift]         # DriftOptions: thresholds and per-column overrides
     drift_share = 0.5
+    calibrated = true          # thresholds from the reference's own variability (default false: fixed)
+    quantile = 0.99            # … at this quantile: an A/A window flags a column 1% of the time
+    calibration_windows = 200  # null windows per column and window size (stored with the reference)
     [monitoring.drift.columns.dep_delay]
     test = "psi"
     threshold = 0.2
@@ -289,7 +292,11 @@ class Monitor:
         if frame is None or len(frame) == 0:
             return None
         outputs = frame.pop("__output__").to_numpy(dtype=np.float64)
-        report = refs.load(model, version).compare(frame, predictions=outputs, options=self.config.drift)
+        profile = refs.load(model, version)
+        known = len(profile.calibrations)
+        report = profile.compare(frame, predictions=outputs, options=self.config.drift)
+        if len(profile.calibrations) > known:  # calibrated at a new window size: keep it for the next rounds
+            refs.save_calibrations(model, version, profile)
         return report, len(frame)
 
     def logged_features(self, model: str, version: int, *, start: float, end: float) -> pd.DataFrame | None:

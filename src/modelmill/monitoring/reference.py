@@ -77,6 +77,10 @@ class ReferenceProfile:
 
     columns: dict[str, ColumnSummary]
     n_rows: int
+    #: Null statistics of calibrated thresholds (:func:`~modelmill.monitoring.drift.calibrate`), by
+    #: :func:`~modelmill.monitoring.drift.calibration_key` (column, test, window size, windows, seed):
+    #: filled by :meth:`compare` with ``calibrated`` options, stored with the profile, reused for any quantile.
+    calibrations: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_data(cls, data: DataLike, *, predictions: Any = None, columns: Sequence[str] | None = None,
@@ -103,7 +107,7 @@ class ReferenceProfile:
             cur.update(summarize({PREDICTION_COLUMN: np.asarray(predictions, dtype=np.float64)},
                                  kinds={PREDICTION_COLUMN: "numeric"}))
         ref = {k: v for k, v in self.columns.items() if k in cur}
-        return compare(ref, cur, options)
+        return compare(ref, cur, options, calibrations=self.calibrations)
 
     # ---- serialisation: one .npz, arrays per column plus a JSON header -----------------------
 
@@ -117,7 +121,11 @@ class ReferenceProfile:
             if c.keys is not None and c.counts is not None:
                 arrays[f"k{i}"] = np.asarray(c.keys, dtype=str)
                 arrays[f"c{i}"] = c.counts
-        arrays["header"] = np.frombuffer(json.dumps({"n_rows": self.n_rows, "columns": header}).encode(), np.uint8)
+        keys = list(self.calibrations)
+        for j, key in enumerate(keys):
+            arrays[f"q{j}"] = np.asarray(self.calibrations[key], dtype=np.float64)
+        arrays["header"] = np.frombuffer(json.dumps({"n_rows": self.n_rows, "columns": header,
+                                                     "calibrations": keys}).encode(), np.uint8)
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
         return buf.getvalue()
@@ -134,7 +142,8 @@ class ReferenceProfile:
                     keys=npz.get(f"k{i}", None),
                     counts=npz.get(f"c{i}", None),
                 )
-        return cls(columns=cols, n_rows=int(header["n_rows"]))
+            calibrations = {str(key): npz[f"q{j}"] for j, key in enumerate(header.get("calibrations", []))}
+        return cls(columns=cols, n_rows=int(header["n_rows"]), calibrations=calibrations)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -181,6 +190,22 @@ class ReferenceStore:
             conn.execute(t.insert().values(**row))
             self.project.db.audit(conn, actor="monitoring", action="reference.save", subject=f"{model}@{version}",
                                   detail={"n_rows": profile.n_rows, "columns": len(profile.columns)})
+        return path
+
+    def save_calibrations(self, model: str, version: int, profile: ReferenceProfile) -> str:
+        """Store ``profile`` again with the calibrations it has gained, for the next window to reuse.
+
+        The bytes go to a new path named by their digest and the index row moves to it in one
+        transaction, so a reader never pairs the old digest with the new bytes; the earlier file is
+        left in place (a stale copy a reader may still hold).
+        """
+        data = profile.to_bytes()
+        path = f"monitoring/references/{model}/{int(version)}-{hashlib.sha256(data).hexdigest()[:12]}.npz"
+        ref = self.project.artifacts.put_bytes(path, data)
+        t = monitoring_references
+        with self.project.db.begin() as conn:
+            conn.execute(t.update().where(t.c.model == model, t.c.version == int(version))
+                         .values(artifact_path=path, sha256=ref.sha256))
         return path
 
     def compute(self, model: str, version: int, data: DataLike, *, predictions: Any = None,
