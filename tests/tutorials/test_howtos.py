@@ -157,3 +157,30 @@ def test_ingest_stream_keeps_each_good_event_once_and_replays_the_fixed_dead_let
     assert sorted(stored["order_id"]) == sorted(f"o-{i}" for i in range(21))
     assert stored.set_index("order_id").loc["o-7", "amount"] == 17.0
     assert pd.isna(stored.set_index("order_id").loc["o-20", "customer_id"])
+
+
+# --- alerts.md -----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def alerts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _run("alerts.md", tmp_path_factory.mktemp("alerts"))
+
+
+@pytest.mark.slow
+def test_alerts_fire_once_on_the_webhook_resolve_once_and_a_rule_without_data_stays_silent(alerts: Path) -> None:
+    w = alerts
+    received = [json.loads(line) for line in (w / "received.jsonl").read_text().splitlines()]
+    assert [b["status"] for b in received] == ["firing", "resolved"]  # round 2 sent nothing
+    firing, resolved = received
+    assert firing["version"] == "4" and firing["groupLabels"] == {"alertname": "SlowPredictions"}
+    [alert] = firing["alerts"]
+    assert alert["labels"] == {"alertname": "SlowPredictions", "severity": "page", "model": "churn",
+                               "variant": "default", "version": "1"}
+    assert float(alert["annotations"]["value"]) > 0.001 and alert["endsAt"].startswith("0001-")
+    assert resolved["alerts"][0]["fingerprint"] == alert["fingerprint"]
+    assert not resolved["alerts"][0]["endsAt"].startswith("0001-")
+
+    rounds = [_json(w, f"round{i}.json") for i in (1, 2, 3)]
+    assert [[a["status"] for a in r["alerts_changed"]] for r in rounds] == [["firing"], [], ["resolved"]]
+    assert all(a["rule"] != "AucDrop" for r in rounds for a in r["alerts_changed"] + r["alerts_active"])
+    assert len((w / "alerts.log").read_text().splitlines()) == 2
