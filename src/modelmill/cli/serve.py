@@ -29,6 +29,9 @@ def serve(
                                     help="NAME@ALIAS to serve (repeatable); models with a stored route are served too."),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     port: int = typer.Option(8080, help="TCP port."),
+    grpc_port: int | None = typer.Option(None, min=1, max=65535,
+                                         help="Also serve OIP over gRPC (KServe v2) on this port; each worker "
+                                              "listens on it (SO_REUSEPORT)."),
     workers: int = typer.Option(1, min=1, help="Worker processes (each loads the models)."),
     max_batch_size: int | None = typer.Option(None, help="Rows per model call (micro-batching); 1 disables it."),
     max_wait_us: int | None = typer.Option(None, help="Longest wait for a batch to fill, in microseconds."),
@@ -49,7 +52,7 @@ def serve(
     import uvicorn
 
     from modelmill.security import MODES
-    from modelmill.serving.app import MODELS_ENV, OPTIONS_ENV
+    from modelmill.serving.app import GRPC_ENV, MODELS_ENV, OPTIONS_ENV
     from modelmill.serving.metrics import prepare_multiprocess_dir
     from modelmill.serving.models import parse_ref
     from modelmill.serving.protocol import UVICORN
@@ -65,6 +68,18 @@ def serve(
     os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("MODELMILL_INFERENCE_THREADS", "1"))
     if auth is not None and auth not in MODES:
         raise InputError("--auth", f"must be one of {', '.join(MODES)}", auth)
+    if grpc_port is not None:
+        if grpc_port == port:
+            raise InputError("--grpc-port", "must differ from --port", grpc_port)
+        try:
+            import grpc  # noqa: F401
+        except ImportError:
+            raise InputError("--grpc-port", "needs grpcio: pip install 'modelmill[serving]'", grpc_port) from None
+        _check_free(host, grpc_port)
+        # With several workers every one starts its own gRPC server on the port, shared with SO_REUSEPORT.
+        os.environ[GRPC_ENV] = json.dumps({"host": host, "port": grpc_port, "reuse_port": workers > 1})
+    else:
+        os.environ.pop(GRPC_ENV, None)
     served = model or default_models()
     os.environ[MODELS_ENV] = ",".join(served)
     options = {"max_batch_size": max_batch_size, "max_wait_us": max_wait_us, "cache": cache, "compile": compile,
@@ -73,7 +88,8 @@ def serve(
     if workers > 1:
         # Every worker writes its samples here; /metrics sums them (prometheus_client multiprocess mode).
         prepare_multiprocess_dir(tempfile.mkdtemp(prefix="modelmill-metrics-"))
-    err_console.print(f"modelmill serve: http://{host}:{port} ({workers} worker{'s' if workers > 1 else ''}); "
+    grpc_at = f", grpc {host}:{grpc_port}" if grpc_port is not None else ""
+    err_console.print(f"modelmill serve: http://{host}:{port}{grpc_at} ({workers} worker{'s' if workers > 1 else ''}); "
                       f"serving {', '.join(served) or '[serving] models'} and every model with a stored route",
                       highlight=False, markup=False, soft_wrap=True)
     # uvloop, and httptools with a header-read timeout and a bounded drain (see modelmill.serving.protocol)
@@ -82,6 +98,18 @@ def serve(
         run_workers(_APP, factory=True, host=host, port=port, workers=workers, log_level=log_level, **UVICORN)
     else:
         uvicorn.run(_APP, factory=True, host=host, port=port, log_level=log_level, **UVICORN)
+
+
+def _check_free(host: str, port: int) -> None:
+    """Refuse a ``--grpc-port`` something else listens on, before any worker starts (and fails on it)."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as s:
+            s.bind(address)
+    except OSError as exc:
+        raise InputError("--grpc-port", f"cannot listen on {host}:{port} ({exc.strerror or exc})", port) from None
 
 
 def default_models() -> list[str]:

@@ -45,7 +45,7 @@ from modelmill.serving.responses import JSON, json_response
 from modelmill.serving.routing import RouteTable
 from modelmill.serving.server import ModelServer, ServerConfig
 
-__all__ = ["AUTH_ENV", "MODELS_ENV", "OPTIONS_ENV", "ServingApp", "app_from_env", "build_server", "create_app"]
+__all__ = ["AUTH_ENV", "GRPC_ENV", "MODELS_ENV", "OPTIONS_ENV", "ServingApp", "app_from_env", "build_server", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,19 @@ MODELS_ENV = "MODELMILL_SERVE_MODELS"
 OPTIONS_ENV = "MODELMILL_SERVE_OPTIONS"
 # Overrides ``[serving] auth`` ("control" or "required") for every worker.
 AUTH_ENV = "MODELMILL_SERVING_AUTH"
+# Set by ``modelmill serve --grpc-port``: a JSON object {"host", "port", "reuse_port"} where every
+# worker also answers OIP over gRPC (see modelmill.serving.grpc).
+GRPC_ENV = "MODELMILL_SERVE_GRPC"
 
 
-def create_app(server: ModelServer, *, auth: Authenticator | None = None) -> ServingApp:
+def create_app(server: ModelServer, *, auth: Authenticator | None = None,
+               grpc: dict[str, Any] | None = None) -> ServingApp:
     """The Starlette app; starting it (lifespan) starts ``server``, stopping it flushes the prediction log.
 
     ``auth`` checks API tokens (see :mod:`modelmill.security`); without one, the control plane
     refuses every call (there is no token to show) and predictions follow ``server.config.auth``.
+    ``grpc`` (``host``, ``port``, ``reuse_port``) also serves OIP over gRPC on that port, started and
+    stopped with the app, in its event loop (:func:`modelmill.serving.grpc.start_grpc`).
     """
     if auth is None:
         auth = Authenticator(mode=server.config.auth)
@@ -126,6 +132,16 @@ def create_app(server: ModelServer, *, auth: Authenticator | None = None) -> Ser
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await server.start()
+        grpc_server = None
+        if grpc is not None:
+            from modelmill.serving.grpc import start_grpc
+
+            try:
+                grpc_server = await start_grpc(server, auth, **grpc)
+            except Exception as exc:
+                log.error("OIP over gRPC could not start: %s", exc)
+                await server.stop()
+                raise
         # Everything loaded so far (libraries, models) lives as long as the process: move it out of
         # the collector's sight, so a full collection is not a ~50 ms pause in the middle of requests.
         gc.collect()
@@ -133,6 +149,8 @@ def create_app(server: ModelServer, *, auth: Authenticator | None = None) -> Ser
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(2.0)
             await server.stop()
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -242,4 +260,6 @@ def app_from_env() -> ServingApp:
     section.update(orjson.loads(os.environ.get(OPTIONS_ENV) or "{}"))
     models = [m for m in os.environ.get(MODELS_ENV, "").split(",") if m]
     config = ServerConfig.from_section(section, models=models or None)
-    return create_app(build_server(project, config), auth=Authenticator(TokenStore(project), mode=config.auth))
+    grpc = orjson.loads(os.environ[GRPC_ENV]) if os.environ.get(GRPC_ENV) else None
+    return create_app(build_server(project, config), auth=Authenticator(TokenStore(project), mode=config.auth),
+                      grpc=grpc)

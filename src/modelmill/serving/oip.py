@@ -26,7 +26,8 @@ from modelmill.serving.limits import client_id, read_body
 from modelmill.serving.responses import Incoming, error_response, json_response
 from modelmill.serving.server import Choice, Deployed, ModelServer, Prediction
 
-__all__ = ["DATATYPES", "OipRoutes", "decode_inputs", "parse_infer_request"]
+__all__ = ["DATATYPES", "OUTPUT", "OipRoutes", "check_infer_request", "decode_inputs", "model_metadata",
+           "parse_infer_request"]
 
 # OIP datatype -> numpy dtype (little-endian, as the binary extension sends them).
 DATATYPES: dict[str, np.dtype[Any]] = {
@@ -79,8 +80,8 @@ def _tensor(inp: dict[str, Any], where: str, binary: memoryview | None, offset: 
         arr = np.frombuffer(binary[offset:offset + nbytes], dtype=dtype)
         offset += nbytes
     else:
-        data = inp.get("data")
-        if not isinstance(data, list):
+        data = inp.get("data")  # a JSON array, or an array decoded from gRPC's typed contents
+        if not isinstance(data, list | np.ndarray):
             raise InputError(f"{where}.data", "must be an array (row-major, flat or nested)")
         try:
             arr = np.asarray(data, dtype=np.float64)
@@ -96,7 +97,7 @@ def _tensor(inp: dict[str, Any], where: str, binary: memoryview | None, offset: 
     return arr, offset
 
 
-def _check_range(arr: np.ndarray, data: list[Any], datatype: str, where: str) -> None:
+def _check_range(arr: np.ndarray, data: list[Any] | np.ndarray, datatype: str, where: str) -> None:
     """Refuse JSON values that the declared datatype cannot hold (1000 as INT8, 1.5 as INT64, 1e300 as FP32)."""
     if datatype == "BOOL":
         if not np.isin(arr, (0.0, 1.0)).all():
@@ -124,6 +125,8 @@ def _exact_in_range(data: Any, datatype: str) -> bool:
         item = stack.pop()
         if isinstance(item, list):
             stack.extend(item)
+        elif isinstance(item, np.ndarray):
+            stack.extend(item.ravel().tolist())  # exact Python ints from an integer array
         elif isinstance(item, int | float) and not info.min <= item <= info.max:
             return False
     return True
@@ -154,6 +157,11 @@ def parse_infer_request(body: bytes, header_length: int | None, *,
         raise InputError("body", f"is not valid JSON ({exc})") from None
     if not isinstance(req, dict):
         raise InputError("body", "must be a JSON object with 'inputs'")
+    return check_infer_request(req, max_id_chars=max_id_chars), binary
+
+
+def check_infer_request(req: dict[str, Any], *, max_id_chars: int = 256) -> dict[str, Any]:
+    """``req`` (an OIP request as a dict, from JSON or from gRPC) with its inputs, id and parameters checked."""
     inputs = _field(req, "inputs", list, "body")
     if not inputs:
         raise InputError("inputs", "must hold at least one tensor")
@@ -161,7 +169,7 @@ def parse_infer_request(body: bytes, header_length: int | None, *,
     params = req.get("parameters")
     if params is not None and not isinstance(params, dict):
         raise InputError("parameters", "must be an object", params)
-    return req, binary
+    return req
 
 
 def decode_inputs(req: dict[str, Any], binary: memoryview | None, dep: Deployed) -> np.ndarray:
