@@ -21,6 +21,7 @@ from modelmill.cli import (
     serve,
     token,
     train,
+    webhooks,
 )
 from modelmill.cli.output import fail
 from modelmill.errors import InputError, ModelmillError
@@ -67,6 +68,7 @@ monitor.register(app)
 labels.register(app)
 loop.register(app)
 token.register(app)
+webhooks.register(app)
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from modelmill.errors import ConflictError, InputError, NotFoundError
+from modelmill.events import emit
 from modelmill.experiments.analysis import Analysis, analyze_frame
 from modelmill.experiments.assignment import Assigner
 from modelmill.experiments.metrics import (
@@ -207,6 +208,8 @@ class Experiments:
             if n != 1:
                 raise ConflictError(f"experiment {name!r} was stopped concurrently", name=name)
             db.audit(conn, actor=actor, action="experiment.stop", subject=name, detail=detail)
+            emit(self.project, "experiment.stop", {"experiment": name, "model": exp.model, **detail}, subject=name,
+                 actor=actor, conn=conn)
         if exp.model is not None:
             self._route(exp, [(arm.name, arm.version, 1.0)], actor=actor, reason=f"experiment {name} stopped")
         return self.get(name)

@@ -51,6 +51,7 @@ from typing import Any, Literal, Protocol
 import sqlalchemy as sa
 
 from modelmill.errors import ConfigError, InputError, ModelmillError, NotFoundError
+from modelmill.events import emit
 from modelmill.monitoring.performance import parse_duration
 from modelmill.project import Project
 from modelmill.store.tables.monitoring import monitoring_alerts
@@ -570,6 +571,9 @@ class AlertEvaluator:
             if new in ("firing", "resolved"):
                 self.project.db.audit(conn, actor="monitoring", action=f"alert.{new}", subject=rule.name,
                                       detail={"labels": dict(labels), "value": value})
+                emit(self.project, f"alert.{new}", {"rule": rule.name, "fingerprint": fp, "labels": dict(labels),
+                                                    "annotations": dict(annotations), "value": value},
+                     subject=rule.name, actor="monitoring", conn=conn)
         return True
 
     def _touch(self, fp: str, value: float, now: float) -> None:

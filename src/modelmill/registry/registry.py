@@ -36,6 +36,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from modelmill.errors import ArtifactIntegrityError, InputError, NotFoundError
+from modelmill.events import emit
 from modelmill.project import Project
 from modelmill.registry.aliases import AliasChange, check_alias
 from modelmill.registry.flavors import LoadedModel
@@ -133,6 +134,9 @@ class Registry:
             conn.execute(model_versions.insert().values(**row))
             db.audit(conn, actor=actor, action="model.register", subject=f"model:{name}",
                      detail={"version": version, "flavor": fl.name, "sha256": ref.sha256, "run_id": run_id})
+            emit(self.project, "model.register", {"model": name, "version": version, "flavor": fl.name,
+                                                  "sha256": ref.sha256, "run_id": run_id},
+                 subject=f"model:{name}", actor=actor, conn=conn)
         mv = _version(row, ())
         _reference(self.project).ensure(mv, data=training_data)
         return mv
@@ -223,6 +227,8 @@ class Registry:
                     model_aliases.c.name == name, model_aliases.c.alias == alias).values(**values))
             self.project.db.audit(conn, actor=actor, action="alias.set", subject=f"model:{name}",
                                   detail={"alias": alias, "version": version, "previous": previous, "reason": reason})
+            emit(self.project, "alias.set", {"model": name, "alias": alias, "version": version, "previous": previous,
+                                             "reason": reason}, subject=f"model:{name}", actor=actor, conn=conn)
         if alias == "production":
             _reference(self.project).ensure(self.get(name, version), promoted=True)
 
@@ -239,6 +245,8 @@ class Registry:
             conn.execute(model_aliases.delete().where(model_aliases.c.name == name, model_aliases.c.alias == alias))
             self.project.db.audit(conn, actor=actor, action="alias.delete", subject=f"model:{name}",
                                   detail={"alias": alias, "version": None, "previous": previous, "reason": reason})
+            emit(self.project, "alias.delete", {"model": name, "alias": alias, "previous": previous, "reason": reason},
+                 subject=f"model:{name}", actor=actor, conn=conn)
 
     def aliases(self, name: str) -> dict[str, int]:
         """The aliases of ``name`` and the versions they point at."""
@@ -277,6 +285,8 @@ class Registry:
                 raise NotFoundError("model version", mv.ref)
             self.project.db.audit(conn, actor=actor, action="model.gate", subject=f"model:{mv.name}",
                                   detail={"version": mv.version, **detail})
+            emit(self.project, "model.gate", {"model": mv.name, "version": mv.version, **detail},
+                 subject=f"model:{mv.name}", actor=actor, conn=conn)
         return self.get(mv.name, mv.version)
 
     # ---- loading ----------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from modelmill.errors import ConflictError, InputError, NotFoundError, RolloutError
+from modelmill.events import emit
 from modelmill.rollout.guardrails import FAIL, NO_DATA, Breach, Guardrails, Observation, Verdict, check
 from modelmill.rollout.sources import GuardrailSource, RouteSink, Target
 from modelmill.store.tables.experiments import rollout_events, rollouts
@@ -393,6 +394,8 @@ class RolloutController:
             from_stage=None if before is None else str(before), to_stage=None if after is None else str(after)))
         self.project.db.audit(conn, actor=who, action=f"rollout.{action}", subject=subject,
                               detail={"rollout": rid, "from": before, "to": after, **detail})
+        emit(self.project, f"rollout.{action}", {"rollout": rid, "model": subject.split("@")[0], "from": before,
+                                                 "to": after, **detail}, subject=subject, actor=who, conn=conn)
 
     def _transition(self, state: RolloutState, values: dict[str, Any], action: str, to: str | int | None,
                     detail: dict[str, Any], *, actor: str | None = None) -> RolloutState:

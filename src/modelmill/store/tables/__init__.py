@@ -7,6 +7,7 @@ the code reads and writes through SQLAlchemy Core.
 
 from __future__ import annotations
 
+from modelmill.store.tables import events as events  # its tables join `metadata`
 from modelmill.store.tables import experiments as experiments  # its tables join `metadata`
 from modelmill.store.tables import features as features  # its tables join `metadata`
 from modelmill.store.tables import ingest as ingest  # its tables join `metadata`
