@@ -118,17 +118,18 @@ def _request_dict(request: Any) -> tuple[dict[str, Any], memoryview | None]:
             if t.HasField("contents"):
                 raise InputError(f"{where}.contents", "must be unset when raw_input_contents is used")
             dtype = DATATYPES.get(t.datatype)
-            if dtype is not None and all(d >= 0 for d in shape):
-                need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-                if len(raw[i]) != need:
-                    raise InputError(f"raw_input_contents[{i}]", f"has {len(raw[i])} bytes; {t.datatype} "
-                                     f"shape {shape} needs {need}")
+            need = dtype.itemsize if dtype is not None else -1
+            for d in shape:
+                need = need * d if d >= 0 and need >= 0 else -1
+            if need >= 0 and len(raw[i]) != need:  # (need < 0: decode_inputs names the datatype or shape)
+                raise InputError(f"raw_input_contents[{i}]", f"has {len(raw[i])} bytes; {t.datatype} "
+                                 f"shape {shape} needs {need}")
             inp["parameters"] = {"binary_data_size": len(raw[i])}
         else:
             inp["data"] = _contents(t, where)
         inputs.append(inp)
-    req: dict[str, Any] = {"inputs": inputs,
-                           "parameters": {k: _param(v) for k, v in request.parameters.items()}}
+    params = request.parameters
+    req: dict[str, Any] = {"inputs": inputs, "parameters": {k: _param(v) for k, v in params.items()} if params else {}}
     if request.id:
         req["id"] = request.id
     binary = memoryview(raw[0] if len(raw) == 1 else b"".join(raw)) if raw else None
