@@ -13,7 +13,8 @@ from modelmill.experiments import Sample, analyze_frame, decide, sequential_test
 from modelmill.experiments.metrics import direction_of
 
 OBD = Path(__file__).resolve().parent.parent / "data" / "obd" / "clicks.csv.gz"
-KEYS = ["test", "metric", "direction", "control", "treatment", "statistic", "p_value", "lift_abs", "lift_rel", "ci_abs", "alpha",
+KEYS = ["test", "metric", "direction", "control", "treatment", "statistic", "p_value", "p_adjusted", "correction",
+        "lift_abs", "lift_rel", "ci_abs", "alpha",
         "srm_p_value", "decision", "reason"]
 
 

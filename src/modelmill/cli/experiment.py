@@ -18,12 +18,17 @@ from modelmill.control import (
 )
 from modelmill.errors import InputError
 from modelmill.experiments import SERVED_METRICS, analyze_frame, parse_arms
+from modelmill.experiments.stats import CORRECTIONS
 from modelmill.project import open_project
 
 app = typer.Typer(help="A/B tests: create, watch, analyse and stop experiments.", no_args_is_help=True)
 
 _DIRECTION_HELP = ("Which way the metric is better: higher or lower (default: lower for names ending in loss, "
                    "error or latency and for log_loss, brier, latency_ms; higher otherwise).")
+
+
+_CORRECTION_HELP = ("Multiple-testing correction across treatments and metrics: holm (family-wise error rate, "
+                    "the default), bh (Benjamini-Hochberg false discovery rate) or none.")
 
 
 def register(root: typer.Typer) -> None:
@@ -44,6 +49,7 @@ def create(
     guardrail: list[str] = typer.Option([], "--guardrail", help="Guardrail metric (repeatable)."),
     min_sample_size: int = typer.Option(0, "--min-sample-size", help="Units per variant before a decision."),
     alpha: float = typer.Option(0.05, "--alpha", help="Significance level."),
+    correction: str = typer.Option("holm", "--correction", help=_CORRECTION_HELP),
     as_json: bool = JsonOption,
 ) -> None:
     """Define an experiment; on a served model, its traffic split takes effect at once."""
@@ -51,7 +57,8 @@ def create(
     with open_project() as project:
         created = create_experiment(project, name=name, variants=arms, metric=metric, direction=direction,
                                     model=model, unit=unit, salt=salt, guardrails=guardrail,
-                                    min_sample_size=min_sample_size, alpha=alpha, actor="cli")
+                                    min_sample_size=min_sample_size, alpha=alpha, correction=correction,
+                                    actor="cli")
     if as_json:
         emit_json(created)
     else:
@@ -118,17 +125,24 @@ def _read(path: Path) -> Any:
 
 def _show(result: dict[str, Any]) -> None:
     comparisons = result.get("comparisons", [result])
-    first = comparisons[0]
-    console.print(f"metric {escape(first['metric'])}: {first['direction']} is better")
+    shown = ""
+    if len(comparisons) > 1:
+        console.print(f"{len(comparisons)} comparisons, p-values adjusted by {result['correction']}")
     for c in comparisons:
+        if c["metric"] != shown:
+            shown = c["metric"]
+            console.print(f"metric {escape(shown)}: {c['direction']} is better")
         control_, treatment = c["control"], c["treatment"]
         rows = [[s["name"], s["n"], f"{s['mean']:.6g}"] for s in (control_, treatment)]
         table(f"{treatment['name']} vs {control_['name']} ({c['test']})", ["variant", "n", "mean"], rows)
         low, high = (_signed(x, "+.6g") for x in c["ci_abs"])
+        adjusted = f" ({c['correction']}-adjusted {c['p_adjusted']:.4g})" if len(comparisons) > 1 else ""
         console.print(f"lift {c['lift_abs']:+.6g} ({1 - c['alpha']:.0%} CI {low} … {high}), "
                       f"relative {_signed(c['lift_rel'], '+.2%')}; statistic {_signed(c['statistic'], '.4f')}, "
-                      f"p-value {c['p_value']:.4g}; SRM p-value {c['srm_p_value']:.3g}")
+                      f"p-value {c['p_value']:.4g}{adjusted}; SRM p-value {c['srm_p_value']:.3g}")
         console.print(f"[bold]{c['decision']}[/]: {escape(c['reason'])}")
+    for t in result.get("treatments", []):
+        console.print(f"{escape(t['treatment'])} across the metrics: [bold]{t['decision']}[/]: {escape(t['reason'])}")
 
 
 def _signed(value: float | None, spec: str) -> str:
@@ -141,7 +155,8 @@ def analyze(
     name: str | None = typer.Argument(None, help="A stored experiment on a served model (read from the logs)."),
     input: Path | None = typer.Option(None, "--input", help="CSV or Parquet log, one row per unit or event."),
     variant_column: str = typer.Option("variant", "--variant-column", help="Column naming the variant."),
-    metric: str | None = typer.Option(None, "--metric", help="Metric column (0/1 → pooled z-test, else Welch)."),
+    metric: list[str] = typer.Option([], "--metric", help="Metric column (0/1 → pooled z-test, else Welch); "
+                                     "repeat it to decide on several metrics at once."),
     control: str | None = typer.Option(None, "--control", help="Control variant (default: control/A/first)."),
     unit_column: str | None = typer.Option(None, "--unit-column",
                                            help="Unit column: rows pooled per unit, delta-method ratio metric."),
@@ -152,20 +167,33 @@ def analyze(
     weights: str | None = typer.Option(None, "--weights", help="Planned split for the SRM check: A=50,B=50."),
     min_sample_size: int | None = typer.Option(None, "--min-sample-size",
                                                help="Units per variant planned (default: for a 10% lift)."),
+    correction: str | None = typer.Option(None, "--correction", help=_CORRECTION_HELP
+                                          + " With NAME: overrides the stored correction."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Compare every treatment with the control and decide: keep control, switch, or continue."""
+    """Compare every treatment with the control and decide: keep control, switch, or continue.
+
+    With several treatments or metrics, the p-values are adjusted across all the comparisons
+    (``--correction``), and each decision reads its adjusted p-value.
+    """
     if test is not None and test not in ("ztest", "welch", "sequential"):
         raise InputError("--test", "must be ztest, welch or sequential", test)
+    if correction is not None and correction not in CORRECTIONS:
+        raise InputError("--correction", f"must be one of {', '.join(CORRECTIONS)}", correction)
     if input is not None:
-        if metric is None:
+        if not metric:
             raise InputError("--metric", "name the metric column to compare")
-        result = analyze_frame(_read(input), variant_column=variant_column, metric=metric, control=control,
+        result = analyze_frame(_read(input), variant_column=variant_column,
+                               metric=metric[0] if len(metric) == 1 else metric, control=control,
                                unit_column=unit_column, test=test, alpha=alpha, weights=_weights(weights),
-                               min_sample_size=min_sample_size, direction=direction).as_dict()
+                               min_sample_size=min_sample_size, direction=direction,
+                               correction=correction).as_dict()
     elif name is not None:
+        if metric:
+            raise InputError("--metric", "a stored experiment is analysed on its own metric; leave --metric out",
+                             metric)
         with open_project() as project:
-            result = analyze_experiment(project, name, test=test, direction=direction)
+            result = analyze_experiment(project, name, test=test, direction=direction, correction=correction)
     else:
         raise InputError("--input", "give a log file with --input FILE, or the name of a stored experiment")
     if as_json:

@@ -28,6 +28,7 @@ from typing import Any
 from modelmill.control import fields
 from modelmill.errors import InputError
 from modelmill.experiments import Arm, Experiment, Experiments
+from modelmill.experiments.stats import check_correction
 from modelmill.registry import Registry
 from modelmill.registry.versions import check_model_name
 
@@ -36,7 +37,7 @@ __all__ = ["CREATE_FIELDS", "analyze_experiment", "create_experiment", "create_r
 
 #: What ``POST /v1/experiments`` takes: the options of ``modelmill experiment create``.
 CREATE_FIELDS = ("name", "variants", "metric", "direction", "model", "unit", "salt", "guardrails",
-                 "min_sample_size", "alpha")
+                 "min_sample_size", "alpha", "correction")
 _ARM_FIELDS = ("name", "weight", "version")
 
 
@@ -79,20 +80,25 @@ def create_request(body: Mapping[str, Any]) -> dict[str, Any]:
         "guardrails": fields.strings(body, "guardrails"),
         "min_sample_size": fields.integer(body, "min_sample_size", 0),
         "alpha": fields.number(body, "alpha", 0.05, exclusive=True, maximum=0.5),
+        "correction": check_correction(fields.string(body, "correction", "holm")),
     }
 
 
 def create_experiment(project: Any, *, name: str, variants: Sequence[Arm], metric: str, actor: str,
                       direction: str | None = None, model: str | None = None, unit: str = "user_id",
                       salt: str = "", guardrails: Sequence[str] = (), min_sample_size: int = 0,
-                      alpha: float = 0.05, check_versions: bool = False) -> dict[str, Any]:
+                      alpha: float = 0.05, correction: str = "holm",
+                      check_versions: bool = False) -> dict[str, Any]:
     """Store an experiment and, on a served ``model``, split its traffic route now; the experiment.
+
+    ``correction`` (``holm``, ``bh`` or ``none``) is applied across the treatments when it is analysed.
 
     ``check_versions`` first resolves and loads every variant's version of ``model``, as the
     servers would, so that a split no server can serve is refused (404, 409), not stored.
     """
     exp = Experiment(name=name, variants=tuple(variants), primary_metric=metric, direction=direction, model=model,
-                     unit=unit, salt=salt, guardrails=tuple(guardrails), min_sample_size=min_sample_size, alpha=alpha)
+                     unit=unit, salt=salt, guardrails=tuple(guardrails), min_sample_size=min_sample_size, alpha=alpha,
+                     correction=correction)
     if check_versions and model is not None:
         registry = Registry(project)
         for arm in exp.variants:
@@ -114,10 +120,11 @@ def experiment_status(project: Any, name: str, *, sync: bool = True) -> dict[str
     return store.status(name)
 
 
-def analyze_experiment(project: Any, name: str, *, test: str | None = None,
-                       direction: str | None = None) -> dict[str, Any]:
-    """Every treatment compared with the control, from the prediction log and the labels, with its decision."""
-    return Experiments(project).analyze(name, test=test, direction=direction).as_dict()
+def analyze_experiment(project: Any, name: str, *, test: str | None = None, direction: str | None = None,
+                       correction: str | None = None) -> dict[str, Any]:
+    """Every treatment compared with the control, from the prediction log and the labels, with its decision;
+    ``correction`` overrides the experiment's own for this analysis."""
+    return Experiments(project).analyze(name, test=test, direction=direction, correction=correction).as_dict()
 
 
 def experiment_results(project: Any, name: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from modelmill.experiments.analysis import (
     Analysis,
     Decision,
     analyze_frame,
+    analyze_samples,
     compare,
     decide,
     planned_sample_size,
@@ -29,11 +30,15 @@ from modelmill.experiments.metrics import (
     summarize,
 )
 from modelmill.experiments.stats import (
+    CORRECTIONS,
     Comparison,
     Cuped,
     Sample,
+    adjust_p_values,
     always_valid_p,
+    benjamini_hochberg,
     cuped,
+    holm,
     power_means,
     power_proportions,
     prob_beat_control,
@@ -48,6 +53,7 @@ from modelmill.experiments.stats import (
 )
 
 __all__ = [
+    "CORRECTIONS",
     "DIRECTIONS",
     "SERVED_METRICS",
     "Analysis",
@@ -59,12 +65,16 @@ __all__ = [
     "Experiment",
     "Experiments",
     "Sample",
+    "adjust_p_values",
     "always_valid_p",
     "analyze_frame",
+    "analyze_samples",
+    "benjamini_hochberg",
     "compare",
     "cuped",
     "decide",
     "direction_of",
+    "holm",
     "is_binary",
     "mean",
     "parse_arms",

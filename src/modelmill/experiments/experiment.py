@@ -40,7 +40,7 @@ from modelmill.experiments.metrics import (
     direction_of,
     served_values,
 )
-from modelmill.experiments.stats import srm_test
+from modelmill.experiments.stats import check_correction, srm_test
 from modelmill.store.feedback import Feedback
 from modelmill.store.tables.experiments import experiment_exposures, experiments
 
@@ -70,6 +70,9 @@ class Experiment:
 
     ``direction`` says which way ``primary_metric`` is better (``higher`` or ``lower``); left out,
     it follows the metric's name (``log_loss``, ``*_error``, ``latency_ms`` … are lower-is-better).
+    ``correction`` is the multiple-testing correction across the treatments' comparisons:
+    ``holm`` (the default; the chance of any false switch stays at most ``alpha``), ``bh``
+    (Benjamini–Hochberg, the false discovery rate) or ``none``; with one treatment all three agree.
     """
 
     name: str
@@ -82,6 +85,7 @@ class Experiment:
     alpha: float = 0.05
     model: str | None = None
     direction: str | None = None
+    correction: str = "holm"
     status: str = "running"
     created_at: float = 0.0
     stopped_at: float | None = None
@@ -105,6 +109,7 @@ class Experiment:
         if not self.primary_metric:
             raise InputError("primary_metric", "name the metric the decision is made on")
         object.__setattr__(self, "direction", direction_of(self.primary_metric, self.direction))
+        check_correction(self.correction)
         object.__setattr__(self, "variants", variants)
         object.__setattr__(self, "guardrails", tuple(self.guardrails))
         if not self.salt:
@@ -130,14 +135,15 @@ class Experiment:
     def _row(self) -> dict[str, Any]:
         d = self.as_dict()
         return {k: d[k] for k in ("name", "model", "status", "unit", "salt", "variants", "primary_metric",
-                                  "direction", "guardrails", "min_sample_size", "alpha", "created_at", "stopped_at",
+                                  "direction", "correction", "guardrails", "min_sample_size", "alpha", "created_at", "stopped_at",
                                   "result")}
 
     @classmethod
     def _from_row(cls, row: Any) -> Experiment:
         return cls(name=row.name, model=row.model, status=row.status, unit=row.unit, salt=row.salt,
                    variants=tuple(Arm(v["name"], v["weight"], v.get("version")) for v in row.variants),
-                   primary_metric=row.primary_metric, direction=row.direction, guardrails=tuple(row.guardrails),
+                   primary_metric=row.primary_metric, direction=row.direction,
+                   correction=row.correction or "holm", guardrails=tuple(row.guardrails),
                    min_sample_size=row.min_sample_size, alpha=row.alpha, created_at=row.created_at,
                    stopped_at=row.stopped_at, result=row.result)
 
@@ -284,14 +290,15 @@ class Experiments:
         return {**exp.as_dict(), "exposures": counts, "srm_p_value": srm,
                 "min_sample_reached": min(counts.values()) >= exp.min_sample_size}
 
-    def analyze(self, name: str, *, test: str | None = None, direction: str | None = None) -> Analysis:
+    def analyze(self, name: str, *, test: str | None = None, direction: str | None = None,
+                correction: str | None = None) -> Analysis:
         """Analyse a served-model experiment from the prediction log joined with the delayed labels.
 
         The metric is one of :data:`~modelmill.experiments.metrics.SERVED_METRICS`: a column of
         the log (``output``, ``latency_ms``), the label (``label``, ``conversion``), or a per-request score
         of output and label (``log_loss``, ``brier``, ``accuracy``), aggregated per routing key (the unit)
         as a ratio metric.
-        ``direction`` overrides the one stored with the experiment.
+        ``direction`` and ``correction`` override the ones stored with the experiment.
         """
         exp = self.get(name)
         if exp.model is None:
@@ -304,7 +311,8 @@ class Experiments:
                              + (" that have labels" if exp.primary_metric in LABELLED_METRICS else ""), name)
         return analyze_frame(frame, variant_column="variant", metric=exp.primary_metric, control=exp.control,
                              unit_column="routing_key", test=test, alpha=exp.alpha, weights=exp.weights,
-                             min_sample_size=exp.min_sample_size, direction=direction or exp.direction)
+                             min_sample_size=exp.min_sample_size, direction=direction or exp.direction,
+                             correction=correction or exp.correction)
 
     def _joined_log(self, exp: Experiment) -> pd.DataFrame:
         assert exp.model is not None  # analyze() refuses an experiment without a served model

@@ -209,6 +209,9 @@ CONTROL_SCHEMAS: dict[str, Any] = {
                            "items": {"type": "string", "minLength": 1, "maxLength": 200}},
             "min_sample_size": {"type": "integer", "minimum": 0, "maximum": 10**12},
             "alpha": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 0.5},
+            "correction": {"type": "string", "enum": ["holm", "bh", "none"], "default": "holm",
+                           "description": "Multiple-testing correction across the treatments: Holm (family-wise "
+                                          "error), Benjamini-Hochberg (false discovery rate) or none."},
         },
     },
     "Experiment": {
@@ -222,7 +225,8 @@ CONTROL_SCHEMAS: dict[str, Any] = {
                                "version": {"oneOf": [{"type": "integer"}, {"type": "string"}], "nullable": True}}}},
             "primary_metric": {"type": "string"}, "direction": {"type": "string"},
             "guardrails": {"type": "array", "items": {"type": "string"}},
-            "min_sample_size": {"type": "integer"}, "alpha": _NUM, "created_at": _NUM, "stopped_at": _NUM_OR_NULL,
+            "min_sample_size": {"type": "integer"}, "alpha": _NUM, "correction": {"type": "string"},
+            "created_at": _NUM, "stopped_at": _NUM_OR_NULL,
             "result": {**_OBJ, "nullable": True},
         },
     },

@@ -21,6 +21,7 @@ experiments = sa.Table(
     sa.Column("variants", sa.JSON, nullable=False),  # [{"name", "version", "weight"}], control first
     sa.Column("primary_metric", sa.String(200), nullable=False),
     sa.Column("direction", sa.String(10), nullable=True),  # higher | lower (null: the metric's default)
+    sa.Column("correction", sa.String(10), nullable=True),  # holm | bh | none (null: holm)
     sa.Column("guardrails", sa.JSON, nullable=False),  # [metric name]
     sa.Column("min_sample_size", sa.Integer, nullable=False),
     sa.Column("alpha", sa.Float, nullable=False),
