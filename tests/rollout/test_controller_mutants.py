@@ -195,6 +195,11 @@ def test_a_named_baseline_and_the_default_stage_limit(ctl: RolloutController) ->
     assert (other.stage_seconds, other.max_stage_seconds) == (0.0, 600.0)  # ... and at least ten minutes
     third = ctl.start("o", 2, baseline=1, stage_seconds=30, max_stage_seconds=30, min_requests=50)
     assert (third.max_stage_seconds, third.min_requests) == (30.0, 50)  # the bounds themselves are accepted
+    quick = ctl.start("p", 2, baseline=1, stage_seconds=0, max_stage_seconds=0.5)
+    assert quick.max_stage_seconds == 0.5  # any limit above 0 will do for a stage with no minimum time
+    with pytest.raises(InputError) as err:
+        ctl.start("q", 2, baseline=1, stage_seconds=0, max_stage_seconds=0)
+    assert err.value.problem == "must be above 0 and at least stage_seconds (0)"
 
 
 def test_a_row_from_before_stage_limits_reads_as_unlimited(project: Project, ctl: RolloutController) -> None:
