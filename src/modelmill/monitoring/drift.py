@@ -473,7 +473,7 @@ class ColumnDrift:
     def to_dict(self) -> dict[str, Any]:
         out = {"type": self.type, "test": self.test, "statistic": _finite(self.statistic),
                "p_value": None if self.p_value is None else _finite(self.p_value),
-               "threshold": self.threshold, "drift": self.drift, "psi": _finite(self.psi)}
+               "threshold": _finite(self.threshold), "drift": self.drift, "psi": _finite(self.psi)}
         if self.calibration is not None:
             out["calibration"] = dict(self.calibration)
         return out
@@ -579,8 +579,13 @@ def calibrate(ref: ColumnSummary, test: str, n_current: int, *, windows: int = 2
     independent window of ``n_current`` against a reference of ``n_ref``; it is then
     stated at ``n_current`` values (counts scaled), so the tests whose statistic
     grows with the sample (chi-square, z) and the binning see the current's size.
-    Returns ``windows`` statistics (``|z|`` for the z-test), in draw order; the
-    threshold is their quantile. Deterministic for a ``seed`` and ``column``.
+    A categorical window also draws values the reference never saw, at Good-Turing's
+    estimate of their share (the reference's singletons over its size): a chi-square
+    over a category the reference lacks is infinite, so where that happens by chance
+    more often than ``1 - quantile`` the threshold is infinite too (the test cannot
+    tell at that size) rather than a false alarm. Returns ``windows`` statistics
+    (``|z|`` for the z-test), in draw order; the threshold is their quantile (the
+    next value up, not interpolated). Deterministic for a ``seed`` and ``column``.
 
     >>> rng = np.random.default_rng(0)
     >>> ref = summarize_column(rng.normal(size=5000), "numeric")
@@ -595,9 +600,24 @@ def calibrate(ref: ColumnSummary, test: str, n_current: int, *, windows: int = 2
         assert ref.keys is not None and ref.counts is not None
         pool = np.asarray(ref.counts, dtype=np.int64)
         k = _draw_size(m, ref.n, ref.n)
-        drawn = rng.multivariate_hypergeometric(pool, k, size=windows).astype(np.float64) * (m / k)
-        summaries = (ColumnSummary(kind="categorical", n=m, keys=ref.keys, counts=row, n_unique=ref.n_unique)
-                     for row in drawn)
+        keys = ref.keys
+        # A current window can hold categories the reference never saw (chi-square: infinite). Their share
+        # is Good-Turing's missing mass, the reference's singletons over its size: a window draws that share
+        # of "unseen" values, so that the threshold allows for them as often as they happen by chance.
+        unseen = np.zeros(windows, dtype=np.int64)
+        missing_mass = np.count_nonzero(pool == 1) / max(ref.n, 1)
+        if missing_mass > 0 and test != "ztest":
+            unseen = rng.binomial(k, min(missing_mass, 1.0), size=windows)
+            keys = np.concatenate((keys, np.array([_UNSEEN], dtype=keys.dtype if keys.dtype.kind == "U" else str)))
+        seen = np.stack([rng.multivariate_hypergeometric(pool, int(k - u)) for u in unseen]) if unseen.any() else \
+            rng.multivariate_hypergeometric(pool, k, size=windows)
+        drawn = seen.astype(np.float64)
+        if len(keys) > len(pool):
+            drawn = np.column_stack((drawn, unseen.astype(np.float64)))
+        drawn *= m / k
+        summaries = (ColumnSummary(kind="categorical", n=m, keys=keys if u else ref.keys,
+                                   counts=row if u else row[:len(pool)], n_unique=ref.n_unique)
+                     for row, u in zip(drawn, unseen, strict=True))
     else:
         values = _need_numeric(ref, test)
         if len(values) > CALIBRATION_POOL:
@@ -631,6 +651,10 @@ def _wasserstein_rows(u: np.ndarray, rows: np.ndarray) -> np.ndarray:
     for i in range(0, len(rows), step):
         out[i:i + step] = np.abs(rows[i:i + step, iv] - uq) @ dt
     return out / (n * a)
+
+
+#: The label of the values a null window draws from outside the reference (never a real category: a NUL byte).
+_UNSEEN = "\x00unseen"
 
 
 def _draw_size(n_current: int, n_ref: int, pool: int) -> int:
@@ -670,7 +694,7 @@ def compare_column(ref: ColumnSummary, cur: ColumnSummary, options: ColumnOption
         null = calibrate(ref, test_name, size, windows=base.calibration_windows, seed=base.seed, column=name)
         if calibrations is not None:
             calibrations[key] = null
-    calibrated = float(np.quantile(null, base.quantile))
+    calibrated = float(np.quantile(null, base.quantile, method="higher"))  # no interpolation: inf stays inf
     observed = abs(statistic) if test_name == "ztest" else statistic
     return ColumnDrift(type=kind, test=test_name, statistic=statistic, p_value=p_value, threshold=calibrated,
                        drift=bool(observed > calibrated), psi=psi(ref, cur),
