@@ -388,8 +388,13 @@ class Deliverer:
             self._client.close()
             self._client = None
 
-    def deliver_once(self) -> list[Attempt]:
-        """One pass: every row due now is claimed, POSTed once and recorded; returns what each attempt did."""
+    def deliver_once(self, *, budget_s: float | None = None) -> list[Attempt]:
+        """One pass: every row due now is claimed, POSTed once and recorded; returns what each attempt did.
+
+        With ``budget_s`` no new row is claimed once that many seconds have passed (the rest wait for the next
+        pass), so that a slow receiver cannot hold up a caller such as ``modelmill loop`` for long.
+        """
+        began = time.monotonic()
         hooks = {w.name: w for w in _webhooks_of(self.project)}
         t = webhook_deliveries
         now = self.clock()
@@ -399,7 +404,7 @@ class Deliverer:
             ids = conn.execute(sa.select(t.c.id).where(due).order_by(t.c.next_at, t.c.id).limit(self.batch)).scalars().all()
         done: list[Attempt] = []
         for rid in ids:
-            if self._stop.is_set():
+            if self._stop.is_set() or (budget_s is not None and time.monotonic() - began >= budget_s):
                 break
             row = self._claim(rid, due, now)
             if row is not None:

@@ -425,3 +425,66 @@ def test_outbox_rows_carry_the_body_that_is_signed(tmp_path: Path, receiver: Rec
         with project.db.engine.connect() as conn:
             stored = conn.execute(sa.select(webhook_deliveries.c.body)).scalar_one()
     assert receiver.seen[0]["body"] == stored.encode()
+
+
+def test_http_lists_deliveries_with_their_status_and_error(tmp_path: Path) -> None:
+    """GET /v1/webhooks/deliveries: a token is needed (401), any role reads (200), a bad query is a 400."""
+    from starlette.testclient import TestClient
+    from tests.serving.conftest import make_project, open_project_at
+
+    from modelmill.security import Authenticator, TokenStore
+    from modelmill.serving import ServerConfig, build_server, create_app
+
+    hooks = (f'\n[[webhooks]]\nname = "ops"\nurl = "http://127.0.0.1:{_free_port()}/hook"\n'
+             f'secret = "{SECRET}"\nmax_attempts = 1\n')
+    root = make_project(tmp_path / "proj", serving=hooks)  # registers clf v1, v2 and sets production: 3 events
+    project = open_project_at(root)
+    try:
+        assert [a.status for a in Deliverer(project).deliver_once()] == ["failed"] * 3  # nobody listens
+        store = TokenStore(project)
+        secrets = {role: store.create(role, name=f"{role}-job")[1] for role in ("read", "predict", "admin")}
+        config = ServerConfig.from_section(project.settings.section("serving"), models=["clf@production"])
+        app = create_app(build_server(project, config), auth=Authenticator(store, mode="control"))
+        with TestClient(app) as client:
+            path = "/v1/webhooks/deliveries"
+            assert client.get(path).status_code == 401
+            bad = client.get(path, headers={"Authorization": "Bearer mmt_000000000000_x"})
+            assert bad.status_code == 401
+            for role in ("read", "predict", "admin"):
+                r = client.get(path, headers={"Authorization": f"Bearer {secrets[role]}"})
+                assert r.status_code == 200, r.text
+            out = r.json()
+            assert out["counts"] == {"pending": 0, "delivering": 0, "delivered": 0, "failed": 3}
+            assert [d["kind"] for d in out["deliveries"]] == ["alias.set", "model.register", "model.register"]
+            assert all(d["attempts"] == 1 and "Connect" in d["last_error"] for d in out["deliveries"])
+            auth = {"Authorization": f"Bearer {secrets['read']}"}
+            one = client.get(f"{path}?kind=alias.set&status=failed&limit=1", headers=auth).json()["deliveries"]
+            assert [(d["kind"], d["data"]["version"]) for d in one] == [("alias.set", 1)]
+            assert client.get(f"{path}?status=delivered", headers=auth).json()["deliveries"] == []
+            for query, field in (("status=lost", "status"), ("kind=model.deleted", "kind"), ("limit=0", "limit"),
+                                 ("limit=x", "limit"), ("since=1", "since")):
+                r = client.get(f"{path}?{query}", headers=auth)
+                assert r.status_code == 400 and r.json()["error"].startswith(f"{field}:"), (query, r.text)
+    finally:
+        project.close()
+
+
+def test_a_loop_round_delivers_the_events_it_made(tmp_path: Path, receiver: Receiver) -> None:
+    """`modelmill loop`: a firing rule retrains, the version is gated and its rollout starts; the round's last
+    phase POSTs each of those events."""
+    from tests.loop import pipelines
+    from tests.loop.helpers import config, log_traffic
+
+    from modelmill.loop import Lease, Loop
+
+    with _project(tmp_path, f"sqlite:///{tmp_path / 'm.db'}", [_hook(receiver)]) as project:
+        pipelines.first_version(project)
+        log_traffic(project, ok=20, failed=20)
+        out = Loop(project, config(), lease=Lease(project.db, holder="a")).round()
+        assert out["models"]["clicks"]["decisions"][0]["status"] == "rolling_out"
+        assert out["webhooks"]["delivered"] == len(receiver.accepted) and out["webhooks"]["failed"] == 0
+        assert list_deliveries(project)["counts"]["pending"] == 0
+    kinds = [e["kind"] for e in receiver.accepted]
+    for kind in ("model.register", "alias.set", "alert.firing", "model.gate", "rollout.start"):
+        assert kind in kinds, kinds
+    assert kinds.index("alert.firing") < kinds.index("model.gate") < kinds.index("rollout.start")

@@ -59,6 +59,7 @@ ROUTES: list[tuple[str, str, Any, str]] = [
     ("POST", "/v1/pipelines/control-plane-sum/runs", TRIGGER, "admin"),
     ("GET", "/v1/pipelines/control-plane-sum/runs/1", None, "read"),
     ("GET", "/v1/monitoring", None, "read"),
+    ("GET", "/v1/webhooks/deliveries", None, "read"),
 ]
 
 

@@ -74,6 +74,8 @@ def _errors(out: dict[str, Any]) -> list[str]:
     found = []
     if isinstance(out.get("scheduler"), dict) and "error" in out["scheduler"]:
         found.append(f"scheduler: {out['scheduler']['error']}")
+    if isinstance(out.get("webhooks"), dict) and "error" in out["webhooks"]:
+        found.append(f"webhooks: {out['webhooks']['error']}")
     for name, phases in out.get("models", {}).items():
         for phase, result in phases.items():
             if isinstance(result, dict) and "error" in result:

@@ -80,6 +80,7 @@ class Loop:
         self._params: dict[str, dict[str, Any]] = {}
         self._scheduler: Any = None
         self._controller: Any = None
+        self._deliverer: Any = None
         self._stop = threading.Event()
         self._now: float | None = None
 
@@ -153,7 +154,8 @@ class Loop:
         """One round if this process is (or becomes) the leader; returns what it did.
 
         ``{"leader": bool, "holder", "epoch", "at", "scheduler": [triggers run], "models": {name:
-        {"monitor", "decisions", "rollout"}}}``; ``"lost": true`` when the lease went to another loop mid-round.
+        {"monitor", "decisions", "rollout"}}, "webhooks": {"delivered", "pending", "failed"} or None}``;
+        ``"lost": true`` when the lease went to another loop mid-round.
 
         ``now`` (default: the loop's ``clock``) is the time of everything the round judges: the monitor's
         windows, the cron ticks, the rollout stages' times, the decisions' stamps. A demo that drives time
@@ -184,10 +186,12 @@ class Loop:
             ("scheduler", lambda m: self._schedule_round(at)),
             ("decisions", lambda m: self._deciders[m.name].round()),
             ("rollout", self._rollout),
+            ("webhooks", lambda m: self._webhooks()),
         ]
         for phase, act in phases:
             # One scheduler runs the triggers of every model (and of any other pipeline): once a round.
-            for m in self.config.models[:1] if phase == "scheduler" else self.config.models:
+            # So does one webhook deliverer, for the events of every model.
+            for m in self.config.models[:1] if phase in ("scheduler", "webhooks") else self.config.models:
                 if not self._still_leader():
                     out["lost"] = True
                     out["leader"] = False
@@ -202,8 +206,8 @@ class Loop:
                 except Exception as exc:
                     log.exception("loop: %s of %s failed", phase, m.name)
                     result = {"error": f"{type(exc).__name__}: {exc}"}
-                if phase == "scheduler":
-                    out["scheduler"] = result
+                if phase in ("scheduler", "webhooks"):
+                    out[phase] = result
                 else:
                     out["models"][m.name][phase] = result
         if not self.lease.record_round(_summary(out)):
@@ -223,6 +227,19 @@ class Loop:
         ran = self._scheduler.tick(now)
         return [{"trigger_id": t.id, "pipeline": t.pipeline, "status": t.status, "pipeline_run_id": t.pipeline_run_id,
                  "error": t.error} for t in ran]
+
+    def _webhooks(self) -> dict[str, Any] | None:
+        """One bounded pass of the webhook outbox (``modelmill webhooks deliver`` runs the same); None when no
+        ``[[webhooks]]`` are configured."""
+        from modelmill.events import Deliverer, load_webhooks
+
+        if not load_webhooks(self.project.settings):
+            return None
+        if self._deliverer is None:
+            self._deliverer = Deliverer(self.project, holder=f"loop:{self.lease.holder}")
+        attempts = self._deliverer.deliver_once(budget_s=min(10.0, self.interval / 2))
+        return {status: sum(1 for a in attempts if a.status == status)
+                for status in ("delivered", "pending", "failed")}
 
     def _rollout(self, m: ModelLoop) -> dict[str, Any] | None:
         ctl = self._controller

@@ -125,6 +125,7 @@ def create_app(server: ModelServer, *, auth: Authenticator | None = None,
         Route("/v1/pipelines/{name}/runs", guard(ctl.trigger_run, "admin"), methods=["POST"]),
         Route("/v1/pipelines/{name}/runs/{id}", guard(ctl.get_run, "read"), methods=["GET"]),
         Route("/v1/monitoring", guard(ctl.monitoring, "read"), methods=["GET"]),
+        Route("/v1/webhooks/deliveries", guard(ctl.webhook_deliveries, "read"), methods=["GET"]),
         Route("/metrics", data(prometheus, "read"), methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]

@@ -18,6 +18,7 @@ Each route calls one function of :mod:`modelmill.control`, the implementation th
     POST /v1/pipelines/{name}/runs           enqueue a run: {"reason", "key", "params"}
     GET  /v1/pipelines/{name}/runs/{id}      the trigger's status and the run it started
     GET  /v1/monitoring                      the latest window per model version, and the alerts
+    GET  /v1/webhooks/deliveries             the webhook outbox: each event's delivery status (status, kind, limit)
 
 A rollout started over HTTP sets its first stage's traffic at once and is then driven by a
 controller outside the server: ``modelmill rollout run NAME``, or ``modelmill loop`` for a model of its
@@ -185,3 +186,21 @@ class ControlRoutes:
         if unknown:
             return _error(InputError(unknown[0], "is not a query parameter of GET /v1/monitoring; use model"))
         return await self._call(control.monitoring_status, model=request.query_params.get("model"))
+
+    # ---- webhooks ------------------------------------------------------------------------------
+
+    async def webhook_deliveries(self, request: Request) -> Response:
+        from modelmill.events import list_deliveries
+
+        query = request.query_params
+        unknown = sorted(set(query) - {"status", "kind", "limit"})
+        try:
+            if unknown:
+                raise InputError(unknown[0], "is not a query parameter of GET /v1/webhooks/deliveries; use "
+                                             "status, kind or limit")
+            raw = query.get("limit", "100")
+            if not re.fullmatch(r"[0-9]{1,5}", raw):
+                raise InputError("limit", "must be an integer from 1 to 10000", raw)
+        except InputError as exc:
+            return _error(exc)
+        return await self._call(list_deliveries, status=query.get("status"), kind=query.get("kind"), limit=int(raw))

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import modelmill
+from modelmill.events import KINDS
 
 __all__ = ["openapi_document", "served_example"]
 
@@ -274,6 +275,29 @@ CONTROL_SCHEMAS: dict[str, Any] = {
                                        "error": _STR_OR_NULL}},
             "run": {**_OBJ, "nullable": True, "description": "The pipeline run the trigger started: its steps "
                                                              "and lineage."},
+        },
+    },
+    "WebhookDeliveries": {
+        "type": "object", "required": ["deliveries", "counts"],
+        "properties": {
+            "counts": {"type": "object", "description": "Deliveries by status, over the whole outbox.",
+                       "required": ["pending", "delivering", "delivered", "failed"],
+                       "additionalProperties": {"type": "integer"}},
+            "deliveries": {"type": "array", "description": "Newest first.", "items": {
+                "type": "object",
+                "required": ["id", "event_id", "kind", "webhook", "url", "status", "attempts", "next_at",
+                             "last_status", "last_error", "created_at", "delivered_at", "subject", "data"],
+                "properties": {
+                    "id": {"type": "integer"}, "event_id": {"type": "string", "description": "The same at every "
+                                                            "webhook and attempt: receivers dedupe on it."},
+                    "kind": {"type": "string"}, "webhook": {"type": "string"}, "url": {"type": "string"},
+                    "status": {"type": "string", "enum": ["pending", "delivering", "delivered", "failed"]},
+                    "attempts": {"type": "integer"}, "next_at": _NUM,
+                    "last_status": {"type": "integer", "nullable": True,
+                                    "description": "The HTTP status of the last attempt."},
+                    "last_error": {**_STR_OR_NULL, "description": "Why the last attempt failed."},
+                    "created_at": _NUM, "updated_at": _NUM, "delivered_at": _NUM_OR_NULL,
+                    "subject": {"type": "string"}, "data": _OBJ}}},
         },
     },
     "Monitoring": {
@@ -579,6 +603,15 @@ def _control_paths() -> dict[str, Any]:
                                    "and the alerts (role read)", _json(_ref("Monitoring"), "What the monitor "
                                                                         "measured last, and the delayed-label "
                                                                         "metrics now.")),
+        "/v1/webhooks/deliveries": _control(
+            "get", [{"name": "status", "in": "query", "required": False,
+                     "schema": {"type": "string", "enum": ["pending", "delivering", "delivered", "failed"]}},
+                    {"name": "kind", "in": "query", "required": False,
+                     "schema": {"type": "string", "enum": list(KINDS)}, "description": "An event kind."},
+                    {"name": "limit", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100}}],
+            "The webhook outbox, newest first: each event's webhook, delivery status, attempts and last error "
+            "(role read)", _json(_ref("WebhookDeliveries"), "The deliveries and the counts by status.")),
     }
 
 
