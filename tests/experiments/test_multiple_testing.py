@@ -242,3 +242,16 @@ def test_simulated_null_experiments_switch_falsely_at_most_alpha_once_corrected(
     assert switched["holm"] / runs <= alpha + tolerance and switched["bh"] / runs <= alpha + tolerance, switched
     assert switched["none"] / runs > alpha + tolerance, switched
     assert switched["none"] > 3 * max(switched["holm"], switched["bh"]), switched
+
+
+def test_a_sample_ratio_mismatch_keeps_the_control_on_every_metric() -> None:
+    arms = [("control", 10_000, 500), ("b", 9_000, 600)]  # b far better on clicks, but 10% of its units lost
+    family = {"click": [Sample.from_counts(n, x, units) for n, units, x in arms],
+              "revenue": [Sample.from_values(n, np.full(units, 1.0) + (n == "b") * np.linspace(0, 1, units))
+                          for n, units, _ in arms]}
+    a = analyze_samples(family, min_sample_size=1_000)
+    assert a.srm_p_value < 0.001
+    (b,) = a.treatments()
+    assert b["decision"] == "keep_control" and b["reason"].count("sample ratio mismatch") == 2, b["reason"]
+    assert analyze_samples(family, min_sample_size=1_000, correction="none").treatments()[0]["decision"] == \
+        "keep_control"

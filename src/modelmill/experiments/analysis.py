@@ -158,6 +158,15 @@ class Analysis:
             "reason": d.reason,
         }
 
+    def _blocks(self, i: int) -> bool:
+        """Whether comparison ``i`` keeps the control whatever the other metrics say: a sample ratio
+        mismatch, or the treatment significantly worse (on the adjusted p-value)."""
+        c, d = self.comparisons[i]
+        if d.decision != "keep_control":
+            return False
+        better = c.lift_abs < 0 if self._metric(i)[1] == "lower" else c.lift_abs > 0
+        return self.srm_p_value < SRM_THRESHOLD or (self._p_adjusted(i) < c.alpha and not better)
+
     def treatments(self) -> list[dict[str, str]]:
         """One ``{treatment, decision, reason}`` per treatment, across its metrics.
 
@@ -166,18 +175,18 @@ class Analysis:
         on any continues; one significantly better on at least one (and worse on none) is
         switched to; otherwise the control stays. Significance is read on the adjusted p-values.
         """
-        by: dict[str, list[tuple[str, Decision]]] = {}
+        by: dict[str, list[tuple[str, Decision, bool]]] = {}
         for i, (c, d) in enumerate(self.comparisons):
-            by.setdefault(c.treatment.name, []).append((self._metric(i)[0], d))
+            by.setdefault(c.treatment.name, []).append((self._metric(i)[0], d, self._blocks(i)))
         out = []
         for name, items in by.items():
             if len(items) == 1:
                 d = items[0][1]
                 out.append({"treatment": name, "decision": d.decision, "reason": d.reason})
                 continue
-            worse = [(m, d) for m, d in items if d.decision == "keep_control" and "no significant" not in d.reason]
-            waiting = [(m, d) for m, d in items if d.decision == "continue"]
-            better = [(m, d) for m, d in items if d.decision == "switch_to_treatment"]
+            worse = [(m, d) for m, d, blocks in items if blocks]
+            waiting = [(m, d) for m, d, _ in items if d.decision == "continue"]
+            better = [(m, d) for m, d, _ in items if d.decision == "switch_to_treatment"]
             if worse:
                 decision, picked = "keep_control", worse
             elif waiting:
@@ -185,7 +194,7 @@ class Analysis:
             elif better:
                 decision, picked = "switch_to_treatment", better
             else:
-                decision, picked = "keep_control", items
+                decision, picked = "keep_control", [(m, d) for m, d, _ in items]
             out.append({"treatment": name, "decision": decision,
                         "reason": "; ".join(f"{m}: {d.reason}" for m, d in picked)})
         return out
