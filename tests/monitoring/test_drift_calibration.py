@@ -189,3 +189,18 @@ def store_path(project: Project) -> str:
 
     with project.db.engine.connect() as conn:
         return str(conn.execute(monitoring_references.select()).first().artifact_path)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("key", "value"), [("calibrated", "yes"), ("quantile", 1.0), ("quantile", 0),
+                                            ("calibration_windows", 5), ("calibration_windows", 2.5), ("seed", -1)])
+def test_monitoring_drift_refuses_a_bad_calibration_setting_naming_it(key: str, value: object) -> None:
+    with pytest.raises(InputError) as info:
+        MonitoringConfig.from_section({"drift": {key: value}})
+    assert info.value.field == key
+
+
+def test_the_monitoring_drift_section_reads_the_calibration_settings() -> None:
+    drift = MonitoringConfig.from_section({"drift": {"calibrated": True, "quantile": 0.995,
+                                                     "calibration_windows": 500, "seed": 3}}).drift
+    assert (drift.calibrated, drift.quantile, drift.calibration_windows, drift.seed) == (True, 0.995, 500, 3)
+    assert MonitoringConfig.from_section({}).drift.calibrated is False  # fixed thresholds unless asked
