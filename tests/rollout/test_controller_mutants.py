@@ -7,6 +7,8 @@ controller, on a real SQLite metadata database, with a recording route sink and 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -24,6 +26,7 @@ from modelmill.rollout import Guardrails, Observation, RolloutController, Target
 from modelmill.rollout.controller import RolloutState, Step, routes_for
 from modelmill.serving import RouteTable
 from modelmill.store.tables import audit_log
+from modelmill.store.tables.events import webhook_deliveries
 from modelmill.store.tables.experiments import rollouts
 
 T0 = 1_000_000.0
@@ -551,3 +554,23 @@ def test_active_rollouts_are_listed_in_the_order_they_started_postgres(pg_url: s
         assert [e["action"] for e in ctl.events(first.id)] == ["start", "advance"]
     finally:
         p.close()
+
+
+def test_each_transition_goes_to_the_webhooks_outbox_with_its_audit_detail(settings: Settings, clock: Clock,
+                                                                         source: Source) -> None:
+    hooked = Project(dataclasses.replace(settings, extra={"webhooks": [
+        {"url": "http://127.0.0.1:9/hook", "secret": "s3cret-for-tests", "events": ["rollout.*"]}]}))
+    try:
+        ctl = RolloutController(hooked, routes=Routes(), source=source, clock=clock, actor="bot")
+        ctl.start("m", 2, baseline=1, plan="5,100")
+        ctl.promote("m", actor="alice")
+        ctl.rollback("m")
+        with hooked.db.begin() as conn:
+            events = [json.loads(r.body) for r in conn.execute(
+                sa.select(webhook_deliveries.c.body).order_by(webhook_deliveries.c.id))]
+        assert [(e["kind"], e["subject"], e["actor"]) for e in events] == [
+            ("rollout.start", "m@2", "bot"), ("rollout.advance", "m@2", "alice"), ("rollout.rollback", "m@2", "cli")]
+        audited = [json.loads(json.dumps(r.detail)) for r in audit_rows(hooked, "m@2")]
+        assert [e["data"] for e in events] == [{**detail, "model": "m"} for detail in audited]
+    finally:
+        hooked.close()
