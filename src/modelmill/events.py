@@ -91,6 +91,7 @@ __all__ = [
     "emit",
     "list_deliveries",
     "load_webhooks",
+    "prune",
     "retry_failed",
     "sign",
     "verify",
@@ -329,6 +330,17 @@ def retry_failed(project: Any, ids: Sequence[int] | None = None) -> int:
     with project.db.begin() as conn:
         return int(conn.execute(q.values(status="pending", attempts=0, next_at=now, updated_at=now,
                                          lease_until=None, claimed_by=None)).rowcount)
+
+
+def prune(project: Any, *, older_than_s: float, now: float | None = None) -> int:
+    """Delete the delivered deliveries delivered more than ``older_than_s`` ago (failed and pending ones stay);
+    returns how many went."""
+    if isinstance(older_than_s, bool) or not isinstance(older_than_s, int | float) or not older_than_s > 0:
+        raise InputError("--older-than", "must be a positive duration", older_than_s)
+    t = webhook_deliveries
+    cutoff = (time.time() if now is None else now) - older_than_s
+    with project.db.begin() as conn:
+        return int(conn.execute(t.delete().where(t.c.status == "delivered", t.c.delivered_at < cutoff)).rowcount)
 
 
 # ---- delivery -----------------------------------------------------------------------------------

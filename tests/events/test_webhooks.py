@@ -29,6 +29,7 @@ from modelmill.events import (
     emit,
     list_deliveries,
     load_webhooks,
+    prune,
     retry_failed,
     sign,
     verify,
@@ -212,9 +213,10 @@ def test_the_event_is_committed_with_the_change_or_not_at_all(tmp_path: Path, re
 
 
 def _clock() -> Clock:
-    """A clock the test moves by hand, starting just after the real now (when emit() stamped its rows)."""
+    """A clock the test moves by hand, an hour past the real now: after emit() stamped its rows, however slow
+    the machine is."""
     clock = Clock()
-    clock.now = time.time() + 1
+    clock.now = time.time() + 3600
     return clock
 
 
@@ -283,6 +285,12 @@ def test_after_max_attempts_the_delivery_fails_with_its_error_shown(tmp_path: Pa
         assert retry_failed(project) == 1
         receiver.mode = "ok"
         assert [a.status for a in deliverer.deliver_once()] == ["delivered"]
+        emit(project, "alias.set", {"model": "m", "alias": "staging", "version": 2})
+        receiver.mode = "error"
+        deliverer.deliver_once()  # this one stays pending: prune keeps everything not delivered
+        assert prune(project, older_than_s=60, now=clock.now + 30) == 0  # delivered too recently
+        assert prune(project, older_than_s=60, now=clock.now + 120) == 1
+        assert list_deliveries(project)["counts"] == {"pending": 1, "delivering": 0, "delivered": 0, "failed": 0}
 
 
 def test_a_bad_signature_is_refused_by_verify() -> None:
@@ -414,6 +422,10 @@ def test_cli_lists_and_delivers_across_processes(tmp_path: Path) -> None:
     assert sorted(e["kind"] for e in receiver.accepted) == ["alias.set", "model.gate"]
     bad = _mm(["webhooks", "list", "--status", "lost"], tmp_path, **env)
     assert bad.returncode == 2 and "status" in bad.stderr and "Traceback" not in bad.stderr
+    kept = _mm(["webhooks", "prune", "--older-than", "7d", "--json"], tmp_path, **env)
+    assert kept.returncode == 0 and json.loads(kept.stdout) == {"deleted": 0}, kept.stderr  # delivered just now
+    odd = _mm(["webhooks", "prune", "--older-than", "soon"], tmp_path, **env)
+    assert odd.returncode == 2 and "--older-than" in odd.stderr and "Traceback" not in odd.stderr
     unset = _mm(["webhooks", "deliver", "--once"], tmp_path)
     assert unset.returncode != 0 and "webhooks[0].secret_env" in unset.stderr and "Traceback" not in unset.stderr
 

@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from modelmill.cli.output import JsonOption, console, emit_json, table
-from modelmill.events import Attempt, Deliverer, list_deliveries, load_webhooks, retry_failed
+from modelmill.events import Attempt, Deliverer, list_deliveries, load_webhooks, prune, retry_failed
 from modelmill.project import open_project
 
 app = typer.Typer(help="Webhooks: signed POSTs of registry and loop events, from an outbox table.",
@@ -104,3 +104,20 @@ def retry(
         emit_json({"requeued": n})
     else:
         console.print(f"{n} failed deliver{'y' if n == 1 else 'ies'} pending again", highlight=False)
+
+
+@app.command("prune")
+def prune_(
+    older_than: str = typer.Option("7d", "--older-than", help="Delivered more than this long ago: '12h', '7d'."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Delete delivered deliveries older than --older-than; pending and failed ones are always kept."""
+    from modelmill.monitoring.performance import parse_duration
+
+    seconds = parse_duration(older_than, field="--older-than")
+    with open_project() as project:
+        n = prune(project, older_than_s=seconds)
+    if as_json:
+        emit_json({"deleted": n})
+    else:
+        console.print(f"{n} delivered deliver{'y' if n == 1 else 'ies'} deleted", highlight=False)
