@@ -167,6 +167,10 @@ def monitor(
                       [[p["model"], p["version"], p["task"], name, "" if m["value"] is None else f"{m['value']:.4f}",
                         m["n"], "measured" if m["reason"] is None else f"no data: {m['reason']}"]
                        for p in result["performance"] for name, m in p["metrics"].items()])
+                if result["rules"]:
+                    table("rules", ["rule", "status", "series", "reason"],
+                          [[r["rule"], r["status"].replace("_", " "), r["series"], r["reason"]]
+                           for r in result["rules"]])
                 table("alerts", ["rule", "state", "labels"],
                       [[a["rule"], a["state"], a["labels"]] for a in result["alerts_active"]])
                 for reason in result["reasons"]:

@@ -273,14 +273,19 @@ class Monitor:
         self.exporter = exporter
         self.measure = measure or ProjectMeasure(project, metrics_url=config.metrics_url)
         self._stop = threading.Event()
+        self._evaluator: AlertEvaluator | None = None
 
     def __repr__(self) -> str:
         return f"Monitor({self.project!r}, interval={self.config.interval}, window={self.config.window})"
 
     @property
     def evaluator(self) -> AlertEvaluator:
-        return AlertEvaluator(self.project, self.config.rules, measure=self.measure, sinks=self.config.sinks,
-                              actions=self.actions)
+        """The alert evaluator of this monitor's rules: one for its lifetime, so each rule's last status
+        (:attr:`AlertEvaluator.statuses`) is kept between rounds."""
+        if self._evaluator is None:
+            self._evaluator = AlertEvaluator(self.project, self.config.rules, measure=self.measure,
+                                             sinks=self.config.sinks, actions=self.actions)
+        return self._evaluator
 
     def window_drift(self, model: str, version: int, *, start: float, end: float) -> tuple[DriftReport, int] | None:
         """Drift of the logged features (and outputs) of one model version in [start, end) against its
@@ -363,9 +368,11 @@ class Monitor:
         """Drift and quality of the last window for every served version, stored; then the rules.
 
         Each window says ``status``: ``pass``, ``fail`` (the dataset drifted) or ``no_data`` with a
-        ``reason`` (no reference profile, or no logged features); the round's ``status`` is the worst
-        of them, and ``no_data`` when nothing was served in the window at all. ``performance`` holds
-        :meth:`performance`'s rows (measurements: they do not change ``status``).
+        ``reason`` (no reference profile, or no logged features), and so does each alert rule
+        (``rules``: its :class:`~modelmill.monitoring.alerts.RuleStatus`). The round's ``status`` is the
+        worst of them: ``fail`` also while an alert is firing, and ``no_data`` when nothing was served in
+        the window at all. ``performance`` holds :meth:`performance`'s rows (measurements: they do not
+        change ``status``).
         """
         now = time.time() if now is None else now
         start = now - self.config.window
@@ -398,19 +405,26 @@ class Monitor:
                 self.exporter.set_drift(model, version, report)
         if self.exporter is not None:
             self.exporter.set_performance(quality, METRICS)
-        changed = self.evaluator.evaluate(now)
-        active = self.evaluator.active()
+        evaluator = self.evaluator
+        changed = evaluator.evaluate(now)
+        active = evaluator.active()
+        rules = [evaluator.statuses[r.name].as_dict() for r in self.config.rules if r.name in evaluator.statuses]
         if self.exporter is not None:
             self.exporter.set_alerts({a["rule"] for a in active if a["state"] == "firing"},
                                      [r.name for r in self.config.rules])
             self.exporter.mark_run(now)
-        statuses = {w["status"] for w in windows}
-        overall = "fail" if "fail" in statuses else "no_data" if "no_data" in statuses or not windows else "pass"
+        firing = [a for a in active if a["state"] == "firing"]
+        # the round is as bad as its worst check: a drifted window, a breached rule or a firing alert fail
+        # it; a window or a rule that could not look makes it "no data", never "pass"
+        statuses = {w["status"] for w in windows} | {r["status"] for r in rules}
+        overall = ("fail" if "fail" in statuses or firing else
+                   "no_data" if "no_data" in statuses or not windows else "pass")
         reasons = [w["reason"] for w in windows if w["reason"]]
         if not windows:
             reasons = [f"no predictions logged between {_utc(start).isoformat()} and {_utc(now).isoformat()}"
                        + ("" if not self.config.models else f" for {', '.join(self.config.models)}")]
-        return {"at": now, "status": overall, "reasons": reasons, "windows": windows,
+        reasons += [f"rule {r['rule']}: {r['reason']}" for r in rules if r["status"] == "no_data"]
+        return {"at": now, "status": overall, "reasons": reasons, "windows": windows, "rules": rules,
                 "performance": self.performance(now), "label_window": self.config.label_window,
                 "quality": [_jsonable(r) for r in quality],
                 "alerts_changed": [{"rule": a.rule, "status": a.status, "labels": a.labels} for a in changed],
