@@ -151,3 +151,16 @@ def test_a_served_experiment_on_accuracy_from_the_cli(tmp_path: Path, monkeypatc
     assert out["direction"] == "higher" and out["decision"] == "keep_control", out["reason"]
     help_text = " ".join(CliRunner().invoke(app, ["experiment", "create", "--help"]).stdout.split())
     assert "label, conversion, output, latency_ms, log_loss, brier, accuracy" in help_text
+
+
+def test_create_on_a_registered_model_refuses_a_version_it_does_not_have(tmp_path: Path) -> None:
+    from tests.serving.conftest import make_project
+
+    root = make_project(tmp_path / "proj")  # clf v1 (production), v2
+    bad = mm(root, "experiment", "create", "x1", "--model", "clf", "--variant", "control=1:50",
+             "--variant", "t=99:50", "--metric", "log_loss", "--json")
+    assert bad.returncode == 1 and "99" in json.loads(bad.stdout)["error"] and "Traceback" not in bad.stderr
+    assert json.loads(mm(root, "experiment", "status", "--json").stdout)["experiments"] == []  # nothing stored
+    good = mm(root, "experiment", "create", "x1", "--model", "clf", "--variant", "control=1:50",
+              "--variant", "t=2:50", "--metric", "log_loss", "--json")
+    assert good.returncode == 0, good.stdout + good.stderr

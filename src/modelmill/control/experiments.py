@@ -88,19 +88,23 @@ def create_experiment(project: Any, *, name: str, variants: Sequence[Arm], metri
                       direction: str | None = None, model: str | None = None, unit: str = "user_id",
                       salt: str = "", guardrails: Sequence[str] = (), min_sample_size: int = 0,
                       alpha: float = 0.05, correction: str = "holm",
-                      check_versions: bool = False) -> dict[str, Any]:
+                      check_versions: bool | None = None) -> dict[str, Any]:
     """Store an experiment and, on a served ``model``, split its traffic route now; the experiment.
 
     ``correction`` (``holm``, ``bh`` or ``none``) is applied across the treatments when it is analysed.
 
     ``check_versions`` first resolves and loads every variant's version of ``model``, as the
-    servers would, so that a split no server can serve is refused (404, 409), not stored.
+    servers would, so that a split no server can serve is refused (404, 409), not stored; by default
+    (None) that is done whenever ``model`` is registered (an experiment on a model known only from a
+    prediction log has no versions to check).
     """
     exp = Experiment(name=name, variants=tuple(variants), primary_metric=metric, direction=direction, model=model,
                      unit=unit, salt=salt, guardrails=tuple(guardrails), min_sample_size=min_sample_size, alpha=alpha,
                      correction=correction)
+    registry = Registry(project)
+    if check_versions is None and model is not None:
+        check_versions = any(m.name == model for m in registry.models())
     if check_versions and model is not None:
-        registry = Registry(project)
         for arm in exp.variants:
             registry.load(registry.resolve(f"{model}@{arm.version}"))
     return Experiments(project).create(exp, actor=actor).as_dict()
