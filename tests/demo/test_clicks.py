@@ -37,10 +37,14 @@ def test_clicks_small_scale(tmp_path: Path) -> None:
     # Every impression was answered by the feature route and labelled through the labels route.
     assert all(w["errors"] == 0 and w["predictions"] == w["labels"] == result["per_window"] for w in windows)
 
+    # Every window was judged whole: the monitor saw each of its predictions (no window is left to "no data"; at
+    # the canary's last stage the baseline's mirrored answers are logged and judged too).
+    assert all(sum(d["n_rows"] for d in w["drift"]) >= w["predictions"] for w in windows), result["events"]
     # The planted drift is found in the first window past it, and never before it.
     dataset = result["detectors"][0]
     assert dataset["detector"] == "dataset drift (monitor)"
-    assert dataset["first_hit_window"] == drift_hour and dataset["false_alarms"] == 0
+    events = "\n".join(result["events"])
+    assert dataset["first_hit_window"] == drift_hour and dataset["false_alarms"] == 0, (result["detectors"], events)
     columns = {d["detector"]: d for d in result["detectors"][1:]}
     assert columns["column session_len"]["hits"] >= 1 and columns["column device_web"]["hits"] >= 1
     quiet = [w for w in windows if not w["drifted_truth"]]
@@ -48,16 +52,16 @@ def test_clicks_small_scale(tmp_path: Path) -> None:
 
     # The loop retrained on the drifted hour, the gate accepted, the canary went 10% → 50% → 100%.
     retrain = result["retrain"]
-    assert retrain["window"] == drift_hour and retrain["accepted"] and retrain["version"] == 2
+    assert retrain["window"] == drift_hour and retrain["accepted"] and retrain["version"] == 2, events
     rollout = result["rollout"]
-    assert rollout["status"] == "completed" and rollout["production"] == 2, rollout
+    assert rollout["status"] == "completed" and rollout["production"] == 2, events
     assert result["versions"] == [1, 2]
     assert any(set(w["served"]) == {"1", "2"} for w in windows)  # the canary split traffic
     assert windows[-1]["served"] == {"2": result["per_window"]}
 
     # The A/B test on the promoted model finds the planted effect with its sign.
     ab = result["ab"]
-    assert ab["version"] == 2 and ab["decision"] == "switch_to_treatment"
+    assert ab["version"] == 2 and ab["decision"] == "switch_to_treatment", events
     assert ab["right_sign"] and ab["found"] and ab["measured_lift"] > 0 and ab["true_effect"] > 0
     assert (tmp_path / "modelmill.toml").read_text().count("[models.clicks") >= 4
 
