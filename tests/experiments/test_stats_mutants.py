@@ -442,3 +442,17 @@ def test_the_default_mixing_sd_pools_the_variances_of_the_smallest_samples() -> 
         sequential_test(a, b, tau=0.1 * math.sqrt(pooled)).p_value, rel=1e-12)
     assert sequential_test(a, b).ci_abs == pytest.approx(
         sequential_test(a, b, tau=0.1 * math.sqrt(pooled)).ci_abs, rel=1e-12)
+
+
+def test_a_sample_keeps_its_name_and_a_missing_value_is_refused_naming_it() -> None:
+    assert Sample.from_counts("B", 3, 12).name == "B" and Sample.from_values("A", [1.0, 2.0]).name == "A"
+    missing: Any = [1.0, None]  # a JSON null in the metric column
+    assert _refusal(lambda: Sample.from_values("A", missing)) == ("A.values", "contains NaN or infinite values",
+                                                                      None)
+
+
+def test_the_probability_to_beat_control_of_a_0_1_and_a_numeric_variant_is_the_normal_posterior() -> None:
+    counts, values = Sample.from_counts("A", 40, 100), Sample.from_values("B", [0.2, 0.9, 0.4, 0.7, 0.5])
+    expected = st.norm.cdf((values.mean - counts.mean) / math.sqrt(counts.sem2 + values.sem2))
+    assert prob_beat_control(counts, values) == pytest.approx(expected, rel=1e-12)
+    assert prob_beat_control(values, counts) == pytest.approx(1 - expected, rel=1e-12)
