@@ -63,6 +63,7 @@ EXPECTED: dict[tuple[str, str], tuple[str, str | None, Any, int]] = {
     ("GET", "/v1/experiments/{name}"): ("control", "read", None, 404),
     ("GET", "/v1/pipelines/{name}/runs/{id}"): ("control", "read", None, 404),
     ("GET", "/v1/monitoring"): ("control", "read", None, 200),
+    ("GET", "/v1/webhooks/deliveries"): ("control", "read", None, 200),
     ("POST", "/v1/rollouts"): ("control", "admin", ROLLOUT, 200),
     ("POST", "/v1/rollouts/{name}/promote"): ("control", "admin", None, 200),
     ("POST", "/v1/rollouts/{name}/rollback"): ("control", "admin", None, 200),
