@@ -133,3 +133,20 @@ def test_each_event_date_is_its_own_partition(project: Project, when: dt.datetim
     OfflineSink(project, s).commit(t)
     dates = sorted(p.split("event_date=")[1][:10] for p in project.offline.fs.glob(project.offline.glob("two")))
     assert dates == [when.date().isoformat(), (when + dt.timedelta(days=1)).date().isoformat()]
+
+
+def test_a_lock_row_reset_between_batches_loses_nothing(project: Project) -> None:
+    """A deleted lock row (a manual reset) used to restart the batch numbers at 1: the next batch took the
+    first one's name, the first batch's files were removed as a crashed writer's, and the insert failed."""
+    import sqlalchemy as sa
+
+    from modelmill.store.tables.ingest import ingest_tables
+
+    sink = OfflineSink(project, CLICKS).open()
+    sink.commit(batch(0, 100))
+    sink.commit(batch(100, 100))
+    with project.db.begin() as conn:
+        conn.execute(sa.delete(ingest_tables))
+    assert sink.commit(batch(200, 100)).num_rows == 100
+    assert stored_ids(project) == [f"e{i:07d}" for i in range(300)]
+    assert OfflineSink(project, CLICKS).open().known_ids == 300

@@ -176,7 +176,7 @@ class OfflineSink:
         conn.execute(ingest_tables.update().where(ingest_tables.c.table_name == self._key)
                      .values(seq=ingest_tables.c.seq + 1, updated_at=time.time()))
         seq = conn.execute(sa.select(ingest_tables.c.seq).where(ingest_tables.c.table_name == self._key)).scalar()
-        if seq is None:  # the row was deleted under us (a reset); recreate it
+        if seq is None:  # the row was deleted under us (a reset); recreate it, numbering on from the batches
             _insert_ignore(conn, self._key)
             return self._lock(conn)
         return int(seq)
@@ -198,7 +198,11 @@ class OfflineSink:
 
 
 def _insert_ignore(conn: Connection, table_name: str) -> None:
-    values = {"table_name": table_name, "seq": 0, "updated_at": time.time()}
+    """The table's lock row, its sequence at the last committed batch: a row recreated after a reset must
+    not name a new batch as an earlier one (whose files would be taken for a crashed writer's and removed)."""
+    last = conn.execute(sa.select(sa.func.max(ingest_batches.c.seq))
+                        .where(ingest_batches.c.table_name == table_name)).scalar()
+    values = {"table_name": table_name, "seq": int(last or 0), "updated_at": time.time()}
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
