@@ -126,7 +126,8 @@ def test_a_lower_is_better_metric_keeps_the_control_when_the_treatment_is_worse(
     # Told that higher is better, the same log switches: the direction alone decides.
     flipped = store.analyze("ll", direction="higher").as_dict()
     assert flipped["decision"] == "switch_to_treatment" and "treatment is better" in flipped["reason"]
-    # The Brier score is lower-is-better too, by default.
+    # The Brier score is lower-is-better too, by default (one experiment runs on a model at a time).
+    store.stop("ll")
     brier = store.create(Experiment(name="br", model="m", primary_metric="brier", min_sample_size=100,
                                     variants=(Arm("control", 50, 1), Arm("treatment", 50, 2))))
     assert brier.direction == "lower"
@@ -155,8 +156,11 @@ def test_accuracy_and_conversion_are_label_derived_served_metrics(project: Proje
     arms = (Arm("control", 50, 1), Arm("treatment", 50, 2))
     acc = store.create(Experiment(name="acc", model="m", primary_metric="accuracy", min_sample_size=100,
                                   variants=arms))
+    # one experiment runs on a model at a time; a stopped one is still analysed on the log since it began
+    store.stop("acc")
     conv = store.create(Experiment(name="conv", model="m", primary_metric="conversion", min_sample_size=100,
                                    variants=arms))
+    store.stop("conv")
     label = store.create(Experiment(name="lab", model="m", primary_metric="label", min_sample_size=100,
                                     variants=arms))
     assert acc.direction == "higher" and conv.direction == "higher"
@@ -183,6 +187,7 @@ def test_a_label_derived_score_on_labels_that_are_not_0_or_1_is_refused(project:
     arms = (Arm("control", 50, 1), Arm("treatment", 50, 2))
     exp = store.create(Experiment(name="acc", model="m", primary_metric="accuracy", min_sample_size=1,
                                   variants=arms))
+    store.stop("acc")  # one experiment runs on a model at a time
     store.create(Experiment(name="lab", model="m", primary_metric="label", min_sample_size=1, variants=arms))
     assigner = exp.assigner()
     log_served(project.offline, "m", [(f"r{i}", assigner.assign(f"u{i}"), 1 if assigner.assign(f"u{i}") ==

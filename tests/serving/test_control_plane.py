@@ -394,3 +394,19 @@ def test_an_unknown_name_is_a_404(plane: Plane, method: str, path: str, body: An
 def test_a_malformed_number_in_the_path_is_a_400(plane: Plane, path: str) -> None:
     r = plane.call("GET", path, role="read")
     assert r.status_code == 400, r.text
+
+
+def test_a_models_route_has_one_owner_a_rollout_or_one_experiment(plane: Plane) -> None:
+    """A rollout started under a running experiment used to overwrite the experiment's split (and its
+    analysis then failed); now each refuses while the other holds the model's route."""
+    plane.ok("POST", "/v1/experiments", EXPERIMENT)
+    refused = plane.call("POST", "/v1/rollouts", START)
+    assert refused.status_code == 409 and "experiment 'ab' is running" in refused.json()["error"], refused.text
+    second = plane.call("POST", "/v1/experiments", {**EXPERIMENT, "name": "ab2"})
+    assert second.status_code == 409 and "already running" in second.json()["error"], second.text
+    route = plane.ok("GET", "/v1/routes/clf", role="read")
+    assert route["salt"] == "ab" and [v["version"] for v in route["variants"]] == [1, 2]  # the split is intact
+    plane.ok("POST", "/v1/experiments/ab/stop", {"winner": "control"})
+    plane.ok("POST", "/v1/rollouts", START)
+    during = plane.call("POST", "/v1/experiments", {**EXPERIMENT, "name": "ab3"})
+    assert during.status_code == 409 and "active rollout" in during.json()["error"], during.text

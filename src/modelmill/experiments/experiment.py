@@ -42,7 +42,7 @@ from modelmill.experiments.metrics import (
 )
 from modelmill.experiments.stats import check_correction, srm_test
 from modelmill.store.feedback import Feedback
-from modelmill.store.tables.experiments import experiment_exposures, experiments
+from modelmill.store.tables.experiments import experiment_exposures, experiments, rollouts
 
 __all__ = ["Arm", "Experiment", "Experiments", "parse_arms"]
 
@@ -174,6 +174,18 @@ class Experiments:
         with db.begin() as conn:
             if conn.execute(sa.select(experiments.c.name).where(experiments.c.name == exp.name)).first():
                 raise ConflictError(f"experiment {exp.name!r} exists; choose another name", name=exp.name)
+            if exp.model is not None:  # one owner of a model's route at a time: a rollout, or one experiment
+                other = conn.execute(sa.select(experiments.c.name).where(
+                    experiments.c.model == exp.model, experiments.c.status == "running")).scalar()
+                if other is not None:
+                    raise ConflictError(f"experiment {other!r} is already running on model {exp.model!r}; stop it "
+                                        "first", name=exp.name, model=exp.model, running=other)
+                rolling = conn.execute(sa.select(rollouts.c.candidate).where(
+                    rollouts.c.model == exp.model, rollouts.c.status == "running")).scalar()
+                if rolling is not None:
+                    raise ConflictError(f"model {exp.model!r} has an active rollout of version {rolling}, which "
+                                        "owns its traffic route; wait for it, promote it or roll it back first",
+                                        name=exp.name, model=exp.model)
             conn.execute(experiments.insert().values(**exp._row()))
             db.audit(conn, actor=actor, action="experiment.create", subject=exp.name, detail=exp.as_dict())
         if exp.model is not None:

@@ -48,7 +48,7 @@ from modelmill.errors import ConflictError, InputError, NotFoundError, RolloutEr
 from modelmill.events import emit
 from modelmill.rollout.guardrails import FAIL, NO_DATA, Breach, Guardrails, Observation, Verdict, check
 from modelmill.rollout.sources import GuardrailSource, RouteSink, Target
-from modelmill.store.tables.experiments import rollout_events, rollouts
+from modelmill.store.tables.experiments import experiments, rollout_events, rollouts
 
 __all__ = ["CANDIDATE", "DEFAULT_PLAN", "STABLE", "RolloutController", "RolloutState", "Step", "parse_plan", "routes_for"]
 
@@ -273,6 +273,12 @@ class RolloutController:
             if busy is not None:
                 raise ConflictError(f"model {model!r} already has an active rollout of version {busy.candidate}; "
                                     "wait for it, promote it or roll it back", model=model, rollout=busy.id)
+            testing = conn.execute(sa.select(experiments.c.name).where(
+                experiments.c.model == model, experiments.c.status == "running")).scalar()
+            if testing is not None:  # its split owns the model's route: a rollout would overwrite it
+                raise ConflictError(f"experiment {testing!r} is running on model {model!r} and owns its traffic "
+                                    f"route; stop it first (`modelmill experiment stop {testing}`)",
+                                    model=model, experiment=testing)
             rid = conn.execute(rollouts.insert().values(
                 model=model, candidate=candidate, baseline=str(baseline), plan=list(stages), stage=0,
                 status=ACTIVE, settings={"min_requests": min_requests, "stage_seconds": stage_seconds,
