@@ -386,6 +386,7 @@ def _mm(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[s
                           env={**os.environ, "COLUMNS": "250", **env}, timeout=120)
 
 
+@pytest.mark.slow  # CLI processes, ~15 s: .ci/run runs it
 def test_cli_lists_and_delivers_across_processes(tmp_path: Path) -> None:
     """Events stored by one process are delivered by another (`modelmill webhooks deliver`); the listing shows
     each one's status and, for a failure, its error."""

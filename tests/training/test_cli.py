@@ -182,6 +182,7 @@ def _credit_project(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow  # a real server and several CLI processes, ~11 s; the own-model tutorial covers the path too
 def test_train_with_a_feature_service_is_served_by_the_feature_route(tmp_path: Path) -> None:
     import httpx
 

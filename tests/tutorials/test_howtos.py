@@ -142,6 +142,7 @@ def ingest_stream(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _run("ingest-stream.md", tmp_path_factory.mktemp("ingest-stream"), timeout=240)
 
 
+@pytest.mark.slow  # a page run as written, ~15-40 s: .ci/run runs it
 def test_ingest_stream_keeps_each_good_event_once_and_replays_the_fixed_dead_letters(ingest_stream: Path) -> None:
     w = ingest_stream
     assert _json(w, "published.json")["published"] == 24

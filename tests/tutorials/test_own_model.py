@@ -19,6 +19,8 @@ from sklearn.metrics import roc_auc_score
 from tests.tutorials.runner import free_port, run_page
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "tutorials" / "own-model.md"
+# the whole page, about 30 commands and a server (30-80 s): .ci/run runs it, `make test` leaves it out
+pytestmark = pytest.mark.slow
 
 
 def _binary_metric(monitor: dict[str, Any], model: str, version: int, metric: str) -> dict[str, Any]:
