@@ -68,7 +68,8 @@ def test_sigkilled_consumer_loses_and_doubles_nothing(make_broker: Callable[[str
     # processor SIGKILLs it). That batch is delivered again, and only the sink's event-id index stores it once.
     before = written(db_path)
     died = subprocess.run([*command, "30", "die-after-commit"], cwd=ROOT, env=env, timeout=120)
-    assert died.returncode == -signal.SIGKILL and before < written(db_path) < n
+    # (its committed batch may be the stream's last: the redelivery is then all that is left to store once)
+    assert died.returncode == -signal.SIGKILL and before < written(db_path) <= n
     # The last run outlives ack_wait (2 s), so the killed consumers' unacked events come back.
     final = subprocess.run([*command, "4"], cwd=ROOT, env=env, timeout=180)
     assert final.returncode == 0

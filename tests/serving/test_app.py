@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
@@ -162,7 +162,11 @@ def test_api_followed_through_its_links(live_schema: tuple[schemathesis.BaseSche
             case.validate_response(response, excluded_checks=[positive_data_acceptance],
                                    transport_kwargs=kwargs or None)
 
-    Stateful.run(settings=_settings(max(EXAMPLES // 3, 5), stateful_step_count=6))
+    # No shrinking: the server keeps its state between examples, so a replayed sequence meets other data and
+    # hypothesis reports its own "inconsistent data generation" instead of the failure; a failure is shown
+    # as first found.
+    Stateful.run(settings=_settings(max(EXAMPLES // 3, 5), stateful_step_count=6,
+                                    phases=(Phase.explicit, Phase.generate)))
 
 
 @pytest.mark.parametrize("odd", ["²", "٣", "３", "1\n"])
