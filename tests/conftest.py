@@ -127,3 +127,17 @@ def kafka_url() -> Iterator[str]:
     if started:
         script = Path(__file__).resolve().parent.parent / "scripts" / "tansu.sh"
         subprocess.run(["bash", str(script), "stop"], env={**os.environ, "TANSU_PORT": port}, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real two-node Ray cluster (``ray start --head`` and a worker node, each its own process, one CPU and
+    a 200 MiB object store each), shared by the session's tests and stopped at its end (those nodes only)."""
+    import importlib.util
+
+    need(importlib.util.find_spec("ray") is not None, "Ray is not installed", "pip install 'modelmill[ray]'")
+    from modelmill.testing.ray_cluster import RayCluster, ray_program
+
+    need(ray_program() is not None, "the 'ray' program is not beside this Python", "pip install 'modelmill[ray]'")
+    with RayCluster(tmp_path_factory.mktemp("ray-cluster")) as cluster, cluster.driver_env():
+        yield cluster

@@ -142,7 +142,9 @@ DAMAGE = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(DAMAGE))
+# One damage in make test, every one in .ci/run (each is several CLI processes, ~6 s).
+@pytest.mark.parametrize("case", [c if c == "zero_length" else pytest.param(c, marks=pytest.mark.slow)
+                                  for c in sorted(DAMAGE)])
 def test_a_damaged_database_is_one_clear_error(tmp_path: Path, case: str) -> None:
     damage, words = DAMAGE[case]
     path = _project_with_a_model(tmp_path)
@@ -185,6 +187,7 @@ def test_a_new_project_still_starts_without_a_database_file(tmp_path: Path) -> N
     assert (tmp_path / ".modelmill" / "modelmill.db").stat().st_size > 0
 
 
+@pytest.mark.slow  # many CLI processes or a served model: .ci/run runs it, make test keeps its 10 minutes
 def test_a_schema_revision_from_the_future_on_postgres(tmp_path: Path, pg_url: str) -> None:
     assert mm(["db", "upgrade", "--json"], tmp_path, MODELMILL_DB=pg_url).returncode == 0
     import sqlalchemy as sa

@@ -165,6 +165,8 @@ def test_every_configuration_key_is_in_the_config_reference(pages: dict[str, str
     sections = set()
     for module, text, tree in _sources():
         sections |= set(re.findall(r"\.section\(\s*\"([a-z_]+)\"\s*\)", text))
+        # a table read raw from Settings.extra, such as [[webhooks]] (an array of tables section() cannot give)
+        sections |= set(re.findall(r"(?:\.extra|getattr\(\w+, \"extra\", \{\}\))\.get\(\"([a-z_]+)\"", text))
         for node in ast.walk(tree):
             # every key a ConfigError names, such as ConfigError("serving.max_wait_us", …)
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "ConfigError" and node.args and \
@@ -177,15 +179,16 @@ def test_every_configuration_key_is_in_the_config_reference(pages: dict[str, str
                     re.fullmatch(r"MODELMILL_[A-Z0-9_]+", node.value):
                 assert f"`{node.value}`" in page, f"{module}: {node.value} is not in the reference"
             # the keys a table is checked against (_MODEL_KEYS = ("feature_service", …) next to a ConfigError)
-            if isinstance(node, ast.Assign) and ".section(" in text and "ConfigError" in text:
+            if isinstance(node, ast.Assign) and (".section(" in text or '"extra"' in text) and "ConfigError" in text:
                 for target in node.targets:
                     if isinstance(target, ast.Name) and re.fullmatch(r"_[A-Z_]*KEYS", target.id):
                         for name in _strings(getattr(importlib.import_module(module), target.id)):
                             assert re.search(rf"\b{re.escape(name)}\b", page), \
                                 f"{module}: the key {name!r} of {target.id} is not in the reference"
-    assert {"serving", "monitoring", "features", "ingest"} <= sections
+    assert {"serving", "monitoring", "features", "ingest", "webhooks"} <= sections
     for name in sections:
-        assert f"## `[{name}]`" in page, f"the section [{name}] is not in the configuration reference"
+        assert f"## `[{name}]`" in page or f"## `[[{name}]]`" in page, \
+            f"the section [{name}] is not in the configuration reference"
     # Settings tables read into dataclasses field by field: every field is a key.
     for section, cls in _config_dataclasses(sections):
         source = inspect.getsource(cls)
@@ -355,6 +358,52 @@ def test_the_generator_follows_a_table_through_the_code_that_reads_it(gen: Modul
     assert found == {("demo", "rows"): "10", ("demo", "mode"): "", ("demo", "inner"): "{}",
                      ("demo", "rules"): "[]", ("demo.rules", "name"): "", ("demo.inner", "depth"): "",
                      ("demo", "a"): "", ("demo", "b"): ""}
+
+
+def test_the_promises_page_links_the_sites_pages_the_readme_links(pages: dict[str, str]) -> None:
+    readme = (ROOT / "README.md").read_text()
+    page = pages["promises.md"]
+    assert "](docs/" not in page  # README-relative links would not resolve from the site's root
+    for target in re.findall(r"\]\(docs/([^)#]+\.md)", readme):
+        if f"]({target}" in page:
+            assert (ROOT / "docs" / target).exists(), target
+
+
+def test_the_generator_reads_an_array_of_tables_from_settings_extra(gen: ModuleType) -> None:
+    tree = ast.parse(
+        "def read(settings):\n"
+        "    raw = getattr(settings, 'extra', {}).get('hooks')\n"
+        "    for i, item in enumerate(raw):\n"
+        "        url = item.get('url')\n"
+        "        events = item.get('events', ['*'])\n"
+        "        if 'secret' in item:\n"
+        "            pass\n")
+    fn = tree.body[0]
+    assert gen._is_section_call(next(n for n in ast.walk(fn) if isinstance(n, ast.Call))) is None
+    call = next(n for n in ast.walk(fn) if gen._is_table_read(n) == "hooks")
+    keys: dict[tuple[str, str], Any] = {}
+    gen._Reader(keys, set()).follow("synthetic", None, fn, "hooks", None, root=call)
+    assert {(k.table, k.name): k.default for k in keys.values()} == {
+        ("hooks", "url"): "", ("hooks", "events"): '["*"]', ("hooks", "secret"): ""}
+
+
+def test_the_webhooks_reference_has_every_key_the_loader_accepts_with_its_default(
+        pages: dict[str, str], gen: ModuleType) -> None:
+    from modelmill.events import _KEYS, Webhook
+
+    found = {k.name: k.default for k in gen.config_keys() if k.table == "webhooks"}
+    assert set(found) == set(_KEYS)
+    numbers = {"max_attempts", "backoff_s", "max_backoff_s", "timeout_s"}  # read by _number(item, key, NAME, DEFAULT)
+    for f in dataclasses.fields(Webhook):
+        if f.name in numbers:
+            assert float(found[f.name]) == float(f.default), (f.name, found[f.name], f.default)
+    assert found["events"] == '["*"]'
+    page = pages["reference/config.md"]
+    body = _sections(page)["webhooks"]
+    assert page.count("## `[[webhooks]]`") == 1
+    for name in _KEYS:
+        assert f"| `webhooks.{name}` |" in body, f"webhooks.{name} is not a row of [[webhooks]]"
+    assert "an http(s) URL" in body  # the accepted form, from the loader's ConfigError
 
 
 def test_every_argument_of_the_event_schema_and_feature_formats_is_in_the_reference(

@@ -2,7 +2,8 @@
 
 A backend is ok only when it answers *and* has no problems: a metadata database that answers but has a
 schema revision from a newer modelmill, a missing table or column, or a stored value that is not JSON is
-reachable and not ok.
+reachable and not ok. The artifact and offline stores (a folder or an object store such as S3) are ok when
+they list, and take a probe object that reads back the same and is deleted.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from modelmill.config import Settings, mask_url
 from modelmill.errors import ModelmillError
 from modelmill.store import Database, open_kv
 
-__all__ = ["BackendHealth", "check_all"]
+__all__ = ["BackendHealth", "check_all", "check_stores"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -112,6 +113,33 @@ def _check_folder(url: str) -> dict[str, Any]:
     return {}
 
 
+def _check_store(url: str, key: str) -> dict[str, Any]:
+    """An artifact or offline store answers and takes a file: list its root, write, read back and delete a probe
+    object (an S3 bucket must exist: it is never created)."""
+    from modelmill.store.offline import check_object_store, open_filesystem
+
+    fs, root = open_filesystem(url, key=key)
+    return {"protocol": "file" if "://" not in url else url.split("://", 1)[0],
+            **check_object_store(fs, root, url, key=key, write=True)}
+
+
+def check_stores(settings: Settings, *, keys: tuple[str, ...] = ("offline", "artifacts")) -> None:
+    """Fail early: raise :class:`ConfigError` naming the first of ``keys`` whose store does not answer.
+
+    ``serve`` and ``ingest run`` call it before they start, so an unreachable object store (a wrong
+    ``AWS_ENDPOINT_URL``, a missing bucket, bad credentials) is a message naming the setting, not a server
+    that fails its first prediction-log flush. Read-only: it lists each store's root.
+    """
+    from modelmill.store.offline import check_object_store, open_filesystem
+
+    for key in keys:
+        url = getattr(settings, key)
+        if "://" not in url:  # a local folder: created on first use
+            continue
+        fs, root = open_filesystem(url, key=key)
+        check_object_store(fs, root, url, key=key)
+
+
 def check_all(settings: Settings) -> list[BackendHealth]:
     """One :class:`BackendHealth` per configured backend, in a fixed order."""
     return [
@@ -119,6 +147,6 @@ def check_all(settings: Settings) -> list[BackendHealth]:
         _timed("online", settings.online, lambda: _check_kv(settings.online)),
         _timed("cache", settings.cache, lambda: {} if settings.cache.startswith("none:") else _check_kv(settings.cache)),
         _timed("broker", settings.broker, lambda: _check_broker(settings.broker)),
-        _timed("artifacts", settings.artifacts, lambda: _check_folder(settings.artifacts)),
-        _timed("offline", settings.offline, lambda: _check_folder(settings.offline)),
+        _timed("artifacts", settings.artifacts, lambda: _check_store(settings.artifacts, "artifacts")),
+        _timed("offline", settings.offline, lambda: _check_store(settings.offline, "offline")),
     ]

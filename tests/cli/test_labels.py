@@ -19,6 +19,10 @@ from modelmill.project import Project, load_settings
 from modelmill.registry import Field, Registry, Signature
 from modelmill.store import Feedback
 
+# Each test runs the console entry point several times (about 100 s in all on a quiet 2-core machine):
+# .ci/run runs them; make test keeps its 10 minutes with the labels route's and stream's tests.
+pytestmark = pytest.mark.slow
+
 
 def mm(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "modelmill", *args], cwd=cwd, capture_output=True, text=True,
@@ -51,7 +55,8 @@ def _labelled(home: Path) -> dict[float, float]:
     return dict(zip(got["output"], got["label"], strict=True))
 
 
-@pytest.mark.parametrize("kind", ["csv", "parquet", "jsonl"])
+@pytest.mark.parametrize("kind", [pytest.param("csv", marks=pytest.mark.slow), "parquet",
+                                  pytest.param("jsonl", marks=pytest.mark.slow)])  # .ci/run: all three
 def test_ingest_counts_accepted_duplicates_and_unknown_labels(home: Path, kind: str) -> None:
     frame = pd.DataFrame({"id": ["r1", "r2", "nope"], "label": [1, 0, 1],
                           "ts": ["2026-12-01T10:00:00Z", "2026-12-01T10:00:00Z", "2026-12-01T10:00:00Z"]})

@@ -31,6 +31,7 @@ def check_result(out: subprocess.CompletedProcess[str], folder: Path) -> dict:
     assert march["labelled"] > 0.9 * march["requests"]
     assert 0.6 < march["auc"] < 0.95
     assert march["drift_share"] is not None and march["p99_ms"] > 0
+    assert march["drift_share_calibrated"] is not None  # the month's verdict with calibrated thresholds too
     # A fresh project: the first model trained is version 1, and each one registered after takes the next number.
     assert result["versions"] and result["versions"] == list(range(1, len(result["versions"]) + 1))
     html = (folder / "report.html").read_text()
@@ -52,6 +53,23 @@ def test_quarter_on_embedded_defaults(tmp_path: Path) -> None:
     [listed] = json.loads(models.stdout)["models"]
     assert listed["name"] == "flights_delay" and listed["versions"] == result["versions"]
     assert result["timings"]
+    # The demo is a client of the loop: its rounds ran `modelmill loop`'s code on the [models] table it wrote,
+    # and `loop status` (the database alone) shows the last one, judged in 2013 (the event clock).
+    status = subprocess.run([sys.executable, "-m", "modelmill", "loop", "status", "--json"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("MODELMILL_")})
+    assert status.returncode == 0, status.stderr
+    loop = json.loads(status.stdout)
+    model = loop["models"]["flights_delay"]
+    assert model["pipeline"] == "modelmill.demo.pipeline:RECENT"
+    assert model["rules"] == ["flights_delay.drift", "flights_delay.metric_drop"]
+    assert model["production"] == listed["aliases"]["production"]
+    assert model["last_round"] is not None and model["last_round"]["monitor"] in ("pass", "fail", "no_data")
+    assert loop["last_round_at"] is not None
+    # Every trigger the loop ran was decided by the loop (gated, then rolled out or not).
+    if model["last_trigger"] is not None:
+        assert model["last_decision"] is not None
+        assert model["last_decision"]["trigger_id"] == model["last_trigger"]["id"]
     # The skew check recomputes every prediction served through the feature route, and finds none skewed.
     skew = subprocess.run([sys.executable, "-m", "modelmill", "features", "skew", "--model", "flights_delay",
                            "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=300,

@@ -153,6 +153,7 @@ def test_a_served_experiment_on_accuracy_from_the_cli(tmp_path: Path, monkeypatc
     assert "label, conversion, output, latency_ms, log_loss, brier, accuracy" in help_text
 
 
+@pytest.mark.slow  # many CLI processes or a served model: .ci/run runs it, make test keeps its 10 minutes
 def test_create_on_a_registered_model_refuses_a_version_it_does_not_have(tmp_path: Path) -> None:
     from tests.serving.conftest import make_project
 

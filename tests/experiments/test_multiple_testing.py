@@ -94,6 +94,18 @@ def test_p_values_outside_zero_one_are_refused(bad: list[float]) -> None:
         with pytest.raises(InputError) as err:
             fn(bad)
         assert err.value.field == "p_values"
+        assert err.value.problem == "must all be numbers between 0 and 1"  # the problem, said plainly
+        assert err.value.value == [float(x) for x in bad] or math.isnan(err.value.value[-1])  # and what came
+
+
+def test_one_p_value_and_integer_p_values_are_adjusted_as_floats() -> None:
+    # a single comparison is a family of one: nothing to adjust, and a scalar comes back as one value
+    for fn in (holm, benjamini_hochberg):
+        assert fn(0.03).tolist() == [0.03]
+        # integer 0/1 p-values (a degenerate test) come out as float64, not truncated into an integer array
+        out = fn(np.array([0, 1, 0], dtype=np.int64))
+        assert out.dtype == np.float64 and out.tolist() == [0.0, 1.0, 0.0]
+        assert fn([0.5, 0.02]).dtype == np.float64
 
 
 def _three_arms() -> pd.DataFrame:

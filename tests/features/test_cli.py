@@ -75,6 +75,7 @@ def iso(t: dt.datetime) -> str:
     return t.isoformat()
 
 
+@pytest.mark.slow  # many CLI processes or a served model: .ci/run runs it, make test keeps its 10 minutes
 def test_start_and_end_load_the_latest_value_in_the_window_of_the_named_view(event_clock: Path) -> None:
     [only] = materialize(event_clock, "--start", "2013-01-01T00:00:00Z", "--end", "2013-01-01T06:00:00Z",
                          "--view", "weather")
@@ -121,6 +122,7 @@ def test_without_end_the_wall_clock_stops_now(wall_clock: Path) -> None:
     assert [r["rows"] for r in results] == [2, 2]
 
 
+@pytest.mark.slow  # one CLI process per case: .ci/run runs them, make test keeps its 10 minutes
 @pytest.mark.parametrize(("args", "code", "fields"), [
     (["--start", "not a time"], 2, {"type": "InputError", "field": "start", "value": "not a time"}),
     (["--start", "2013-01-01", "--end", "soon"], 2, {"type": "InputError", "field": "end", "value": "soon"}),
@@ -242,6 +244,7 @@ def online_cli(root: Path, *args: str) -> dict[str, Any]:
     return result
 
 
+@pytest.mark.slow  # many CLI processes or a served model: .ci/run runs it, make test keeps its 10 minutes
 def test_online_shows_each_feature_with_its_status_and_a_missing_one_as_missing(served: Path) -> None:
     materialize(served, "--start", "2013-01-01", "--end", "2013-01-02", "--view", "weather")  # not traffic
     got = online_cli(served, "--entity", "origin=JFK", "--at", iso(hours(4)))

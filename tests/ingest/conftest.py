@@ -14,7 +14,8 @@ import pytest
 
 from modelmill.ingest import EventSchema, Field, Publisher, Source, open_publisher, open_source
 
-BACKENDS = ["local", "kafka", "nats", "redis"]
+# Kafka (Tansu, started by the tests) costs 5-10 s a check: its contract runs in .ci/run (slow), the others in make test.
+BACKENDS = ["local", pytest.param("kafka", marks=pytest.mark.slow), "nats", "redis"]
 
 CLICKS = EventSchema(
     name="clicks",

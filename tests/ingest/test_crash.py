@@ -7,32 +7,15 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from modelmill.config import Settings
 from modelmill.project import Project
 from tests.ingest.conftest import CLICKS, Broker, click, clicks
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def written(db_path: Path) -> int:
-    """Events committed so far (read straight from the metadata database, as an outside observer)."""
-    if not db_path.exists():
-        return 0
-    engine = sa.create_engine(f"sqlite:///{db_path}")
-    try:
-        with engine.connect() as conn:
-            return int(conn.execute(sa.text("SELECT coalesce(sum(rows), 0) FROM ingest_batches")).scalar() or 0)
-    except sa.exc.OperationalError:
-        return 0
-    finally:
-        engine.dispose()
+from tests.ingest.crash import ROOT, kill_mid_batch, written
 
 
 @pytest.mark.slow
@@ -52,19 +35,7 @@ def test_sigkilled_consumer_loses_and_doubles_nothing(make_broker: Callable[[str
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"}
     command = [sys.executable, "-m", "tests.ingest.crash_consumer", str(home), broker.url, broker.stream,
                broker.group]
-    kills = 0
-    for _ in range(4):
-        before = written(db_path)
-        proc = subprocess.Popen([*command, "30"], cwd=ROOT, env=env)
-        deadline = time.monotonic() + 60
-        while written(db_path) <= before and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 0.6))  # somewhere inside the next micro-batch: poll, write or commit
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait(30)
-        assert written(db_path) < n, "the stream was consumed before the consumer could be killed"
+    kills = kill_mid_batch(command, env, db_path, n=n, rng=rng)
     assert kills == 4
     # One more run is killed in the window the random kills may never hit: after a commit, before its ack (a
     # processor SIGKILLs it). That batch is delivered again, and only the sink's event-id index stores it once.

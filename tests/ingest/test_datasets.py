@@ -50,3 +50,21 @@ def test_replay_through_local_log_and_nats_is_identical(
     expected = data.sort_by("event_id")
     assert via_local.equals(via_nats)
     assert via_local.equals(expected)
+
+
+def test_nanosecond_event_times_replay_in_order(tmp_path: object) -> None:
+    """pandas writes nanoseconds: times with a fraction of a microsecond are replayed (to the microsecond, in
+    event-time order), where a checked cast to microseconds raised ArrowInvalid out of `ingest publish`."""
+    import orjson
+    import pandas as pd
+
+    schema = EventSchema.from_dict({"name": "ev", "event_id": "id", "event_time": "ts",
+                                       "fields": {"id": "string", "ts": "timestamp", "x": "float"}})
+    frame = pd.DataFrame({"id": ["late", "early"], "x": [1.0, 2.0],
+                          "ts": pd.to_datetime(["2026-01-01T00:00:01.000000001Z", "2026-01-01T00:00:00.123456789Z"])})
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    assert table.schema.field("ts").type.unit == "ns"
+    replay = FileReplaySource(table, schema=schema).open()
+    events = [orjson.loads(p) for p in replay.poll(10, 0).payloads]
+    assert [e["id"] for e in events] == ["early", "late"]
+    assert events[0]["ts"].startswith("2026-01-01T00:00:00.123456")

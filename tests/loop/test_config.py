@@ -49,11 +49,11 @@ def with_(path: str, value: Any) -> dict[str, Any]:
     ("pipeline.retries", 3, "models.clicks.pipeline.retries", "cron, function, params"),
     ("gate", ..., "models.clicks.gate", "at least one of min, max, max_regression"),
     ("gate.min", {"auc": "high"}, "models.clicks.gate.min.auc", "a finite number"),
-    ("gate.min", {"f1": 0.5}, "models.clicks.gate.min.f1", "a metric of accuracy, auc, brier, logloss"),
+    ("gate.min", {"f1": 0.5}, "models.clicks.gate.min.f1", "a metric of accuracy, auc, brier, calibration_error, logloss"),
     ("gate.min", 0.7, "models.clicks.gate.min", "a table of metric = number"),
     ("gate.max_regression", {"auc": -0.1}, "models.clicks.gate.max_regression.auc", "0 or more"),
     ("gate.label", "", "models.clicks.gate.label", "the label column"),
-    ("gate.minimum", {"auc": 0.7}, "models.clicks.gate.minimum", "against, data, label, max, max_regression, min"),
+    ("gate.minimum", {"auc": 0.7}, "models.clicks.gate.minimum", "against, data, label, max, max_calibration_error,"),
     ("feature_service", 3, "models.clicks.feature_service", "the name of a feature service"),
     ("rules.drift", {"window": "1h"}, "models.clicks.rules.drift.share", "share of drifted columns"),
     ("rules.drift", {"share": 1.5}, "models.clicks.rules.drift.share", "(0, 1]"),
@@ -70,7 +70,8 @@ def with_(path: str, value: Any) -> dict[str, Any]:
     ("rules.metric_drop", {"metric": "logloss"}, "models.clicks.rules.metric_drop.metric", "auc, precision"),
     ("rules.metric_drop", {"margin": -1}, "models.clicks.rules.metric_drop.margin", "0 or more"),
     ("rules.metric_drop", {"min_labels": True}, "models.clicks.rules.metric_drop.min_labels", "a whole number"),
-    ("rules.spike", {}, "models.clicks.rules.spike", "drift, error_rate, latency, metric_drop"),
+    ("rules.spike", {}, "models.clicks.rules.spike",
+     "drift, error_rate, estimated_metric_drop, latency, metric_drop"),
     ("rollout.plan", ["shadow", 50, 20, 100], "models.clicks.rollout.plan", "strictly increasing"),
     ("rollout.plan", "5,50", "models.clicks.rollout.plan", "ending at 100"),
     ("rollout.min_requests", 10, "models.clicks.rollout.min_requests", "at least guardrails.min_samples (50)"),
@@ -88,6 +89,16 @@ def test_a_malformed_key_is_named_with_what_is_accepted(path: str, value: Any, k
     exc = error({"clicks": with_(path, value)})
     assert exc.key == key
     assert accepted in exc.accepted, exc.accepted
+
+
+def test_the_gate_takes_the_multiclass_and_regression_metrics_too() -> None:
+    """The candidate's task is known only when the gate runs (which refuses a metric it lacks), so the loop's
+    config takes every task's metric names, and still refuses a name no task has."""
+    [spec] = parse_models({"clicks": with_("gate.min", {"macro_f1": 0.6})}).models
+    assert spec.gate.minimum == {"macro_f1": 0.6}
+    [spec] = parse_models({"clicks": with_("gate.max", {"rmse": 2.0, "mae": 1.5})}).models
+    assert spec.gate.maximum == {"rmse": 2.0, "mae": 1.5}
+    assert error({"clicks": with_("gate.min", {"rmse_": 1.0})}).key == "models.clicks.gate.min.rmse_"
 
 
 def test_a_model_name_and_a_shared_pipeline_are_refused() -> None:
@@ -195,5 +206,6 @@ def test_the_package_docstring_example_is_a_valid_table() -> None:
     block = doc.split("::\n\n", 1)[1].split("\nEach model's rules", 1)[0]
     lines = [line[4:] for line in block.splitlines()]
     m = parse_models(tomllib.loads("\n".join(lines))["models"]).model("clicks")
-    assert [r.kind for r in m.rules] == ["drift", "metric_drop", "latency", "error_rate"]
-    assert m.gate.maximum == {"logloss": 0.6} and m.rollout.max_stage_seconds == 600.0
+    assert [r.kind for r in m.rules] == ["drift", "metric_drop", "estimated_metric_drop", "latency", "error_rate"]
+    assert m.gate.maximum == {"logloss": 0.6, "calibration_error": 0.1} and m.rollout.max_stage_seconds == 600.0
+    assert m.gate.max_regression == {"auc": 0.01, "logloss": 0.01}

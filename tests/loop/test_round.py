@@ -165,8 +165,8 @@ def test_the_loop_drives_the_rollout_to_promotion(tmp_path: Path) -> None:
         assert loop_status(project, cfg)["models"]["clicks"]["rollout"]["status"] == "completed"
 
 
-def _labelled_traffic(project: object, n: int = 120) -> None:
-    """``n`` answered requests of clicks@1 whose outputs say nothing of their labels (AUC near 0.5), labelled."""
+def _labelled_traffic(project: object, n: int = 120, version: int = 1) -> None:
+    """``n`` answered requests of clicks@version whose outputs say nothing of their labels (AUC near 0.5), labelled."""
     import numpy as np
 
     from modelmill.store.feedback import write_labels
@@ -175,7 +175,7 @@ def _labelled_traffic(project: object, n: int = 120) -> None:
     rng = np.random.default_rng(7)
     with prediction_log(project.offline) as log:  # type: ignore[attr-defined]
         for i in range(n):
-            log.append(f"l{i}", "clicks", 1, "stable", None, ("x1", "x2"), rng.normal(size=(1, 2)),
+            log.append(f"l{i}", "clicks", version, "stable", None, ("x1", "x2"), rng.normal(size=(1, 2)),
                        np.array([rng.uniform()]), 2.0)
     write_labels(project.offline, "clicks", [{"id": f"l{i}", "label": int(rng.integers(0, 2))}  # type: ignore[attr-defined]
                                              for i in range(n)])
@@ -275,3 +275,42 @@ def test_a_holdout_the_gate_cannot_score_fails_the_decision(tmp_path: Path) -> N
         assert decision["status"] == "failed" and "x2" in decision["reason"] and decision["version"] == 2
         assert count(project, rollouts) == 0
         assert Registry(project).get("clicks", 2).gate is None  # registered, never judged: never rolled out
+
+
+def test_a_version_rolled_back_before_is_not_rolled_out_again(tmp_path: Path) -> None:
+    """A retraining run that hits the cache registers no new version and names the one it made before; if that
+    version was rolled back, the loop rejects it rather than rolling out what the guardrails already refused."""
+    with open_project(tmp_path / "home") as project:
+        pipelines.first_version(project)
+        log_traffic(project, ok=20, failed=20)
+        loop = Loop(project, config(), lease=Lease(project.db, holder="a"))
+        (first,) = loop.round()["models"]["clicks"]["decisions"]
+        assert first["status"] == "rolling_out" and first["version"] == 2
+        RolloutController(project).rollback("clicks", reason="breached by hand")
+        trigger(pipelines.RETRAIN.name, "again", params=dict(loop._params["clicks"]), project=project)
+        out = loop.round()
+        (again,) = out["models"]["clicks"]["decisions"]
+        assert again["version"] == 2 and again["status"] == "rejected"  # the cached run named version 2 again
+        assert f"rollout {first['rollout_id']}" in again["reason"] and "breached by hand" in again["reason"]
+        assert count(project, rollouts) == 1  # no second rollout of it
+
+
+def test_the_rules_watch_the_production_version_not_a_candidate(tmp_path: Path) -> None:
+    """A candidate's own metric (or drift) is its rollout's guardrails' business: it retrains nothing. The same
+    measurement of the version production names fires."""
+    cfg = config(rules={"metric_drop": {"metric": "auc", "baseline": 0.9, "min_labels": 50, "window": "1h"}})
+    with open_project(tmp_path / "home") as project:
+        pipelines.first_version(project)
+        candidate = int(pipelines.RETRAIN.run(project, params={"seed": 1, "model": "clicks", "flip": False})
+                        .value("version"))
+        _labelled_traffic(project, version=candidate)  # AUC near 0.5, far below 0.9 - 0.05, over 120 labels
+        loop = Loop(project, cfg, lease=Lease(project.db, holder="a"))
+        quiet = loop.round()
+        assert quiet["models"]["clicks"]["monitor"]["alerts_changed"] == [] and quiet["scheduler"] == []
+        (rule,) = cfg.model("clicks").monitoring_rules()
+        everything = LoopMeasure(project, min_counts={rule.name: 50}).measure(rule, time.time())
+        assert [dict(k)["version"] for k in everything] == [str(candidate)]  # measured; only not watched
+        Registry(project).set_alias("clicks", "production", candidate)
+        fired = loop.round()
+        assert [(a["rule"], a["labels"]["version"]) for a in fired["models"]["clicks"]["monitor"]["alerts_changed"]] \
+            == [("clicks.metric_drop", str(candidate))]

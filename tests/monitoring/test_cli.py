@@ -91,6 +91,7 @@ def test_a_misspelt_exclusion_is_refused_by_both(files: tuple[Path, Path], tmp_p
 # ---- monitor: a version without a reference profile is "no data", named, with the way to fix it -------------
 
 
+@pytest.mark.slow  # many CLI processes or a served model: .ci/run runs it, make test keeps its 10 minutes
 def test_monitor_names_a_missing_reference_and_does_not_pass(tmp_path: Path) -> None:
     root = make_project(tmp_path / "proj")  # clf v1 (production), v2
     serve = ServeProcess(root, "--model", "clf@production", "--no-cache").wait_ready()

@@ -153,7 +153,7 @@ def test_a_binary_models_labels_that_are_not_0_or_1_are_no_data() -> None:
 
 
 def test_the_task_is_read_as_the_labels_route_reads_it(project: Project) -> None:
-    # a 'probability' output is binary (no metrics registered); an unknown task or a multiclass one measures nothing
+    # a 'probability' output is binary (no metrics registered); an unknown task measures nothing
     X, y = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 0.0], [3.0, 1.0]]), [0, 0, 1, 1]
     reg = Registry(project)
     reg.register("prob", LogisticRegression().fit(X, y), flavor="sklearn",
@@ -171,9 +171,12 @@ def test_the_task_is_read_as_the_labels_route_reads_it(project: Project) -> None
     odd = rows[("odd", 1)]
     assert odd["task"] is None and odd["status"] == "no_data" and odd["metrics"] == {}
     assert "records task 'ranking'" in odd["reason"]
-    multi = rows[("multi", 1)]
-    assert (multi["task"], multi["status"], multi["metrics"]) == ("multiclass", "no_data", {})
-    assert multi["reason"] == "no delayed-label metrics are computed for multiclass models yet"
+    multi = rows[("multi", 1)]  # 2.5 is none of its classes: its metrics are no data, not a guess
+    assert (multi["task"], multi["status"], sorted(multi["metrics"])) == (
+        "multiclass", "no_data", ["accuracy", "log_loss", "macro_f1"])
+    assert multi["reason"] == ("10 of 10 labels are not one of the classes 0, 1, 2, as this multiclass model's "
+                               "labels must be")
+    assert all(m["status"] == "no_data" and m["n"] == 10 for m in multi["metrics"].values())
 
 
 def test_monitor_once_prints_the_metrics_as_json_and_as_a_table(tmp_path: Path,

@@ -97,3 +97,43 @@ def test_a_metric_drop_with_nothing_to_compare_with_is_no_data_not_a_pass(projec
     measure.base = 0.9  # compared again, and healthy: now it resolves
     assert [a.status for a in ev.evaluate(now + 120)] == ["resolved"]
     assert ev.statuses["AucDrop"].status == "pass"
+
+
+def test_a_column_with_no_values_in_the_window_is_no_data_and_all_of_them_no_window(project: Project) -> None:
+    """A feature that is null for every request of the window (an online store that lost it, say) is not
+    tested: the window's drift is over the other columns and names it as no data; a window where no column
+    has values is no data, never a pass (it raised out of the whole monitor round before)."""
+    import datetime as dt
+
+    import numpy as np
+    import pandas as pd
+    import sqlalchemy as sa
+
+    from modelmill.monitoring import Monitor, MonitoringConfig, ReferenceStore
+    from modelmill.store.tables.monitoring import monitoring_windows
+
+    from .conftest import log_predictions
+
+    rng = np.random.default_rng(5)
+    train = pd.DataFrame({"temp": rng.normal(5, 6, 2000), "wind": rng.gamma(2, 3, 2000)})
+    ReferenceStore(project).compute("flights", 1, train)
+    monitor = Monitor(project, MonitoringConfig.from_section({"window": "1h", "models": ["flights"]}))
+    t0 = dt.datetime(2013, 7, 1, tzinfo=dt.UTC)
+    lost_wind = pd.DataFrame({"temp": rng.normal(5, 6, 300), "wind": np.full(300, np.nan)})
+    log_predictions(project, model="flights", version=1, ts=t0, features=lost_wind, outputs=rng.uniform(size=300),
+                    latency_ms=2.0, spread_s=600)
+    one = monitor.run_once(now=(t0 + dt.timedelta(minutes=30)).timestamp())
+    [window] = one["windows"]
+    assert window["status"] in ("pass", "fail") and window["n_rows"] == 300
+    with project.db.engine.connect() as conn:
+        drift = conn.execute(sa.select(monitoring_windows.c.drift).order_by(monitoring_windows.c.id.desc())).scalar()
+    assert set(drift["columns"]) == {"temp"} and "wind" in drift["no_data"]
+
+    nothing = pd.DataFrame({"temp": np.full(200, np.nan), "wind": np.full(200, np.nan)})
+    later = t0 + dt.timedelta(hours=2)
+    log_predictions(project, model="flights", version=1, ts=later, features=nothing, outputs=rng.uniform(size=200),
+                    latency_ms=2.0, spread_s=600)
+    empty = monitor.run_once(now=(later + dt.timedelta(minutes=30)).timestamp())
+    [window] = empty["windows"]
+    assert window["status"] == "no_data" and "no column of flights@1 has values" in window["reason"]
+    assert window["drift_share"] is None and empty["status"] == "no_data"

@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 
 from modelmill.errors import InputError
 from modelmill.project import Project
-from modelmill.registry import Registry, Signature, to_onnx
+from modelmill.registry import Field, Registry, Signature, to_onnx
 from modelmill.testing import check_flavor
 from tests.registry.mlp import MLP, train_mlp
 
@@ -57,6 +57,21 @@ def _case_lgb_booster(X: np.ndarray, y: np.ndarray, Xt: np.ndarray) -> tuple[Any
     return clf.booster_, clf.predict_proba(Xt)[:, 1]
 
 
+def _case_xgb_classifier(X: np.ndarray, y: np.ndarray, Xt: np.ndarray) -> tuple[Any, np.ndarray]:
+    import xgboost
+
+    clf = xgboost.XGBClassifier(n_estimators=30, max_depth=4, n_jobs=1, random_state=0).fit(X, y)
+    return clf, clf.predict_proba(Xt)[:, 1]
+
+
+def _case_catboost_classifier(X: np.ndarray, y: np.ndarray, Xt: np.ndarray) -> tuple[Any, np.ndarray]:
+    import catboost
+
+    clf = catboost.CatBoostClassifier(iterations=30, depth=4, thread_count=1, random_seed=0, verbose=False,
+                                      allow_writing_files=False).fit(X, y)
+    return clf, clf.predict_proba(Xt)[:, 1]
+
+
 def _case_sklearn_classifier(X: np.ndarray, y: np.ndarray, Xt: np.ndarray) -> tuple[Any, np.ndarray]:
     clf = LogisticRegression().fit(X, y)
     return clf, clf.predict_proba(Xt)[:, 1]
@@ -90,6 +105,8 @@ def _case_onnx(X: np.ndarray, y: np.ndarray, Xt: np.ndarray) -> tuple[Any, np.nd
 CASES: dict[str, Case] = {
     "lightgbm-classifier": ("lightgbm", _case_lgb_classifier, {}, 1e-9, 0.0),
     "lightgbm-booster": ("lightgbm", _case_lgb_booster, {}, 1e-9, 0.0),
+    "xgboost-classifier": ("xgboost", _case_xgb_classifier, {}, 1e-6, 0.0),
+    "catboost-classifier": ("catboost", _case_catboost_classifier, {}, 1e-9, 0.0),
     "sklearn-classifier": ("sklearn", _case_sklearn_classifier, {}, 1e-9, 0.0),
     "sklearn-regressor": ("sklearn", _case_sklearn_regressor, {}, 1e-7, 0.0),
     "torch-state-dict": ("torch", _case_torch_state_dict, {}, 1e-6, 1e-7),
@@ -132,3 +149,23 @@ def test_flavor_rejects_what_it_cannot_store(sqlite_registry: Registry, signatur
         sqlite_registry.register("x", b"not onnx", flavor="onnx", signature=signature6)
     with pytest.raises(InputError, match=r"options\.output"):
         sqlite_registry.register("x", MLP(6), flavor="torch", signature=signature6, options={"output": "odds"})
+
+
+class Scorer:
+    """predict_proba only: the sigmoid of the first column."""
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        p = 1 / (1 + np.exp(-np.asarray(X)[:, 0]))
+        return np.column_stack([1 - p, p])
+
+
+def test_a_bare_predict_proba_scorer_is_binary(project: Project) -> None:
+    """A wrapper with predict_proba only (no classes_, no predict: the demo's planted broken candidate, a
+    user's scorer) loads as a binary classifier scoring the second column, as before tasks were known."""
+    from modelmill.registry.flavors import task_of
+
+    assert task_of(Scorer()) == ("binary", [])
+    registry = Registry(project)
+    mv = registry.register("scorer", Scorer(), flavor="sklearn", signature=Signature(inputs=[Field("x", "float64")]))
+    loaded = registry.load(mv)
+    np.testing.assert_allclose(loaded.predict(np.array([[0.0], [2.0]])), [0.5, 1 / (1 + np.exp(-2.0))])

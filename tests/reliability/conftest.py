@@ -9,7 +9,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import need, port_open
+from tests.processes import kill_process, stop_process
 from tests.serving.conftest import free_port, serve
 
 __all__ = ["NatsServer", "PgCluster", "RedisServer", "nats_server", "pg_cluster", "redis_server", "serve",
@@ -57,19 +57,11 @@ class _Process:
         wait_for(lambda: port_open("127.0.0.1", self.port, 0.2), 20, f"{self.name} listening on {self.port}")
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        kill_process(self.proc)
         wait_for(lambda: not port_open("127.0.0.1", self.port, 0.2), 10, f"{self.name} gone from {self.port}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 class RedisServer(_Process):

@@ -203,9 +203,11 @@ def test_every_component_rides_through_seconds_of_postgres_downtime(tmp_path: Pa
 
         # the running server, through its admin API and its reload poll
         headers = {"Authorization": f"Bearer {admin}"}
+        # answers received before the move was sent came from version 1; one in flight beside the PUT may
+        # already see version 2 (the server applies the alias before its answer to the PUT reaches us)
+        moved_at = time.monotonic()
         r = httpx.put(f"{proc.url}/v1/models/clf/aliases/production", json={"version": 2}, headers=headers)
         assert r.status_code == 200, r.text
-        moved_at = time.monotonic()
         wait_for(lambda: bool(traffic.results) and traffic.results[-1][2] == "2", 10, "traffic on version 2")
         # a token created after the outage is known to the server (its token refresh reconnected too)
         wait_for(lambda: httpx.get(f"{proc.url}/v1/routes", headers={"Authorization": f"Bearer {reader}"})

@@ -52,6 +52,11 @@ def test_start_refuses_what_it_cannot_guard(tmp_path: Path, monkeypatch: pytest.
     # A minimum below the guardrails' own: the stage would pass before any guardrail could judge it.
     assert "minimum sample" in fails("rollout", "start", "clf@2", "--min-requests", "40", "--detach", "--json")
     assert "names no guardrail" in fails("rollout", "start", "clf@2", "--off", "latency", "--detach", "--json")
+    # A negative allowed increase (a candidate must be better than production by that much) is refused, as the
+    # HTTP body and the loop's config refuse it, naming the setting
+    for option in ("--max-label-loss-increase", "--max-error-rate-increase", "--max-estimated-loss-increase"):
+        said = fails("rollout", "start", "clf@2", option, "-0.1", "--detach", "--json")
+        assert option[2:].replace("-", "_") in said and "at least 0" in said, said
     assert run("rollout", "status", "--json")["rollouts"] == []
     started = run("rollout", "start", "clf@2", "--min-requests", "40", "--min-samples", "40", "--off", "label_loss",
                   "--max-stage-seconds", "900", "--on-timeout", "hold", "--detach", "--json")["rollout"]

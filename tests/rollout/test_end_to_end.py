@@ -115,6 +115,7 @@ def _controller(project: Project, proc: ServeProcess) -> RolloutController:
     return RolloutController(project, source=source)
 
 
+@pytest.mark.slow  # many CLI processes or a served model: .ci/run runs it, make test keeps its 10 minutes
 def test_good_candidate_goes_all_the_way(served: Any) -> None:
     """Delayed labels arrive as the traffic runs: every stage passes on the label join, not for lack of data."""
     root, proc = served()
@@ -149,6 +150,7 @@ def test_good_candidate_goes_all_the_way(served: Any) -> None:
     assert {s[2] for s in traffic.statuses if s[0] > t_after} == {"2"}
 
 
+@pytest.mark.slow  # many CLI processes or a served model: .ci/run runs it, make test keeps its 10 minutes
 def test_failing_candidate_is_rolled_back_and_few_users_see_errors(served: Any) -> None:
     root, proc = served()
     traffic = Traffic(proc.url).start()
@@ -270,6 +272,7 @@ def test_killed_controller_resumes(served: Any) -> None:
     assert traffic.errors()[0] == 0
 
 
+@pytest.mark.slow  # many CLI processes or a served model: .ci/run runs it, make test keeps its 10 minutes
 def test_readme_recipe_rolls_back_the_demos_faulty_model(served: Any) -> None:
     """The README's CI/CD step exactly as written (no --metrics-url: the prediction log alone counts every
     outcome), with the demo's FaultyModel as the candidate, against a real server under traffic."""

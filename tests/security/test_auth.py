@@ -45,6 +45,16 @@ EXPECTED: dict[tuple[str, str], tuple[str, str | None, Any, int]] = {
     ("GET", "/v2/models/{name}/versions/{version}"): ("data", "read", None, 200),
     ("GET", "/v2/models/{name}/versions/{version}/ready"): ("data", "read", None, 200),
     ("GET", "/metrics"): ("data", "read", None, 200),
+    # Triton's extensions (tritonclient calls them): configuration and statistics are reads of the data plane;
+    # the repository's index too, while loading and unloading a model change what a worker serves: admin.
+    ("GET", "/v2/models/stats"): ("data", "read", None, 200),
+    ("GET", "/v2/models/{name}/config"): ("data", "read", None, 200),
+    ("GET", "/v2/models/{name}/stats"): ("data", "read", None, 200),
+    ("GET", "/v2/models/{name}/versions/{version}/config"): ("data", "read", None, 200),
+    ("GET", "/v2/models/{name}/versions/{version}/stats"): ("data", "read", None, 200),
+    ("POST", "/v2/repository/index"): ("data", "read", {}, 200),
+    ("POST", "/v2/repository/models/{name}/load"): ("control", "admin", None, 200),
+    ("POST", "/v2/repository/models/{name}/unload"): ("control", "admin", None, 200),
     ("GET", "/v1/routes"): ("control", "read", None, 200),
     ("GET", "/v1/routes/{name}"): ("control", "read", None, 200),
     ("PUT", "/v1/routes/{name}"): ("control", "admin", ROUTE, 200),

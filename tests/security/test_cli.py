@@ -9,12 +9,14 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 
 from modelmill.registry import Registry
 from tests.serving.conftest import N_FEATURES, infer_body, make_project, open_project_at
 from tests.test_cli import mm
 
 
+@pytest.mark.slow  # many CLI processes or a served model: .ci/run runs it, make test keeps its 10 minutes
 def test_create_list_revoke_json(tmp_path: Path) -> None:
     made = mm(["token", "create", "--role", "admin", "--name", "ci", "--json"], tmp_path)
     assert made.returncode == 0, made.stderr
@@ -39,6 +41,7 @@ def test_bad_role_and_unknown_token_are_clear_errors(tmp_path: Path) -> None:
     assert serve.returncode == 2 and "--auth" in serve.stderr
 
 
+@pytest.mark.slow  # many CLI processes or a served model: .ci/run runs it, make test keeps its 10 minutes
 def test_serve_with_auth_required_from_the_environment(tmp_path: Path, serve: Any) -> None:
     root = make_project(tmp_path / "proj")
     secret = json.loads(mm(["token", "create", "--role", "predict", "--json"], root).stdout)["token"]

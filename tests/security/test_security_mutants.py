@@ -8,6 +8,7 @@ SQLite only: the PostgreSQL paths are the same statements, covered by tests/secu
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -212,3 +213,38 @@ def test_refresh_drops_revoked_tokens_and_stamps_the_time_and_an_unknown_mode_is
         Authenticator(store, mode="open")
     assert (info.value.key, info.value.value, info.value.accepted) == ("serving.auth", "open",
                                                                        "one of 'control', 'required'")
+
+
+# --- the tokens' small helpers, pinned (mutmut's survivors of a full run, third session) --------------------
+
+def test_a_misspelt_role_on_a_route_is_a_key_error_naming_it_and_the_roles() -> None:
+    from modelmill.security.tokens import allows
+
+    with pytest.raises(KeyError) as err:
+        allows("admin", "amdin")
+    assert err.value.args == ("unknown role 'amdin'; roles are read, predict, label, admin",)
+
+
+def test_a_token_with_a_lone_surrogate_hashes_instead_of_raising() -> None:
+    # an HTTP header decoded with surrogateescape can carry one; hashing must not turn a bad token into a 500
+    from modelmill.security.tokens import hash_token
+
+    odd = hash_token("mmt_0123456789ab_\ud800")
+    assert len(odd) == 64 and odd != hash_token("mmt_0123456789ab_") and odd == hash_token("mmt_0123456789ab_\ud800")
+    assert odd == hashlib.sha256("mmt_0123456789ab_\ud800".encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def test_parse_token_takes_up_to_200_characters_and_needs_a_secret() -> None:
+    from modelmill.security.tokens import parse_token
+
+    head = "mmt_0123456789ab_"
+    assert parse_token(head + "s" * (200 - len(head))) == "0123456789ab"  # exactly 200: parsed
+    assert parse_token(head + "s" * (201 - len(head))) is None  # 201: refused before any lookup
+    assert parse_token(head) is None  # a separator but no secret
+    assert parse_token("mmt_0123456789ab") is None  # no separator
+
+
+def test_check_role_returns_the_role() -> None:
+    from modelmill.security.tokens import check_role
+
+    assert [check_role(r) for r in ("read", "predict", "label", "admin")] == ["read", "predict", "label", "admin"]

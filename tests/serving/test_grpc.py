@@ -261,6 +261,7 @@ def test_auth_required_needs_a_token_in_the_metadata(tmp_path: Path) -> None:
         proc.stop()
 
 
+@pytest.mark.slow  # many CLI processes or a served model: .ci/run runs it, make test keeps its 10 minutes
 def test_two_workers_share_the_grpc_port(tmp_path: Path) -> None:
     root = make_project(tmp_path / "proj")
     proc, port = _start(root, "--workers", "2")

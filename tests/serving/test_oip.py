@@ -74,7 +74,8 @@ def client() -> Iterator[TestClient]:
 def test_health_and_metadata(client: TestClient) -> None:
     assert client.get("/v2/health/live").status_code == 200
     assert client.get("/v2/health/ready").status_code == 200
-    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data"]
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data", "model_repository",
+                                                      "model_configuration", "statistics"]
     meta = client.get("/v2/models/sum/versions/3").json()
     assert meta["versions"] == ["3"]
     assert meta["inputs"] == [{"name": "a", "datatype": "FP64", "shape": [-1]},

@@ -17,6 +17,8 @@ from modelmill.training.trainers import frame_to_xy, get_trainer, train
 @pytest.mark.parametrize(("trainer", "params"), [
     ("sklearn-hgb", {"max_iter": 30}),
     ("lightgbm", {"n_estimators": 30, "n_jobs": 1}),
+    ("xgboost", {"n_estimators": 30, "n_jobs": 1}),
+    ("catboost", {"iterations": 30, "thread_count": 1}),
     ("torch-mlp", {"hidden": [16], "epochs": 8, "batch_size": 64, "lr": 0.1}),
 ])
 def test_trainer_contract(project: Project, trainer: str, params: dict[str, object]) -> None:
@@ -44,7 +46,7 @@ def test_check_trainer_names_the_broken_promise(project: Project) -> None:
 
 def test_bad_trainer_input_is_named() -> None:
     with pytest.raises(InputError, match="trainer"):
-        get_trainer("xgboost")
+        get_trainer("no-such-trainer")
     with pytest.raises(InputError, match="params"):
         get_trainer("lightgbm", n_trees=3)
     with pytest.raises(InputError, match="label"):

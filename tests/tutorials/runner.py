@@ -11,6 +11,7 @@ This module imports nothing from modelmill: a tutorial is run as a user runs it,
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,8 +20,9 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["Block", "blocks", "free_port", "run_page"]
+__all__ = ["HOWTO", "Block", "blocks", "free_port", "read_json", "run_howto", "run_page"]
 
 _FENCE = re.compile(r"^```(?P<info>[^\n`]*)\n(?P<body>.*?)^```\s*$", re.M | re.S)
 _TITLE = re.compile(r'title="(?P<title>[^"]+)"')
@@ -79,3 +81,18 @@ def run_page(page: Path, workdir: Path, *, port: int, timeout: float) -> subproc
             pass
         proc.wait()
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
+
+
+HOWTO = Path(__file__).resolve().parents[2] / "docs" / "howto"
+
+
+def run_howto(page: str, workdir: Path, timeout: float = 420) -> Path:
+    """Run ``docs/howto/<page>`` in ``workdir`` (on a free port); fail with the end of its output unless it exits 0."""
+    done = run_page(HOWTO / page, workdir, port=free_port(), timeout=timeout)
+    assert done.returncode == 0, f"{page} failed (exit {done.returncode}):\n{done.stdout[-6000:]}"
+    return workdir
+
+
+def read_json(workdir: Path, name: str) -> Any:
+    """A JSON file a page's commands wrote."""
+    return json.loads((workdir / name).read_text())

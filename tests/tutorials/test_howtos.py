@@ -9,26 +9,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tests.tutorials.runner import free_port, run_page
-
-HOWTO = Path(__file__).resolve().parents[2] / "docs" / "howto"
-
-
-def _run(page: str, workdir: Path, timeout: float = 420) -> Path:
-    done = run_page(HOWTO / page, workdir, port=free_port(), timeout=timeout)
-    assert done.returncode == 0, f"{page} failed (exit {done.returncode}):\n{done.stdout[-6000:]}"
-    return workdir
-
-
-def _json(workdir: Path, name: str) -> Any:
-    return json.loads((workdir / name).read_text())
-
+from tests.tutorials.runner import read_json as _json
+from tests.tutorials.runner import run_howto as _run
 
 # --- send-labels.md ----------------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from modelmill.cli import (
     serve,
     token,
     train,
+    ui,
     webhooks,
 )
 from modelmill.cli.output import fail
@@ -69,6 +70,7 @@ labels.register(app)
 loop.register(app)
 token.register(app)
 webhooks.register(app)
+ui.register(app)
 
 
 def main() -> None:

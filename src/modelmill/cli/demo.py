@@ -37,11 +37,13 @@ def demo(
 
         raise InputError("--scenario", "must be flights or clicks", scenario)
     from modelmill.demo import MONTH_COLUMNS, DemoOptions, FlightsDemo, month_table, prepare_project
+    from modelmill.demo.flights import loop_toml
     from modelmill.demo.report import write_demo_report
     from modelmill.project import Project
 
     options = DemoOptions(months=months, report=report)
-    settings = prepare_project(Path.cwd(), model=options.model, fresh=fresh, db=db, online=online, broker=broker)
+    settings = prepare_project(Path.cwd(), model=options.model, fresh=fresh, db=db, online=online, broker=broker,
+                               loop=loop_toml(options))
     say = (lambda _t: None) if as_json else (lambda t: err_console.print(t, highlight=False))
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err_console, disable=as_json, transient=False)

@@ -146,14 +146,19 @@ def gate(
     against: str = typer.Option(None, "--against", help="NAME@production (or any reference) to compare with."),
     data: Path = typer.Option(..., "--data", help="Labelled rows: .parquet or .csv."),
     label: str = typer.Option("label", "--label", help="The label column of --data."),
-    minimum: list[str] = typer.Option(None, "--min", help="METRIC=VALUE the candidate must reach, e.g. auc=0.70."),
+    minimum: list[str] = typer.Option(None, "--min", help="METRIC=VALUE the candidate must reach, e.g. auc=0.70. "
+                                      "The metrics are the candidate's task's: binary auc, accuracy, logloss, brier, "
+                                      "calibration_error…; multiclass logloss, macro_f1, accuracy; regression rmse, "
+                                      "mae, r2."),
     maximum: list[str] = typer.Option(None, "--max", help="METRIC=VALUE the candidate must not exceed, e.g. logloss=0.5."),
     max_regression: list[str] = typer.Option(None, "--max-regression",
                                              help="METRIC=VALUE: how much worse than --against it may be."),
     actor: str = typer.Option("gate", "--actor", help="Who runs the gate; kept in the audit trail."),
     as_json: bool = JsonOption,
 ) -> None:
-    """The validation gate: exit 0 to accept, 1 to reject; the decision is recorded on the version."""
+    """The validation gate: exit 0 to accept, 1 to reject; the decision is recorded on the version. The
+    metrics are the candidate's task's (binary, multiclass or regression); a threshold on a metric its task
+    does not have is refused (exit 2)."""
     parse_ref(candidate)
     frame = read_labelled(data, label)
     with open_project() as project:

@@ -69,6 +69,10 @@ def start(
     max_output_shift: float = typer.Option(0.2, "--max-output-shift", help="Allowed KS distance of outputs."),
     max_label_loss_increase: float = typer.Option(0.02, "--max-label-loss-increase",
                                                   help="Allowed increase of the loss on delayed labels."),
+    max_estimated_loss_increase: float | None = typer.Option(
+        None, "--max-estimated-loss-increase",
+        help="Turn on the estimated_loss guardrail (calibrated binary classifiers): allowed increase of the "
+             "expected log loss of the outputs, judged before labels arrive (default: off)."),
     min_samples: int = typer.Option(50, "--min-samples",
                                     help="Observations each guardrail needs before it can pass (until then the "
                                          "stage holds)."),
@@ -91,7 +95,8 @@ def start(
     guardrails = make_guardrails({"max_error_rate_increase": max_error_rate_increase,
                                   "max_latency_ratio": max_latency_ratio, "latency_slack_ms": latency_slack_ms,
                                   "max_output_shift": max_output_shift,
-                                  "max_label_loss_increase": max_label_loss_increase, "min_samples": min_samples},
+                                  "max_label_loss_increase": max_label_loss_increase,
+                                  "max_estimated_loss_increase": max_estimated_loss_increase, "min_samples": min_samples},
                                  off=off)
     with open_project() as project:
         started = control.start_rollout(project, model, version, actor="cli", metrics_url=metrics_url, baseline=base,

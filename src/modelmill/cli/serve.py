@@ -80,6 +80,10 @@ def serve(
         os.environ[GRPC_ENV] = json.dumps({"host": host, "port": grpc_port, "reuse_port": workers > 1})
     else:
         os.environ.pop(GRPC_ENV, None)
+    from modelmill.config import load_settings
+    from modelmill.doctor import check_stores
+
+    check_stores(load_settings())  # an unreachable object store: a ConfigError naming the key, before any worker
     served = model or default_models()
     os.environ[MODELS_ENV] = ",".join(served)
     options = {"max_batch_size": max_batch_size, "max_wait_us": max_wait_us, "cache": cache, "compile": compile,
@@ -138,13 +142,21 @@ def default_models() -> list[str]:
 
 def predict_batch(
     model: str = typer.Option(..., "--model", "-m", help="NAME@ALIAS or NAME@VERSION."),
-    input: Path = typer.Option(..., "--input", "-i", help="Parquet (or .csv) file with the model's columns."),
+    input: Path = typer.Option(..., "--input", "-i", help="Parquet (or .csv) file, or a folder of .parquet files, with the model's columns."),
     output: Path = typer.Option(..., "--output", "-o", help="Parquet file to write (input + prediction)."),
-    engine: str = typer.Option("local", help="'local' (this process) or 'ray' (Ray Data)."),
+    engine: str = typer.Option("local", help="'local' (this process) or 'ray' (Ray tasks, on --address or a Ray of its own)."),
+    address: str | None = typer.Option(
+        None, "--address",
+        help="With --engine ray: the Ray cluster to run on, ray://HOST:PORT (Ray Client) or HOST:PORT (the head's "
+             "GCS port, from a machine in the cluster); unset, a Ray of this process's own is started."),
     chunk_rows: int = typer.Option(65_536, help="Rows scored at a time."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Score a Parquet or CSV file with a registered model version; shows a progress bar."""
+    """Score a Parquet or CSV file, or a folder of Parquet files, with a registered model version; shows a progress bar.
+
+    With --engine ray the rows are scored as Ray tasks, on the cluster at --address when given; the output is
+    the same as the local engine's, row for row, and the summary says how many nodes scored rows.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from modelmill.project import open_project
@@ -161,7 +173,7 @@ def predict_batch(
     ) as bar:
         task = bar.add_task("rows", total=total)
         summary = run(Registry(project), model, input, output, engine=engine, chunk_rows=chunk_rows,
-                      progress=lambda done: bar.update(task, completed=done))
+                      progress=lambda done: bar.update(task, completed=done), ray_address=address)
     if as_json:
         emit_json(summary)
     else:
@@ -169,3 +181,5 @@ def predict_batch(
               [[summary["model"], summary["version"], summary["engine"], summary["rows"], summary["seconds"],
                 summary["output"]]])
         console.print(f"rows/s: {summary['rows'] / max(summary['seconds'], 1e-9):,.0f}")
+        if "nodes" in summary:
+            console.print(f"Ray nodes that scored rows: {len(summary['nodes'])}")

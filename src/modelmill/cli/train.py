@@ -1,5 +1,5 @@
-"""``modelmill train``, ``modelmill pipeline run|runs|schedule|unschedule|schedules|trigger|status`` and
-``modelmill scheduler``."""
+"""``modelmill train``, ``modelmill pipeline run|runs|schedule|unschedule|schedules|trigger|status``,
+``modelmill pipeline export-airflow|run-step|finish-run`` and ``modelmill scheduler``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
+import shutil
+import sys
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -60,9 +63,13 @@ def _file_digest(path: Path) -> str:
 
 
 def train(
-    trainer: str = typer.Option(..., "--trainer", "-t", help="sklearn-hgb, lightgbm or torch-mlp."),
+    trainer: str = typer.Option(..., "--trainer", "-t", help="sklearn-hgb, lightgbm, xgboost, catboost or torch-mlp."),
     data: Path | None = typer.Option(None, "--data", help="Training data: a .csv or .parquet file."),
-    label: str = typer.Option(..., "--label", help="The binary label column."),
+    label: str = typer.Option(..., "--label", help="The label column: two classes (binary), three or more "
+                              "(multiclass), or numbers (regression), as --task says."),
+    task: str = typer.Option("binary", "--task", help="binary (AUC, log loss), multiclass (log loss, macro F1, "
+                             "accuracy) or regression (RMSE, MAE); multiclass and regression train with "
+                             "sklearn-hgb, xgboost or catboost."),
     params: list[str] = ParamOption,
     features: str | None = typer.Option(None, help="Comma-separated feature columns (default: every numeric one; "
                                         "with --feature-service, every one the service serves)."),
@@ -78,6 +85,11 @@ def train(
     experiment: str = typer.Option("train", "--experiment", "-e", help="Experiment the run is filed under."),
     valid_fraction: float = typer.Option(0.2, help="Held-out share for the validation metrics."),
     seed: int = typer.Option(0, help="Seed of the train/validation split and of the trainer."),
+    calibrate: str = typer.Option("none", "--calibrate", help="none, isotonic or sigmoid (Platt): map the "
+                                  "model's probabilities on a calibration slice it does not train on "
+                                  "(binary sklearn-hgb, lightgbm, xgboost or catboost)."),
+    calibration_fraction: float = typer.Option(0.2, "--calibration-fraction",
+                                               help="Share of the training part kept out to calibrate on."),
     register_as: str | None = typer.Option(None, "--register", help="Register the model under this name."),
     as_json: bool = JsonOption,
 ) -> None:
@@ -89,8 +101,10 @@ def train(
     import joblib
 
     from modelmill.cli.features import read_frame
+    from modelmill.training.calibration import check_method
     from modelmill.training.trainers import train as fit
 
+    check_method(calibrate, "--calibrate")
     settings = parse_params(params)
     if nproc != 1:
         if trainer != "torch-mlp":
@@ -120,7 +134,8 @@ def train(
                        feature_version=served.version if served else None) as run:
             with _busy(f"training {trainer} on {len(frame):,} rows…", as_json):
                 result = fit(trainer, frame, label, run=run, valid_fraction=valid_fraction, seed=seed,
-                             features=cols, **settings)
+                             features=cols, task=task, calibrate=calibrate,
+                             calibration_fraction=calibration_fraction, **settings)
             buf = io.BytesIO()
             joblib.dump(result.model, buf)
             artifact = run.log_artifact("model.joblib", buf.getvalue())
@@ -135,8 +150,9 @@ def train(
     if as_json:
         emit_json(out)
     else:
-        console.print(f"run [bold]{run.run_id}[/]: auc {result.metrics['auc']:.4f}, "
-                      f"log loss {result.metrics['log_loss']:.4f}" + (f"; registered {version}" if version else ""))
+        scores = ", ".join(f"{k.replace('_', ' ')} {result.metrics[k]:.4f}"  # the task's metrics
+                           for k in ("auc", "log_loss", "macro_f1", "accuracy", "rmse", "mae") if k in result.metrics)
+        console.print(f"run [bold]{run.run_id}[/]: {scores}" + (f"; registered {version}" if version else ""))
         if served is not None:
             asked = ", ".join(served.request_features) or "none"
             console.print(f"served through feature service {served.service} ({served.version}): "
@@ -218,8 +234,8 @@ def _register(project: Project, name: str, result: Any, frame: Any, run_id: str,
 
 def _print_result(result: PipelineResult) -> None:
     table(f"pipeline {result.pipeline} run {result.id[:12]} (attempt {result.attempts}): {result.status}",
-          ["step", "status", "seconds", "error"],
-          [[s.name, s.status, f"{s.seconds:.3f}", s.error or ""] for s in result.steps])
+          ["step", "status", "attempts", "seconds", "error"],
+          [[s.name, s.status, s.attempts, f"{s.seconds:.3f}", s.error or ""] for s in result.steps])
     if result.lineage:
         console.print("lineage: " + json.dumps(result.lineage, default=str), highlight=False)
 
@@ -230,14 +246,17 @@ def pipeline_run(
     params: list[str] = ParamOption,
     resume: str | None = typer.Option(None, help="Resume a failed run: its id, or 'last'."),
     reason: str | None = typer.Option(None, help="Why it runs (recorded)."),
+    executor: str | None = typer.Option(None, help="Where steps run: 'local' (threads; timed steps in child "
+                                        "processes) or a registered scheme://...; default: the pipeline's own."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Run a pipeline (unchanged steps are skipped); exits 1 when a step fails."""
+    """Run a pipeline (unchanged steps are skipped, independent steps run at once); exits 1 when a step fails."""
     importable_cwd()
     with open_project() as project:
         pipeline = get_pipeline(name, project)
         with _busy(f"running pipeline {pipeline.name}…", as_json):
-            result = pipeline.run(project, params=parse_params(params), resume=resume, reason=reason or "cli")
+            result = pipeline.run(project, params=parse_params(params), resume=resume, reason=reason or "cli",
+                                  executor=executor)
     if as_json:
         emit_json(result.as_dict())
     else:
@@ -348,6 +367,108 @@ def pipeline_status(
               [[s["step"], s["status"], s["error"] or ""] for s in run["steps"]])
 
 
+@pipeline_app.command("export-airflow")
+def pipeline_export_airflow(
+    name: str = typer.Argument(..., help="'module:attr' or a registered pipeline name (the tasks find it so)."),
+    params: list[str] = ParamOption,
+    modelmill: str | None = typer.Option(None, "--modelmill", help="Absolute path of the modelmill command the "
+                                         "tasks call; default: the one running now."),
+    project_dir: Path | None = typer.Option(None, "--project-dir", help="Folder the tasks run in (the project's, "
+                                            "with modelmill.toml); default: the current folder."),
+    dag_id: str | None = typer.Option(None, "--dag-id", help="The DAG's id; default: modelmill__NAME."),
+    env: list[str] = typer.Option([], "--env", help="An environment variable whose current value the tasks get "
+                                  "(written into the file). Repeatable; MODELMILL_HOME and PYTHONPATH are "
+                                  "passed when set."),
+) -> None:
+    """Print an Apache Airflow DAG of a pipeline: one task per step with the pipeline's dependencies, each
+    calling `modelmill pipeline run-step` (caching and lineage as in a local run), and a last task
+    `modelmill_finish` that ends the run. Save it in Airflow's dags folder: `... export-airflow NAME > dag.py`."""
+    from modelmill.training.airflow import export_dag
+
+    importable_cwd()
+    command = modelmill or _modelmill_command()
+    if not os.path.isabs(command) or not os.access(command, os.X_OK):
+        raise InputError("--modelmill", "must be the absolute path of an executable modelmill command", command)
+    values: dict[str, str] = {}
+    for var in ["MODELMILL_HOME", "PYTHONPATH", *env]:
+        if not var or "=" in var:
+            raise InputError("--env", "must be the name of an environment variable", var)
+        if var in os.environ:
+            values[var] = os.environ[var]
+        elif var in env:
+            raise InputError("--env", "is not set in this environment", var)
+    folder = (project_dir or Path.cwd()).resolve()
+    if not folder.is_dir():
+        raise InputError("--project-dir", "must be an existing folder", str(folder))
+    with open_project() as project:
+        pipeline = get_pipeline(name, project)
+    text = export_dag(pipeline, ref=name, modelmill=command, project_dir=str(folder), params=parse_params(params),
+                      dag_id=dag_id, env=values, argv_params=params)
+    sys.stdout.write(text)
+
+
+def _modelmill_command() -> str:
+    beside = Path(sys.executable).parent / "modelmill"
+    if beside.exists():
+        return str(beside.absolute())
+    found = shutil.which("modelmill")
+    return str(Path(found).absolute()) if found else ""
+
+
+@pipeline_app.command("run-step")
+def pipeline_run_step(
+    name: str = typer.Argument(..., help="'module:attr' or a registered pipeline name."),
+    step_name: str = typer.Argument(..., metavar="STEP", help="The step to run."),
+    key: str = typer.Option(..., "--key", help="The external run this step belongs to (an exported Airflow DAG "
+                            "passes '<dag id>/<run id>'): every step with one key is one pipeline run."),
+    params: list[str] = ParamOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Run one step of a pipeline run named by --key, after its upstream steps (an exported Airflow DAG's
+    task). Cached, retried and timed out as in `pipeline run`; exits 1 when the step fails."""
+    from modelmill.training.airflow import run_key_id, run_step
+
+    importable_cwd()
+    with open_project() as project:
+        pipeline = get_pipeline(name, project)
+        result = run_step(project, pipeline, step_name, key=key, params=parse_params(params))
+    out = {"pipeline": pipeline.name, "pipeline_run_id": run_key_id(pipeline.name, key),
+           **dataclasses.asdict(result)}
+    if as_json:
+        emit_json(out)
+    else:
+        console.print(f"{pipeline.name} run {out['pipeline_run_id'][:12]} step {result.name}: {result.status}"
+                      + (f" after {result.attempts} attempts" if result.attempts > 1 else "")
+                      + (f" ({result.error})" if result.error else ""), highlight=False, markup=False)
+    if result.status in ("failed", "timed_out"):
+        raise typer.Exit(1)
+
+
+@pipeline_app.command("finish-run")
+def pipeline_finish_run(
+    name: str = typer.Argument(..., help="'module:attr' or a registered pipeline name."),
+    key: str = typer.Option(..., "--key", help="The external run, as given to `pipeline run-step`."),
+    as_json: bool = JsonOption,
+) -> None:
+    """End the pipeline run named by --key once its steps ran (an exported Airflow DAG's last task):
+    finished when every step is done, else failed; exits 1 when it failed."""
+    from modelmill.training.airflow import finish_run
+
+    importable_cwd()
+    with open_project() as project:
+        pipeline = get_pipeline(name, project)
+        out = finish_run(project, pipeline, key=key)
+    if as_json:
+        emit_json(out)
+    else:
+        console.print(f"{pipeline.name} run {out['id'][:12]}: {out['status']}"
+                      + (f" ({out['failed_step']}: {out['error']})" if out["failed_step"] else ""),
+                      highlight=False, markup=False)
+        console.print("lineage: " + json.dumps(out["lineage"], default=str), highlight=False, markup=False)
+    if out["status"] != "finished":
+        raise typer.Exit(1)
+
+
 def _trigger_dict(t: TriggerInfo) -> dict[str, Any]:
     return {"id": t.id, "pipeline": t.pipeline, "reason": t.reason, "status": t.status,
             "pipeline_run_id": t.pipeline_run_id, "error": t.error}
@@ -357,6 +478,9 @@ def scheduler(
     once: bool = typer.Option(False, "--once", help="One pass: enqueue due cron ticks, run pending triggers, exit."),
     max_seconds: float | None = typer.Option(None, "--max-seconds", help="Stop after this many seconds."),
     poll: float = typer.Option(1.0, "--poll", help="Seconds between polls."),
+    lease: float = typer.Option(60.0, "--lease", help="Seconds a claimed trigger stays this scheduler's without a "
+                                "renewal (it renews every third of that); a dead scheduler's triggers are "
+                                "reclaimed and resumed by another once it expires."),
     as_json: bool = JsonOption,
 ) -> None:
     """Start pipelines on their cron schedules and on triggers; each trigger starts once, whatever
@@ -369,7 +493,7 @@ def scheduler(
                               highlight=False, markup=False)
 
     with open_project() as project:
-        sched = Scheduler(project, poll_interval=poll)
+        sched = Scheduler(project, poll_interval=poll, lease=lease)
         if not as_json:
             err_console.print(f"scheduler {sched.worker} polling every {poll:g} s")
         ran = sched.run(once=once, max_seconds=max_seconds, on_tick=None if as_json else show)

@@ -4,7 +4,8 @@
 the run is enqueued (a ``pending`` trigger), and a scheduler starts it on its next poll
 (``modelmill scheduler``, or ``modelmill loop``). ``GET /v1/pipelines/{name}/runs/{id}`` follows
 the trigger: ``pending``, ``running``, then ``finished`` or ``failed``, with the pipeline run it
-started (its steps and lineage).
+started (its steps with their attempts, and lineage; a trigger reclaimed from a dead scheduler
+counts its ``reclaims``).
 
 Over HTTP only a pipeline that the project itself names may be triggered: a registered one, one
 defined in a module of ``[training] pipelines``, or one that has a schedule. A ``module:attr`` of
@@ -112,9 +113,10 @@ def run_status(project: Any, name: str, trigger_id: int) -> dict[str, Any]:
                        "params": found.params, "lineage": found.lineage, "run_id": found.run_id,
                        "started_at": found.started_at, "ended_at": found.ended_at, "failed_step": found.failed_step,
                        "error": found.error,
-                       "steps": [{"step": s.step, "status": s.status, "error": s.error} for s in steps]}
+                       "steps": [{"step": s.step, "status": s.status, "error": s.error,
+                                  "attempts": s.attempts or 0, "attempt_log": s.attempt_log or []} for s in steps]}
     info = {"id": row.id, "pipeline": row.pipeline, "key": row.key, "reason": row.reason, "params": row.params,
             "status": row.status, "created_at": row.created_at, "started_at": row.started_at,
             "ended_at": row.ended_at, "claimed_by": row.claimed_by, "pipeline_run_id": row.pipeline_run_id,
-            "error": row.error}
+            "error": row.error, "lease_expires_at": row.lease_expires_at, "reclaims": row.reclaims or 0}
     return {"trigger": info, "run": run}

@@ -16,7 +16,7 @@ route it sets and, when the last stage completes, the move of the ``production``
     >>> start_request({"model": "clf", "version": 2, "guardrails": {"max_latency": 2}})
     Traceback (most recent call last):
     ...
-    modelmill.errors.InputError: guardrails.max_latency: is not a field of guardrails; the fields are latency_slack_ms, max_error_rate_increase, max_label_loss_increase, max_latency_ratio, max_output_shift, min_errors, min_samples, significance
+    modelmill.errors.InputError: guardrails.max_latency: is not a field of guardrails; the fields are latency_slack_ms, max_error_rate_increase, max_estimated_loss_increase, max_label_loss_increase, max_latency_ratio, max_output_shift, min_errors, min_samples, significance
 """
 
 from __future__ import annotations
@@ -57,7 +57,9 @@ def guardrails(settings: Mapping[str, Any] | None = None, *, off: Sequence[str] 
     unknown = sorted(set(off) - set(CHECKS))
     if unknown:
         raise InputError("off", f"names no guardrail; the guardrails are {', '.join(CHECKS)}", unknown[0])
-    values = dict(settings or {})
+    # checked as the HTTP body is (a negative allowed increase, a significance of 2...), whoever calls: the CLI's
+    # options and the loop's config reach the controller through here too
+    values = _guardrail_settings(dict(settings or {}))
     values.update(dict.fromkeys((CHECK_LIMITS[c] for c in off), None))
     return Guardrails(**values)
 

@@ -8,14 +8,13 @@ is what the loop's gate (``[models.clicks.gate]``) judges the candidate, and pro
 also written to ``holdout_path`` (lineage) for ``modelmill gate --data``. The same fixed params serve
 the first model and every retraining the loop starts.
 
-The training set is read afresh on every run (:class:`FreshStep`): with fixed params a cached read
+The training set is read afresh on every run (``cache=False``): with fixed params a cached read
 would hand every retraining the first run's data. The steps after it are cached on its content.
 """
 
 from __future__ import annotations
 
 import hashlib
-import uuid
 from typing import Any
 
 import pandas as pd
@@ -27,7 +26,7 @@ from modelmill.registry import Field, Registry, Signature
 from modelmill.training import Pipeline, Step, StepContext, register_pipeline, step
 from modelmill.training.trainers import train
 
-__all__ = ["LABEL", "RETRAIN", "FreshStep", "entity_frame", "feature_columns"]
+__all__ = ["LABEL", "RETRAIN", "entity_frame", "feature_columns"]
 
 LABEL = "clicked"
 TABLE = "clicks"
@@ -48,14 +47,6 @@ def entity_frame(clicks: pd.DataFrame) -> pd.DataFrame:
 def feature_columns(frame: pd.DataFrame) -> list[str]:
     """Model inputs: every feature-service column (``view__feature``) then the request-time features."""
     return [*(c for c in frame.columns if "__" in c), *REQUEST_FEATURES]
-
-
-class FreshStep(Step):
-    """A step that runs on every pipeline run: it reads a table that grows between runs with the same params."""
-
-    @property
-    def code_hash(self) -> str:
-        return uuid.uuid4().hex
 
 
 def _build_training_set(ctx: StepContext, window_hours: float,
@@ -87,8 +78,8 @@ def _build_training_set(ctx: StepContext, window_hours: float,
     return train_set, holdout[columns], data
 
 
-build_training_set = FreshStep(_build_training_set, inputs=["window_hours", "holdout_share"],
-                               outputs=["train_set", "holdout", "data"], name="build_training_set")
+build_training_set = Step(_build_training_set, inputs=["window_hours", "holdout_share"],
+                          outputs=["train_set", "holdout", "data"], name="build_training_set", cache=False)
 
 
 @step(inputs=["train_set", "trainer", "seed"], outputs=["trained"])

@@ -7,10 +7,15 @@ Phases, each computed from the data (nothing is scripted to an outcome):
 3. train: the retraining pipeline trains on January and February, tracks, registers and gates;
 4. serve: hour by hour, every flight's prediction is asked of the real HTTP server at its scheduled
    departure; landed flights stream in (labels and rolling rates);
-5. monitor: at each month's end, delayed-label AUC, drift against the production version's
-   reference, latency; an alert starts the retraining pipeline, and an accepted candidate is rolled
-   out shadow → 5% → 10% → 50% → 100% under guardrails;
-6. an A/B test between two versions, and a deliberately broken candidate that must be rolled back;
+5. decide: at each simulated day's end, one round of the loop (:class:`modelmill.loop.Loop`, the code
+   ``modelmill loop`` runs) over the ``[models.flights_delay]`` table that :func:`loop_toml` writes into
+   the demo's ``modelmill.toml``: drift against the production version's reference and the delayed-label
+   AUC, over windows of event time (``[monitoring] clock = "event"``: the replay's 2013, not the wall
+   clock); a rule that fires queues the retraining pipeline, the loop's gate judges the candidate, and an
+   accepted one is rolled out shadow → 5% → 10% → 50% → 100% under guardrails. The demo only drives time
+   and traffic, and narrates; at each month's end it also measures the month for the summary table;
+6. as a user would: an A/B test between two versions (an experiment on log loss), and a deliberately
+   broken candidate put into a canary, which the loop's guardrails must roll back;
 7. a summary table and ``report.html``.
 """
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,35 +41,22 @@ from modelmill.demo.definitions import ARRIVALS, SERVICE, definitions
 from modelmill.demo.pipeline import LABEL, RETRAIN, entity_frame
 from modelmill.demo.server import ServerProcess
 from modelmill.errors import ModelmillError
-from modelmill.experiments import analyze_frame
+from modelmill.experiments import Arm, Experiment, Experiments
 from modelmill.features import FeatureStore
 from modelmill.ingest import FLIGHTS, WEATHER, EventSchema, Ingestor, open_publisher, open_source
 from modelmill.ingest.datasets import load as load_events
-from modelmill.monitoring import (
-    ActionRegistry,
-    AlertEvaluator,
-    ReferenceStore,
-    Rule,
-    classification_metrics,
-    log_losses,
-    summarize,
-)
+from modelmill.loop import Lease, Loop, load_loop_config
+from modelmill.monitoring import DriftOptions, ReferenceStore, classification_metrics, summarize
 from modelmill.project import Project
 from modelmill.registry import Registry
-from modelmill.rollout import Guardrails, RolloutController, ServingGuardrails
-from modelmill.serving import RouteTable, Variant
+from modelmill.rollout import RolloutController, ServingGuardrails
+from modelmill.serving import RouteTable
 from modelmill.store.feedback import Feedback, write_labels
 from modelmill.store.maps import map_frame
-from modelmill.training import Scheduler, trigger
 
-__all__ = ["DemoOptions", "DemoResult", "FlightsDemo", "MonthRow"]
+__all__ = ["DemoOptions", "DemoResult", "FlightsDemo", "MonthRow", "loop_toml"]
 
 YEAR_START = pd.Timestamp("2013-01-01", tz="UTC")
-# A model retrained on newer months is expected to score differently from the one it replaces (that is
-# why it was retrained), so the prediction-shift guardrail, a proxy for "broken" while no labels are in, is
-# off for it: its delayed-label loss judges it instead, with the error rate and latency guardrails. The
-# planted broken candidate keeps every guardrail.
-RETRAINED_GUARDRAILS = Guardrails(max_output_shift=None)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -83,10 +76,67 @@ class DemoOptions:
     drift_share: float = 0.5
     rollout_plan: str = "shadow,5,10,50,100"
     rollout_min_requests: int = 150
+    drift_days: int = 14  # the loop's drift window, in days of the replay
+    label_days: int = 28  # the loop's delayed-label window (AUC), in days of the replay
+    min_labels: int = 5_000  # fewer labelled predictions in the label window (about 6 days): no data
+    hold_days: int = 7  # how long a rule must hold before it fires (so a noisy week does not retrain)
     ab_test: bool = True
     broken_candidate: bool = True
     report: Path = Path("report.html")
     seed: int = 0
+
+
+def loop_toml(options: DemoOptions) -> str:
+    """The ``[monitoring]`` and ``[models.NAME]`` tables the demo's loop runs on (appended to its modelmill.toml).
+
+    A model retrained on newer months is expected to score differently from the one it replaces (that is
+    why it was retrained), so the prediction-shift guardrail, a proxy for "broken" while no labels are in,
+    is off: the delayed-label loss judges a candidate instead, with the error rate and latency guardrails.
+    """
+    m = options.model
+    return f'''
+[monitoring]
+# The demo replays 2013: windows are over the event time each request's features were judged at, and
+# end at the online store's watermark (the replay's now), not at the wall clock.
+clock = "event"
+window = "{options.drift_days}d"
+label_window = "{options.label_days}d"
+models = ["{m}"]
+
+[models.{m}]
+feature_service = "{SERVICE}"
+
+[models.{m}.pipeline]
+function = "modelmill.demo.pipeline:RECENT"
+params = {{ days = {options.retrain_days}, holdout_days = {options.holdout_days}, trainer = "{options.trainer}", seed = {options.seed} }}
+
+[models.{m}.gate]
+label = "{LABEL}"
+data = "holdout"
+against = "production"
+min = {{ auc = {options.min_auc} }}
+max_regression = {{ auc = {options.max_regression} }}
+
+[models.{m}.rules.drift]
+share = {options.drift_share}
+window = "{options.drift_days}d"
+for = "{options.hold_days}d"        # held this long (days of the replay) before it fires and retrains
+
+[models.{m}.rules.metric_drop]
+metric = "auc"
+margin = {options.auc_margin}
+min_labels = {options.min_labels}
+window = "{options.label_days}d"
+for = "{options.hold_days}d"
+
+[models.{m}.rollout]
+plan = "{options.rollout_plan}"
+min_requests = {options.rollout_min_requests}
+stage_seconds = "1s"
+
+[models.{m}.rollout.guardrails]
+max_output_shift = false
+'''
 
 
 @dataclasses.dataclass
@@ -99,6 +149,7 @@ class MonthRow:
     labelled: int = 0
     auc: float | None = None
     drift_share: float | None = None
+    drift_share_calibrated: float | None = None  # the same month with calibrated thresholds
     drifted: list[str] = dataclasses.field(default_factory=list)
     p50_ms: float | None = None
     p95_ms: float | None = None
@@ -145,12 +196,12 @@ class FlightsDemo:
         self.request_of: dict[str, str] = {}  # flight_id -> request_id
         self.server: ServerProcess | None = None
         self.controller: RolloutController | None = None
+        self.loop: Loop | None = None
         self.ab: dict[str, Any] | None = None
         self.broken: dict[str, Any] | None = None
         self._ab_route: dict[str, Any] | None = None
         self._ab_pending: tuple[int, MonthRow] | None = None
         self.last_drift: tuple[Any, Any, Any] | None = None  # report, reference summaries, current summaries
-        self._retrain: dict[str, Any] | None = None
         self._labels: list[dict[str, Any]] = []
         self._streams: dict[str, tuple[Any, Ingestor]] = {}
         flights = load_flights()
@@ -287,15 +338,20 @@ class FlightsDemo:
     # ---- serving loop ---------------------------------------------------------------------------
 
     def serve(self) -> None:
-        with self.phase("4–6 serve, monitor, retrain, roll out: hour by hour, March onwards"):
+        with self.phase("4–6 serve, and the loop decides: hour by hour, March onwards"):
             self.server = ServerProcess(self.project.settings, models=[f"{self.options.model}@production"],
                                         log=self.project.settings.home / "demo" / "serve.log").start()
+            # What a user does by hand (the A/B test, the broken candidate's canary) goes through the same
+            # controller; every rollout is stepped by the loop.
             self.controller = RolloutController(
                 self.project, source=ServingGuardrails(self.project, metrics_url=f"{self.server.url}/metrics"),
                 actor="demo")
+            self.loop = Loop(self.project, load_loop_config(self.project.settings), actor="loop",
+                             lease=Lease(self.project.db, holder=f"demo-{os.getpid()}"))
             try:
                 asyncio.run(self._simulate())
             finally:
+                self.loop.lease.release()
                 self.server.stop()
 
     async def _simulate(self) -> None:
@@ -365,21 +421,42 @@ class FlightsDemo:
         if self._labels:
             write_labels(self.project.offline, self.options.model, self._labels)
             self._labels = []
-        assert self.controller is not None
-        state = self._rollout()
-        if self._ab_pending is not None and (state is None or not state.active):
-            month, row = self._ab_pending
+        assert self.loop is not None
+        month = self.months[now.month - 1 if now.day > 1 else now.month - 2]
+        if self._ab_pending is not None and not self._rollout_active():
+            pending, row = self._ab_pending
             self._ab_pending = None
-            self._maybe_start_ab(month, row)
-        if state is not None and state.active:
-            before = state.current
-            step = self.controller.step(self.options.model)
-            if step.action != "hold":
-                month = self.months[now.month - 1 if now.day > 1 else now.month - 2]
-                self.note(f"{now:%Y-%m-%d}: rollout of v{state.candidate}: {step.action} "
-                          f"(stage {before} → {step.state.current if step.state.active else step.state.status}); "
-                          f"{step.reason}", month)
-                time.sleep(0.8)  # routes are re-read by the server every 0.5 s
+            self._maybe_start_ab(pending, row)
+        self._narrate(self.loop.round(), now, month)
+
+    def _narrate(self, out: dict[str, Any], now: pd.Timestamp, month: MonthRow) -> None:
+        """What one round of the loop decided, as notes (a round that changed nothing says nothing)."""
+        if not out.get("leader"):
+            self.note(f"{now:%Y-%m-%d}: the loop round did not lead ({out.get('following')} holds its lease)", month)
+            return
+        day = f"{now - pd.Timedelta(hours=1):%Y-%m-%d}"
+        phases = out["models"].get(self.options.model, {})
+        monitor = phases.get("monitor") or {}
+        if "error" in monitor:
+            self.note(f"{day}: the loop's monitor failed: {monitor['error']}", month)
+        for change in monitor.get("alerts_changed", []):
+            self.note(f"{day}: alert {change['rule']} {change['status']}", month)
+        for t in out.get("scheduler") or []:
+            self.note(f"{day}: the loop retrained (trigger {t['trigger_id']}): {t['status']}"
+                      + (f" ({t['error']})" if t.get("error") else ""), month)
+        for d in phases.get("decisions") or []:
+            if not isinstance(d, dict) or d.get("status") in ("pending", "accepted"):
+                continue
+            self.note(f"{day}: loop decision on v{d.get('version')}: {d.get('status')}: {d.get('reason')}", month)
+        roll = phases.get("rollout")
+        if isinstance(roll, dict) and "error" in roll:
+            self.note(f"{day}: the loop's rollout step failed: {roll['error']}", month)
+        elif roll is not None and roll.get("action") != "hold":
+            self.note(f"{day}: rollout of v{roll['candidate']}: {roll['action']} (now {roll['stage']}, "
+                      f"{roll['status']}); {roll['reason']}", month)
+        if roll is not None or any(isinstance(d, dict) and d.get("status") == "rolling_out"
+                                   for d in phases.get("decisions") or []):
+            time.sleep(0.8)  # routes are re-read by the server every 0.5 s
 
     def _rollout(self) -> Any:
         """The model's latest rollout state, or None when it never had one (one query)."""
@@ -413,9 +490,8 @@ class FlightsDemo:
         if labelled["label"].nunique() == 2:
             row.auc = classification_metrics(labelled["label"].to_numpy(), labelled["prediction"].to_numpy())["auc"]
         row.drift_share, row.drifted = self._drift(ok, row)
-        self._evaluate_alerts(row, now)
         if self._ab_route is not None and self._ab_route["month_number"] == month:
-            self._finish_ab(ok, row)
+            self._finish_ab(row)
         self._maybe_start_ab(month + 1, row)
         if self.options.broken_candidate and month + 1 == self.options.months and self.broken is None:
             self._start_broken(row)
@@ -440,82 +516,13 @@ class FlightsDemo:
         outputs = logged.column("output").to_numpy(zero_copy_only=False).astype("float64")
         profile = ReferenceStore(self.project).load(self.options.model, production)
         report = profile.compare(current, predictions=outputs)
+        row.drift_share_calibrated = profile.compare(current, predictions=outputs,
+                                                     options=DriftOptions(calibrated=True)).drift_share
         row.drift = report.to_dict()
         cur = summarize(current, columns=[c for c in profile.columns if c in current.columns],
                         kinds=profile.kinds)  # type: ignore[arg-type]
         self.last_drift = (report, profile.columns, cur)
         return float(report.drift_share), sorted(report.drifted)
-
-    def _evaluate_alerts(self, row: MonthRow, now: pd.Timestamp) -> None:
-        demo = self
-        production = row.production
-
-        class Monthly:
-            def measure(self, rule: Rule, _now: float) -> dict[tuple[tuple[str, str], ...], float]:
-                labels = (("model", demo.options.model),)
-                value = row.auc if rule.kind == "metric_below_baseline" else row.drift_share
-                return {} if value is None else {labels: float(value)}
-
-            def baseline(self, rule: Rule, labels: Any) -> float | None:
-                # The production version's AUC on the gate's out-of-time holdout: what it should score
-                # on new months. (Its training metrics come from a random split and run higher.)
-                if production is None:
-                    return None
-                mv = demo.registry.resolve(f"{demo.options.model}@{production}")
-                gated = (mv.gate or {}).get("metrics") or {}
-                value = gated.get("auc", mv.metrics.get("auc"))
-                return None if value is None else float(value)
-
-        actions = ActionRegistry()
-        actions.register("retrain", lambda alert: self._retrain_from_alert(alert, now, row))
-        rules = [
-            Rule(name="DelayedLabelAUCDrop", kind="metric_below_baseline", metric="auc", margin=self.options.auc_margin,
-                 model=self.options.model, summary="delayed-label AUC fell below the model's baseline",
-                 actions=("retrain",)),
-            Rule(name="FeatureDrift", kind="drift_share", threshold=self.options.drift_share - 1e-9,
-                 model=self.options.model, summary="share of drifted features above threshold", actions=("retrain",)),
-        ]
-        evaluator = AlertEvaluator(self.project, rules, measure=Monthly(), actions=actions)
-        for alert in evaluator.evaluate(now=now.timestamp()):
-            self.note(f"{row.month}: alert {alert.rule} {alert.status}", row)
-        if self._retrain is not None:
-            self._retrain_and_roll_out(row, now)
-
-    def _retrain_from_alert(self, alert: Any, now: pd.Timestamp, row: MonthRow) -> int:
-        start = now - pd.Timedelta(days=self.options.retrain_days)
-        params = {"start": start.isoformat(), "end": now.isoformat(), "holdout_days": self.options.holdout_days,
-                  "trainer": self.options.trainer, "seed": self.options.seed, "model": self.options.model,
-                  "min_auc": self.options.min_auc, "max_regression": self.options.max_regression}
-        trigger_id = trigger(RETRAIN.name, f"alert {alert.rule} in {row.month}", params=params, project=self.project,
-                             key=f"{alert.rule}:{row.month}")
-        self._retrain = {"trigger": trigger_id, "alert": alert.rule}
-        return trigger_id
-
-    def _retrain_and_roll_out(self, row: MonthRow, now: pd.Timestamp) -> None:
-        assert self.controller is not None
-        self._retrain = None
-        if self._rollout_active():
-            self.note(f"{row.month}: retraining skipped: a rollout is still running", row)
-            return
-        ran = [t for t in Scheduler(self.project).run(once=True) if t.pipeline == RETRAIN.name]
-        if not ran or ran[-1].status != "finished" or ran[-1].pipeline_run_id is None:
-            self.note(f"{row.month}: retraining failed: {ran[-1].error if ran else 'the trigger did not run'}", row)
-            return
-        run_id = ran[-1].pipeline_run_id
-        decision: dict[str, Any] = RETRAIN.output(self.project, run_id, "decision")
-        self._store_reference(decision["version"], RETRAIN.output(self.project, run_id, "train_set"))
-        verdict = "accepted" if decision["accepted"] else "rejected"
-        base = decision.get("baseline_auc")
-        self.note(f"{row.month}: retrained v{decision['version']} on the last {self.options.retrain_days} days; "
-                  f"gate {verdict} (AUC {decision['auc']:.3f} vs production "
-                  f"{'n/a' if base is None else f'{base:.3f}'})", row)
-        if decision["accepted"]:
-            self._end_ab_route()
-            self.controller.start(self.options.model, decision["version"], plan=self.options.rollout_plan,
-                                  min_requests=self.options.rollout_min_requests, stage_seconds=0.0,
-                                  guardrails=RETRAINED_GUARDRAILS)
-            self.note(f"{row.month}: rollout of v{decision['version']} started ({self.options.rollout_plan})", row)
-            time.sleep(0.8)
 
     # ---- A/B test and the broken candidate ------------------------------------------------------
 
@@ -528,35 +535,43 @@ class FlightsDemo:
             return
         aliases = self.registry.aliases(self.options.model)
         production = aliases.get("production")
-        # A challenger is a version the gate accepted (the planted broken candidate never went through it).
+        # A challenger is a version a gate accepted (the planted broken candidate never went through one).
         earlier = [v.version for v in self.registry.versions(self.options.model)
                    if v.version != production and (v.gate or {}).get("accepted") is True]
         if production is None or not earlier or self._rollout_active():
             return
         challenger = max(earlier)
-        RouteTable(self.project).set(self.options.model, [Variant("control", production, 0.5),
-                                                          Variant("treatment", challenger, 0.5)],
-                                     salt=f"ab-{month}", actor="demo", reason="A/B test")
-        self._ab_route = {"month": f"2013-{month:02d}", "month_number": month, "control_version": production,
-                          "treatment_version": challenger}
-        self.note(f"{row.month}: A/B test for 2013-{month:02d}: v{production} (control) vs v{challenger} "
-                  f"(treatment), 50/50 by flight", row)
+        name = f"flights-ab-2013-{month:02d}"
+        # An experiment owns the model's route while it runs: a version the loop accepts meanwhile waits.
+        Experiments(self.project).create(Experiment(
+            name=name, model=self.options.model, unit="flight_id", primary_metric="log_loss",
+            variants=(Arm("control", 0.5, production), Arm("treatment", 0.5, challenger))), actor="demo")
+        self._ab_route = {"month": f"2013-{month:02d}", "month_number": month, "experiment": name,
+                          "control_version": production, "treatment_version": challenger}
+        self.note(f"{row.month}: A/B test for 2013-{month:02d} (experiment {name}): v{production} (control) vs "
+                  f"v{challenger} (treatment), 50/50 by flight, on log loss", row)
         time.sleep(0.8)
 
-    def _finish_ab(self, ok: pd.DataFrame, row: MonthRow) -> None:
+    def _finish_ab(self, row: MonthRow) -> None:
         assert self._ab_route is not None
-        scored = ok[ok["label"].notna() & ok["variant"].isin(["control", "treatment"])].copy()
-        scored["log_loss"] = log_losses(scored["label"].to_numpy(), scored["prediction"].to_numpy(), eps=1e-6)
-        analysis = analyze_frame(scored, variant_column="variant", metric="log_loss", control="control",
-                                 higher_is_better=False, weights={"control": 0.5, "treatment": 0.5})
-        data = analysis.as_dict()
+        experiments = Experiments(self.project)
+        name = self._ab_route["experiment"]
+        data = experiments.analyze(name).as_dict()
         self.ab = {**self._ab_route, "metric": "log_loss (lower is better)", "analysis": data,
                    "decision": data.get("decision"), "reason": data.get("reason")}
         self.note(f"{row.month}: A/B decision: {data.get('decision')} ({data.get('reason')})", row)
+        winner = int(self._ab_route["treatment_version"])
         self._end_ab_route()
+        if data.get("decision") == "switch_to_treatment":
+            # the decision is acted on, as a user would: the winner becomes production (audited), not just reported
+            self.registry.set_alias(self.options.model, "production", winner, actor="demo",
+                                    reason=f"A/B test {name}: {data.get('decision')}")
+            self.note(f"{row.month}: v{winner} is production (the A/B test's winner)", row)
 
     def _end_ab_route(self) -> None:
+        """Stop the running A/B experiment, and serve the production alias again."""
         if self._ab_route is not None:
+            Experiments(self.project).stop(self._ab_route["experiment"], actor="demo", result=self.ab)
             RouteTable(self.project).delete(self.options.model, actor="demo", reason="A/B test over")
             self._ab_route = None
             time.sleep(0.8)
@@ -565,7 +580,9 @@ class FlightsDemo:
         from modelmill.demo.faulty import FaultyModel
 
         assert self.controller is not None
-        if self._rollout_active():
+        if self._rollout_active():  # one rollout at a time: the loop's own holds the route; say so, never skip quietly
+            self.note(f"{row.month}: the broken-candidate drill is skipped: the loop's own rollout is still "
+                      "running (one rollout at a time; tests/console/test_browser.py runs the drill alone)", row)
             return
         self._end_ab_route()
         production = self.registry.resolve(f"{self.options.model}@production")
@@ -576,6 +593,7 @@ class FlightsDemo:
         mv = self.registry.register(self.options.model, faulty, flavor="sklearn", signature=production.signature,
                                     lineage={**production.lineage, "note": "planted fault: fails on long flights"},
                                     tags={"broken": "true"}, actor="demo")
+        # Put into a canary by hand, as `modelmill rollout start` would; the loop steps it like any rollout.
         self.controller.start(self.options.model, mv.version, plan="5,10,50,100",
                               min_requests=self.options.rollout_min_requests, stage_seconds=0.0)
         self.broken = {"version": mv.version, "started": row.month}
@@ -625,10 +643,11 @@ def month_table(rows: list[MonthRow]) -> list[list[str]]:
         return "n/a" if v is None else format(v, spec)
 
     return [[r.month, f"{r.requests:,}", fmt(r.auc, ".3f"), f"{r.labelled:,}", fmt(r.drift_share, ".2f"),
+             fmt(r.drift_share_calibrated, ".2f"),
              ", ".join(short(c) for c in r.drifted[:4]) + ("…" if len(r.drifted) > 4 else ""),
              fmt(r.p50_ms, ".1f"), fmt(r.p99_ms, ".1f"), str(r.production or ""),
              " ".join(f"v{k}:{v}" for k, v in r.versions.items())] for r in rows]
 
 
-MONTH_COLUMNS = ["month", "predictions", "AUC", "labels", "drift", "drifted", "p50 ms", "p99 ms",
+MONTH_COLUMNS = ["month", "predictions", "AUC", "labels", "drift", "drift cal.", "drifted", "p50 ms", "p99 ms",
                  "prod", "served by"]

@@ -1,10 +1,13 @@
-"""The flights model's training pipeline: training set → fit → register → gate.
+"""The flights model's training pipelines.
 
-The same pipeline trains the first model and every retraining that an
-alert starts (``pipeline:flights_retrain`` through the scheduler). Its
-params are the model name and the training window (ISO times); the last
-``holdout_days`` of the window are kept out of training and are what the
-gate judges the candidate (and production) on.
+``flights_retrain`` (training set → fit → register → gate) trains the first model: its params are the
+model name and the training window (ISO times); the last ``holdout_days`` of the window are kept out of
+training and are what the gate judges the candidate (and production) on.
+
+``flights_retrain_recent`` is what the loop runs (``[models.flights_delay.pipeline]`` in the demo's
+``modelmill.toml``) when a rule fires: the same steps over the last ``days`` before the newest event the
+online store has seen (the event clock's now), ending at ``register``; the loop's own gate
+(``[models.flights_delay.gate]``) judges the version on its ``holdout`` output, and the loop rolls it out.
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ import pandas as pd
 from modelmill.demo.definitions import REQUEST_FEATURES, SERVICE
 from modelmill.features import FeatureStore
 from modelmill.registry import Field, Registry, Signature, gate
-from modelmill.training import Pipeline, StepContext, register_pipeline, step
+from modelmill.training import Pipeline, Step, StepContext, register_pipeline, step
 from modelmill.training.trainers import train
 
-__all__ = ["LABEL", "RETRAIN", "entity_frame", "feature_columns"]
+__all__ = ["LABEL", "RECENT", "RETRAIN", "entity_frame", "feature_columns"]
 
 LABEL = "late"
 
@@ -86,19 +89,50 @@ def register_and_gate(ctx: StepContext, trained: Any, holdout_set: pd.DataFrame,
                       min_auc: float, max_regression: float) -> dict[str, Any]:
     registry = Registry(ctx.project)
     columns = feature_columns(holdout_set)
-    signature = Signature(inputs=[Field(c, "float64") for c in columns], outputs=[Field("late_probability", "float64")])
-    lineage = {**data, "feature_service": SERVICE, "pipeline_run": ctx.pipeline_run_id,
-               "feature_definitions": SERVICE}
-    version = registry.register(model, trained.native, flavor=trained.flavor, signature=signature,
-                                run_id=trained.run_id or ctx.run.run_id, metrics=trained.metrics, lineage=lineage,
-                                actor="pipeline:flights_retrain")
+    version = _register(ctx, registry, trained, columns, data, model, "flights_retrain")
     against = f"{model}@production" if "production" in registry.aliases(model) else None
     result = gate(registry, version, data=holdout_set[[*columns, LABEL]], against=against, label=LABEL,
                   minimum={"auc": min_auc}, max_regression={"auc": max_regression}, actor="pipeline:flights_retrain")
-    ctx.record(model_version=f"{model}@{version.version}")
     return {"version": version.version, "accepted": result.accepted, "reason": result.reason,
             "auc": result.metrics.get("auc"), "baseline_auc": (result.baseline_metrics or {}).get("auc"),
             "rows": result.rows}
 
 
+def _register(ctx: StepContext, registry: Registry, trained: Any, columns: list[str], data: dict[str, str],
+              model: str, pipeline: str) -> Any:
+    signature = Signature(inputs=[Field(c, "float64") for c in columns], outputs=[Field("late_probability", "float64")])
+    lineage = {**data, "feature_service": SERVICE, "pipeline_run": ctx.pipeline_run_id,
+               "feature_definitions": SERVICE}
+    version = registry.register(model, trained.native, flavor=trained.flavor, signature=signature,
+                                run_id=trained.run_id or ctx.run.run_id, metrics=trained.metrics, lineage=lineage,
+                                actor=f"pipeline:{pipeline}")
+    ctx.record(model_version=f"{model}@{version.version}")
+    return version
+
+
 RETRAIN = register_pipeline(Pipeline("flights_retrain", [build_training_set, fit, register_and_gate]))
+
+
+def _recent_window(ctx: StepContext, days: int) -> tuple[str, str]:
+    """The last ``days`` up to the online store's watermark (the replay's now; the wall clock without one)."""
+    mark = FeatureStore(ctx.project).watermark()
+    end = pd.Timestamp(mark, unit="us", tz="UTC") if mark else pd.Timestamp.now(tz="UTC")
+    start = end - pd.Timedelta(days=int(days))
+    ctx.record(window=f"{start.isoformat()}..{end.isoformat()}")
+    return start.isoformat(), end.isoformat()
+
+
+# Runs on every pipeline run: with fixed params a cached window would hand every retraining the first one's.
+recent_window = Step(_recent_window, inputs=["days"], outputs=["start", "end"], name="recent_window", cache=False)
+
+
+@step(inputs=["trained", "holdout_set", "data", "model"], outputs=["version", "holdout"])
+def register(ctx: StepContext, trained: Any, holdout_set: pd.DataFrame, data: dict[str, str],
+             model: str) -> tuple[int, pd.DataFrame]:
+    """Register the candidate; the loop gates it on ``holdout`` (the model's inputs and the label)."""
+    columns = feature_columns(holdout_set)
+    version = _register(ctx, Registry(ctx.project), trained, columns, data, model, "flights_retrain_recent")
+    return version.version, holdout_set[[*columns, LABEL]].reset_index(drop=True)
+
+
+RECENT = register_pipeline(Pipeline("flights_retrain_recent", [recent_window, build_training_set, fit, register]))

@@ -22,10 +22,10 @@ clock = "event"
 
 [serving]
 models = ["{model}@production"]
-'''
+{loop}'''
 
 
-def prepare_project(folder: Path, *, model: str, fresh: bool = True, **backends: str | None) -> Settings:
+def prepare_project(folder: Path, *, model: str, fresh: bool = True, loop: str = "", **backends: str | None) -> Settings:
     """Write the demo's configuration into ``folder`` and clear what an earlier demo run left.
 
     With the embedded metadata database everything under the home folder is removed. With a
@@ -49,7 +49,7 @@ def prepare_project(folder: Path, *, model: str, fresh: bool = True, **backends:
         _clear_online(base.online)
         _clear_streams(chosen.get("broker") or base.broker)
     lines = "".join(f'{k} = "{v}"\n' for k, v in chosen.items())
-    (folder / CONFIG_FILE).write_text(TOML.format(home=".modelmill", backends=lines, model=model))
+    (folder / CONFIG_FILE).write_text(TOML.format(home=".modelmill", backends=lines, model=model, loop=loop))
     return load_settings(cwd=folder)
 
 

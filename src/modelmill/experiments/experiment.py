@@ -37,11 +37,12 @@ from modelmill.experiments.metrics import (
     LABELLED_METRICS,
     SCORED_METRICS,
     check_served_metric,
+    check_task_metric,
     direction_of,
     served_values,
 )
 from modelmill.experiments.stats import check_correction, srm_test
-from modelmill.store.feedback import Feedback
+from modelmill.store.feedback import Feedback, LabelTask, model_task
 from modelmill.store.tables.experiments import experiment_exposures, experiments, rollouts
 
 __all__ = ["Arm", "Experiment", "Experiments", "parse_arms"]
@@ -161,13 +162,15 @@ class Experiments:
         """Store ``experiment`` (a name is used once) and, on a served model, set its route.
 
         On a served model the metrics must be ones the prediction log can give (see
-        :data:`~modelmill.experiments.metrics.SERVED_METRICS`): refused here, before any
+        :data:`~modelmill.experiments.metrics.SERVED_METRICS`) that fit the model's task (its newest
+        version's: :data:`~modelmill.experiments.metrics.TASK_SERVED_METRICS`): refused here, before any
         traffic is split, rather than when the experiment is analysed.
         """
         if experiment.model is not None:
+            task = self._task(experiment.model)
             for field, metric in [("primary_metric", experiment.primary_metric),
                                   *(("guardrails", g) for g in experiment.guardrails)]:
-                check_served_metric(field, metric)
+                check_task_metric(field, metric, task.kind, experiment.model)
         exp = dataclasses.replace(experiment, status="running", created_at=time.time(), stopped_at=None,
                                   result=None)
         db = self.project.db
@@ -255,9 +258,14 @@ class Experiments:
             unit = str(unit)
             if unit not in first or at < first[unit][1]:
                 first[unit] = (variant, float(at))
+        db = self.project.db
+        if first:  # the units logged before are left out here, not by the insert: a page re-syncs on each read
+            with db.begin() as conn:
+                known = set(conn.execute(sa.select(experiment_exposures.c.unit_id)
+                                         .where(experiment_exposures.c.experiment == name)).scalars())
+            first = {u: x for u, x in first.items() if u not in known}
         if not first:
             return 0
-        db = self.project.db
         values = [{"experiment": name, "unit_id": u, "variant": v, "at": t} for u, (v, t) in first.items()]
         if db.dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -308,34 +316,59 @@ class Experiments:
 
         The metric is one of :data:`~modelmill.experiments.metrics.SERVED_METRICS`: a column of
         the log (``output``, ``latency_ms``), the label (``label``, ``conversion``), or a per-request score
-        of output and label (``log_loss``, ``brier``, ``accuracy``), aggregated per routing key (the unit)
-        as a ratio metric.
+        of output and label (``log_loss``, ``brier``, ``accuracy``; a multiclass model's ``log_loss`` and
+        ``accuracy``; a regression model's ``squared_error`` and ``absolute_error``), aggregated per routing
+        key (the unit) as a ratio metric.
         ``direction`` and ``correction`` override the ones stored with the experiment.
         """
+        exp, frame = self.log(name)
+        return self.analyze_log(exp, frame, test=test, direction=direction, correction=correction)
+
+    def log(self, name: str) -> tuple[Experiment, pd.DataFrame]:
+        """The served-model experiment ``name`` and the log :meth:`analyze` reads: one row per logged
+        request with a routing key since it started (``ts``: when answered; ``label`` for a labelled
+        metric), with the primary metric's column. The console slices it by ``ts`` to show the analysis
+        over time, one :meth:`analyze_log` per cutoff."""
         exp = self.get(name)
         if exp.model is None:
             raise InputError("experiment", "has no served model; analyse its log with "
                                            "`modelmill experiment analyze --input FILE`", name)
         check_served_metric("primary_metric", exp.primary_metric)  # stored before create() checked it
-        frame = self._joined_log(exp)
+        return exp, self._joined_log(exp)
+
+    def analyze_log(self, exp: Experiment, frame: pd.DataFrame, *, test: str | None = None,
+                    direction: str | None = None, correction: str | None = None) -> Analysis:
+        """Analyse ``frame`` (all or part of :meth:`log`) with the experiment's settings."""
         if frame.empty:
             raise InputError("experiment", "has no logged predictions with a routing key yet"
-                             + (" that have labels" if exp.primary_metric in LABELLED_METRICS else ""), name)
+                             + (" that have labels" if exp.primary_metric in LABELLED_METRICS else ""), exp.name)
         return analyze_frame(frame, variant_column="variant", metric=exp.primary_metric, control=exp.control,
                              unit_column="routing_key", test=test, alpha=exp.alpha, weights=exp.weights,
                              min_sample_size=exp.min_sample_size, direction=direction or exp.direction,
                              correction=correction or exp.correction)
 
     def _joined_log(self, exp: Experiment) -> pd.DataFrame:
-        assert exp.model is not None  # analyze() refuses an experiment without a served model
+        assert exp.model is not None  # log() refuses an experiment without a served model
         metric = exp.primary_metric
         # A failed request (a row without output) has no score; it counts in the rollout guardrails, not here.
         frame = Feedback(self.project.offline).routed(exp.model, since=exp.created_at,
                                                       labelled=metric in LABELLED_METRICS,
                                                       answered=metric in ("output", *SCORED_METRICS))
         if not frame.empty:
-            frame[metric] = served_values(frame, metric)
+            task = self._task(exp.model)
+            check_task_metric("primary_metric", metric, task.kind, exp.model)
+            frame[metric] = served_values(frame, metric, task=task.kind, classes=task.classes)
         return frame
+
+    def _task(self, model: str) -> LabelTask:
+        """The task (and classes) ``model``'s newest version records; no task for a model not registered here
+        (its metrics are then checked against its labels alone)."""
+        from modelmill.registry import Registry  # late: the registry is not the experiments' dependency
+
+        try:
+            return model_task(Registry(self.project), model)
+        except NotFoundError:
+            return LabelTask(source=model)
 
 
 def parse_arms(specs: Sequence[str]) -> tuple[Arm, ...]:

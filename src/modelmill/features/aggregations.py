@@ -15,6 +15,13 @@ events, so the outcome does not depend on arrival order.
 
 A window read at time ``t`` covers the bucket holding ``t`` and the ``n - 1``
 before it.
+
+**Sharding.** Every partial belongs to one entity, so the aggregates shard by
+entity key: publish each event keyed by :func:`partition_key` (Kafka puts it on
+partition :func:`shard_of` ``(key, partitions)``, Kinesis on the shard owning
+the key's hash), and each ingestor of a consumer group folds the events of the
+entities of its partitions only. N ingestors then write disjoint entities and
+end in the state of one ingestor reading everything (docs/concepts/aggregates.md).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import math
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -35,7 +42,8 @@ from modelmill.errors import ConfigError, InputError
 from modelmill.features.definitions import StreamAggregation
 from modelmill.store.kv import KeyValue, RedisKV, SQLiteKV
 
-__all__ = ["AggregateStore", "RedisAggregateStore", "SQLiteAggregateStore", "events_from_batch", "open_aggregates"]
+__all__ = ["AggregateStore", "RedisAggregateStore", "SQLiteAggregateStore", "events_from_batch", "murmur2",
+           "open_aggregates", "partition_key", "shard_of"]
 
 STATS = ("c", "s", "mn", "mx", "lt", "li", "lv")
 
@@ -55,6 +63,59 @@ def entity_key(values: Sequence[Any]) -> str:
     if len(values) == 1:
         return str(values[0])
     return "|".join(str(v) for v in values)
+
+
+def partition_key(agg: StreamAggregation) -> Callable[[bytes], str]:
+    """``key(payload)``: the entity key of a JSON event, for a publisher's ``key=`` (``"7"``, ``"7|42"``).
+
+    An event lacking a join key gets ``""``: the aggregation skips it anyway (:func:`events_from_batch`).
+    """
+    keys = agg.join_keys
+
+    def key(payload: bytes) -> str:
+        try:
+            event = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return ""
+        if not isinstance(event, dict):
+            return ""
+        values = [event.get(k) for k in keys]
+        return "" if any(v is None for v in values) else entity_key(values)
+
+    return key
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 hash (seed 0x9747b28c) of ``data``, as a signed 32-bit integer like the Java client's."""
+    m, r = 0x5BD1E995, 24
+    length = len(data)
+    h = (0x9747B28C ^ length) & 0xFFFFFFFF
+    for i in range(0, length - length % 4, 4):
+        k = int.from_bytes(data[i : i + 4], "little")
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> r
+        k = (k * m) & 0xFFFFFFFF
+        h = ((h * m) & 0xFFFFFFFF) ^ k
+    tail = length % 4
+    if tail:
+        rest = data[length - tail :]
+        if tail == 3:
+            h ^= rest[2] << 16
+        if tail >= 2:
+            h ^= rest[1] << 8
+        h ^= rest[0]
+        h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h - (1 << 32) if h & 0x80000000 else h
+
+
+def shard_of(entity: str, shards: int) -> int:
+    """The partition of ``shards`` that Kafka's default (murmur2) partitioner gives the key ``entity``."""
+    if shards < 1:
+        raise InputError("shards", "must be >= 1", shards)
+    return (murmur2(entity.encode()) & 0x7FFFFFFF) % shards
 
 
 def events_from_batch(agg: StreamAggregation, batch: pa.Table) -> list[Event]:

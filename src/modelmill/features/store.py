@@ -446,9 +446,12 @@ class FeatureStore:
                              names)
         requests = [off.ViewRequest(defs[v], tuple(f for f, _ in items), tuple(c for _, c in items))
                     for v, items in groups.items()]
+        # the store first: opening it registers its filesystem (s3://...) for the connections made after it;
+        # a connection made before would have DuckDB try to install httpfs for the view's source instead
+        offline = self.project.offline
         con = off.connect(self.duckdb_settings())
         try:
-            result = off.training_set(con, self.project.offline, entity_df, requests,
+            result = off.training_set(con, offline, entity_df, requests,
                                       timestamp_column=timestamp_column, output=output)
         finally:
             con.close()

@@ -6,7 +6,7 @@ Kafka-compatible broker started by ``scripts/tansu.sh``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from modelmill.config import mask_url
@@ -113,6 +113,12 @@ class KafkaSource(Source):
             # committed offset and the sink drops what is already written.
             pass
 
+    def assignment(self) -> list[int]:
+        """The partitions the group gave this consumer now (changes with every rebalance)."""
+        if self._consumer is None:
+            return []
+        return sorted(tp.partition for tp in self._consumer.assignment())
+
     def lag(self) -> int | None:
         if self._consumer is None:
             return None
@@ -133,12 +139,20 @@ class KafkaSource(Source):
 
 
 class KafkaPublisher(Publisher):
-    """Produces to topic ``stream`` (created with ``partitions`` partitions if missing); waits for delivery."""
+    """Produces to topic ``stream`` (created with ``partitions`` partitions if missing); waits for delivery.
 
-    def __init__(self, url: str, *, stream: str, partitions: int = 1, config: dict[str, Any] | None = None) -> None:
+    ``key(payload)`` gives each event a message key (an entity key: see
+    :func:`modelmill.features.aggregations.partition_key`); the partition is then murmur2(key) modulo the
+    partitions, as the Java client and Flink's Kafka sink place it, so one entity's events share a partition
+    and reach one consumer of a group. Without ``key`` the events are spread over the partitions.
+    """
+
+    def __init__(self, url: str, *, stream: str, partitions: int = 1, config: dict[str, Any] | None = None,
+                 key: Callable[[bytes], str | bytes] | None = None) -> None:
         self.url = url
         self.stream = stream
         self.partitions = partitions
+        self.key = key
         self.config = dict(config or {})
         self._producer: Any = None
         self._errors: list[str] = []
@@ -150,7 +164,8 @@ class KafkaPublisher(Publisher):
             ensure_topic(self.url, self.stream, partitions=self.partitions)
             self._producer = Producer({"bootstrap.servers": bootstrap(self.url), "linger.ms": 10,
                                        "batch.num.messages": 10_000, "queue.buffering.max.messages": 500_000,
-                                       "enable.idempotence": False, "logger": _quiet_logger(), **self.config})
+                                       "enable.idempotence": False, "logger": _quiet_logger(),
+                                       "partitioner": "murmur2_random", **self.config})
         return self
 
     def _delivered(self, err: Any, _msg: Any) -> None:
@@ -160,10 +175,12 @@ class KafkaPublisher(Publisher):
     def publish(self, payloads: Sequence[bytes]) -> None:
         self.open()
         produce = self._producer.produce
+        key = self.key
         for p in payloads:
+            k = key(p) if key is not None else None
             while True:
                 try:
-                    produce(self.stream, p, on_delivery=self._delivered)
+                    produce(self.stream, p, key=k, on_delivery=self._delivered)
                     break
                 except BufferError:
                     self._producer.poll(0.05)

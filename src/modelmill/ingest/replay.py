@@ -83,8 +83,14 @@ def _epoch_seconds(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
             ts = pc.cast(column, pa.timestamp("us", tz="UTC"))
         except pa.ArrowInvalid:
             ts = pc.cast(column, pa.timestamp("us"))
-    micros = pc.cast(pc.cast(ts, pa.timestamp("us")), pa.int64()).to_numpy(zero_copy_only=False)
-    return np.asarray(micros, dtype="float64") / 1e6
+    # Read in the column's own unit: a checked cast of nanoseconds to microseconds refuses any time with a
+    # fraction of a microsecond (pandas writes nanoseconds), and ordering needs no such precision anyway.
+    unit = ts.type.unit if pa.types.is_timestamp(ts.type) else "us"
+    raw = pc.cast(ts, pa.int64()).to_numpy(zero_copy_only=False)
+    return np.asarray(raw, dtype="float64") / _PER_SECOND[unit]
+
+
+_PER_SECOND = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
 
 
 class FileReplaySource(Source):

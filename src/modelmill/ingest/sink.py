@@ -15,6 +15,25 @@ events recorded, so their redelivery is dropped in step 3. Ids are indexed by a
 64-bit hash: two distinct ids collide with probability about n²/2⁶⁵ (3·10⁻⁸ for a
 million events), in which case the later one would be dropped.
 
+On an object store (S3 and the like), which has no atomic rename, the protocol is
+the same and needs none: the commit point is the metadata-database transaction,
+never a file operation. What it relies on of the store:
+
+* an upload is all or nothing: a file is uploaded straight to its final key
+  (``{table}/event_date=D/ingest-<seq>.parquet``), and a writer killed mid-upload
+  leaves no object (an unfinished multipart upload is invisible to listings and
+  reads; a bucket lifecycle rule "abort incomplete multipart uploads" reclaims it);
+* a PUT to an existing key replaces it whole, so a retry that rewrites a batch name
+  never shows a mix of two attempts;
+* listings are strongly consistent (S3 since 2020, MinIO, moto; the store's fsspec
+  filesystem keeps no listings cache), so step 4 finds every orphan of the name,
+  on every day it spans, before the new files are written.
+
+Between a crash and the next commit, an orphan's rows are visible to a reader of
+the table (on a local disk as on S3); the next commit of the table, which reuses
+the name, removes them before it writes. ``tests/ingest/test_crash_s3.py`` SIGKILLs
+consumers writing to moto's S3 server and checks every event is stored once.
+
     >>> import tempfile, datetime as dt, pyarrow as pa
     >>> from modelmill.config import Settings
     >>> from modelmill.project import Project
@@ -118,6 +137,7 @@ class OfflineSink:
         """Create the table's lock row if needed and load the id index of everything committed so far."""
         if self._opened:
             return self
+        self.project.offline.check()  # an unreachable store fails here, naming the setting, before any event
         db = self.project.db
         with db.begin() as conn:
             exists = conn.execute(sa.select(ingest_tables.c.seq)

@@ -5,15 +5,16 @@ only on :meth:`Source.ack`, which the ingestor calls after the micro-batch is
 durably written: delivery is at least once, and the sink's id index makes the
 effect exactly once.
 
-=====================  ===========================================================
-URL                    source / publisher
-=====================  ===========================================================
-``local:///PATH``      the embedded append-only log (:mod:`modelmill.ingest.local`)
-``kafka://HOST:PORT``  a Kafka consumer group (:mod:`modelmill.ingest.kafka`)
-``nats://HOST:PORT``   a JetStream durable pull consumer (:mod:`modelmill.ingest.jetstream`)
-``redis://HOST:PORT``  a Redis Streams consumer group (:mod:`modelmill.ingest.redisstreams`)
+=========================  ===========================================================
+URL                        source / publisher
+=========================  ===========================================================
+``local:///PATH``          the embedded append-only log (:mod:`modelmill.ingest.local`)
+``kafka://HOST:PORT``      a Kafka consumer group (:mod:`modelmill.ingest.kafka`)
+``nats://HOST:PORT``       a JetStream durable pull consumer (:mod:`modelmill.ingest.jetstream`)
+``redis://HOST:PORT``      a Redis Streams consumer group (:mod:`modelmill.ingest.redisstreams`)
+``kinesis://HOST:PORT``    Kinesis shards leased by a group in the metadata db (:mod:`modelmill.ingest.kinesis`)
 a ``.csv``, ``.parquet``, ``.jsonl`` file   replay in event-time order (:mod:`modelmill.ingest.replay`)
-=====================  ===========================================================
+=========================  ===========================================================
 
     >>> import tempfile
     >>> root = tempfile.mkdtemp()
@@ -189,8 +190,12 @@ def open_source(url: str, *, stream: str, group: str = "modelmill", consumer: st
         from modelmill.ingest.redisstreams import RedisStreamSource
 
         return RedisStreamSource(url, stream=stream, group=group, consumer=consumer, **options)
-    raise InputError("source", "use local:///PATH, kafka://HOST:PORT, nats://HOST:PORT, redis://HOST:PORT/DB "
-                     "or a .csv/.parquet/.jsonl file", url)
+    if scheme in ("kinesis", "kinesis+https"):
+        from modelmill.ingest.kinesis import KinesisSource
+
+        return KinesisSource(url, stream=stream, group=group, consumer=consumer, **options)
+    raise InputError("source", "use local:///PATH, kafka://HOST:PORT, nats://HOST:PORT, redis://HOST:PORT/DB, "
+                     "kinesis://HOST:PORT or a .csv/.parquet/.jsonl file", url)
 
 
 def open_publisher(url: str, *, stream: str, **options: Any) -> Publisher:
@@ -213,5 +218,9 @@ def open_publisher(url: str, *, stream: str, **options: Any) -> Publisher:
         from modelmill.ingest.redisstreams import RedisStreamPublisher
 
         return RedisStreamPublisher(url, stream=stream, **options)
-    raise InputError("broker", "use local:///PATH, kafka://HOST:PORT, nats://HOST:PORT or redis://HOST:PORT/DB",
-                     url)
+    if scheme in ("kinesis", "kinesis+https"):
+        from modelmill.ingest.kinesis import KinesisPublisher
+
+        return KinesisPublisher(url, stream=stream, **options)
+    raise InputError("broker", "use local:///PATH, kafka://HOST:PORT, nats://HOST:PORT, redis://HOST:PORT/DB "
+                     "or kinesis://HOST:PORT", url)

@@ -18,9 +18,14 @@ The format (every key is checked by :mod:`modelmill.loop.config`; an unknown key
     min = { auc = 0.70 }                  # absolute minimums      } at least one of the three
     max = { logloss = 0.60 }              # absolute maximums      }
     max_regression = { auc = 0.01 }       # how much worse than `against` it may be
+    max_calibration_error = 0.10          # optional: max = { calibration_error = 0.10 } (expected calibration
+                                          # error); max_log_loss is max = { logloss = ... }
+    max_log_loss_increase = 0.01          # optional: max_regression = { logloss = 0.01 }. A metric that cannot
+                                          # be computed (outputs that are not probabilities) fails as no data
 
     [models.clicks.rules.drift]           # each rule optional; each fires, then acts (default: retrain)
     share = 0.3                           # share of drifted columns above which it fires, in (0, 1]
+    score = "share"                       # or "importance": the drifted features' share of the importance
     window = "1h"                         # every rule: its window (default 1h), "90s" / "15m" / "1h" / "7d"
     for = "0s"                            # every rule: how long it must hold before firing (default 0)
     actions = ["retrain"]                 # every rule: any of "retrain", "rollback"
@@ -32,6 +37,12 @@ The format (every key is checked by :mod:`modelmill.loop.config`; an unknown key
     baseline = 0.80                       # optional; default: the metric registered with the served version
     min_labels = 100                      # fewer labelled predictions in the window: no data (default 100)
     window = "6h"
+
+    [models.clicks.rules.estimated_metric_drop]  # the same before labels: estimated from the probabilities
+    metric = "log_loss"                   # accuracy | auc | log_loss (a log loss fires above baseline + margin)
+    margin = 0.05                         # baseline as metric_drop's (the gate's holdout metric by default)
+    min_rows = 100                        # fewer predictions in the window: no data (default 100)
+    window = "1h"
 
     [models.clicks.rules.latency]
     p95_ms = 50                           # p95 latency above which it fires
@@ -55,6 +66,7 @@ The format (every key is checked by :mod:`modelmill.loop.config`; an unknown key
     latency_slack_ms = 5.0
     max_output_shift = 0.2
     max_label_loss_increase = 0.02
+    max_estimated_loss_increase = 0.02    # off unless set: expected log loss before labels (calibrated models)
     significance = 0.05
     min_errors = 3
     min_samples = 50

@@ -47,6 +47,7 @@ __all__ = [
 
 #: The loop's rule kinds and the ``[monitoring]`` rule kind each one becomes.
 RULE_KINDS: dict[str, str] = {"drift": "drift_share", "metric_drop": "metric_below_baseline",
+                              "estimated_metric_drop": "estimated_metric_drop",
                               "latency": "latency_p95", "error_rate": "error_rate"}
 #: What a firing rule may do: start the model's retraining pipeline, or roll the model back.
 ACTIONS = ("retrain", "rollback")
@@ -56,17 +57,20 @@ DEFAULT_WINDOW = 3600.0
 
 _MODEL_KEYS = ("feature_service", "gate", "pipeline", "rollout", "rules")
 _PIPELINE_KEYS = ("cron", "function", "params")
-_GATE_KEYS = ("against", "data", "label", "max", "max_regression", "min")
+_GATE_KEYS = ("against", "data", "label", "max", "max_calibration_error", "max_log_loss", "max_log_loss_increase",
+              "max_regression", "min")
 _ROLLOUT_KEYS = ("guardrails", "max_stage_seconds", "min_requests", "on_timeout", "plan", "stage_seconds")
 _COMMON_RULE_KEYS = ("actions", "for", "severity", "window")
 _RULE_KEYS: dict[str, tuple[str, ...]] = {
-    "drift": ("share",),
+    "drift": ("score", "share"),
     "metric_drop": ("baseline", "margin", "metric", "min_labels"),
+    "estimated_metric_drop": ("baseline", "margin", "metric", "min_rows"),
     "latency": ("p95_ms",),
     "error_rate": ("max_rate", "min_requests"),
 }
 _GUARDRAIL_KEYS = tuple(f.name for f in dataclasses.fields(Guardrails))
-_SWITCHABLE = ("max_error_rate_increase", "max_latency_ratio", "max_output_shift", "max_label_loss_increase")
+_SWITCHABLE = ("max_error_rate_increase", "max_latency_ratio", "max_output_shift", "max_label_loss_increase",
+               "max_estimated_loss_increase")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -104,7 +108,9 @@ class RuleSpec:
     metric: str = "auc"
     baseline: float | None = None
     margin: float = 0.05
-    min_count: int = 0  # labelled predictions (metric_drop) or requests (error_rate) below which: no data
+    min_count: int = 0  # labelled predictions (metric_drop), predictions (estimated_metric_drop) or requests
+    #                     (error_rate) below which: no data
+    score: str = "share"  # drift: the drifted share, or "importance" (monitoring.alerts.Rule.score)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -152,6 +158,8 @@ class ModelLoop:
             out.append(Rule(name=self.rule_name(r.kind), kind=RULE_KINDS[r.kind],  # type: ignore[arg-type]
                             threshold=r.threshold, model=self.name, window=r.window, for_s=r.for_s,
                             metric=r.metric, baseline=r.baseline, margin=r.margin, severity=r.severity,
+                            min_rows=r.min_count if r.kind == "estimated_metric_drop" else 0,
+                            **({"score": r.score} if r.kind == "drift" else {}),
                             summary=f"{self.name}: {r.kind} rule of the loop", actions=specs,
                             action_params=action_params, labels={"loop_model": self.name}))
         return out
@@ -252,20 +260,23 @@ def _pipeline(key: str, body: Any) -> PipelineSpec:
 
 
 def _thresholds(key: str, raw: Any) -> dict[str, float]:
-    from modelmill.registry.evaluate import METRICS
+    from modelmill.registry.gate import GATE_METRIC_NAMES as known
 
-    want = f"a table of metric = number, e.g. {{ auc = 0.7 }}; metrics: {', '.join(sorted(METRICS))}"
+    # Any task's metric: the candidate's task is known only when the gate runs, which refuses one it lacks.
+    want = f"a table of metric = number, e.g. {{ auc = 0.7 }}; metrics: {', '.join(known)}"
     if not isinstance(raw, Mapping):
         raise ConfigError(key, raw, want)
     out: dict[str, float] = {}
     for metric, value in raw.items():
-        if metric not in METRICS:
-            raise ConfigError(f"{key}.{metric}", value, f"a metric of {', '.join(sorted(METRICS))}")
+        if metric not in known:
+            raise ConfigError(f"{key}.{metric}", value, f"a metric of {', '.join(known)}")
         out[str(metric)] = _number(f"{key}.{metric}", value)
     return out
 
 
 def _gate(key: str, body: Any) -> GateSpec:
+    from modelmill.registry.gate import named_thresholds
+
     table = _table(key, body, _GATE_KEYS)
     minimum = _thresholds(f"{key}.min", table.get("min", {}))
     maximum = _thresholds(f"{key}.max", table.get("max", {}))
@@ -273,6 +284,13 @@ def _gate(key: str, body: Any) -> GateSpec:
     for metric, value in regression.items():
         if value < 0:
             raise ConfigError(f"{key}.max_regression.{metric}", value, "0 or more (how much worse it may be)")
+    named = {n: _number(f"{key}.{n}", table[n]) for n in ("max_calibration_error", "max_log_loss",
+                                                           "max_log_loss_increase") if n in table}
+    try:  # the named calibration bounds are max / max_regression entries (calibration_error, logloss)
+        named_thresholds(maximum, regression, **named)
+    except InputError as exc:
+        raise ConfigError(f"{key}.{exc.field}", exc.value, "a number, 0 or more, not in conflict with the same "
+                          "metric's max or max_regression entry") from None
     if not (minimum or maximum or regression):
         raise ConfigError(f"{key}.min", None, "at least one threshold in min, max or max_regression, "
                           "e.g. min = { auc = 0.7 }")
@@ -306,7 +324,10 @@ def _rule(key: str, kind: str, body: Any) -> RuleSpec:
         share = _required(key, table, "share", "the share of drifted columns above which it fires, in (0, 1]")
         if not 0 < share <= 1:
             raise ConfigError(f"{key}.share", share, "a share in (0, 1]")
-        return RuleSpec(threshold=share, **common)
+        score = table.get("score", "share")
+        if score not in ("share", "importance"):
+            raise ConfigError(f"{key}.score", score, "'share' (of drifted columns) or 'importance' (weighted)")
+        return RuleSpec(threshold=share, score=score, **common)
     if kind == "latency":
         p95 = _required(key, table, "p95_ms", "the p95 latency in ms above which it fires")
         if p95 <= 0:
@@ -319,7 +340,13 @@ def _rule(key: str, kind: str, body: Any) -> RuleSpec:
         return RuleSpec(threshold=rate, min_count=_count(f"{key}.min_requests", table.get("min_requests", 100)),
                         **common)
     metric = table.get("metric", "auc")
-    if metric not in DROP_METRICS:
+    estimated = kind == "estimated_metric_drop"
+    if estimated:
+        from modelmill.monitoring.estimate import ESTIMATED_METRICS
+
+        if metric not in ESTIMATED_METRICS:
+            raise ConfigError(f"{key}.metric", metric, f"one of {', '.join(ESTIMATED_METRICS)}")
+    elif metric not in DROP_METRICS:
         raise ConfigError(f"{key}.metric", metric, f"one of {', '.join(DROP_METRICS)}")
     margin = _number(f"{key}.margin", table.get("margin", 0.05))
     if margin < 0:
@@ -327,8 +354,9 @@ def _rule(key: str, kind: str, body: Any) -> RuleSpec:
     baseline = table.get("baseline")
     if baseline is not None:
         baseline = _number(f"{key}.baseline", baseline)
+    least = ("min_rows", "min_labels")[not estimated]
     return RuleSpec(threshold=None, metric=metric, margin=margin, baseline=baseline,
-                    min_count=_count(f"{key}.min_labels", table.get("min_labels", 100)), **common)
+                    min_count=_count(f"{key}.{least}", table.get(least, 100)), **common)
 
 
 def _rollout(key: str, body: Any) -> RolloutSpec:

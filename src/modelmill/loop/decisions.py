@@ -7,6 +7,7 @@ Each finished (or failed) trigger of a model's pipeline gets one row in ``loop_d
             ─► failed                        the run failed, named no version of the model, lacks its data,
                                              or the gate could not score the version on it
             ─► accepted ─► rolling_out       a rollout of the version started (``rollout_id``)
+                        ─► rejected          the version was rolled back before (a cached re-run names it again)
                         ─► waiting ─► …      no baseline alias yet, or another rollout is active: retried
                                              each round, until a newer accepted version supersedes it
             ─► skipped                       the version is already the baseline
@@ -222,8 +223,13 @@ class Decider:
                                 .order_by(r.id.desc()).limit(1)).scalar()
             busy = conn.execute(sa.select(rollouts.c.id, r.candidate).where(
                 r.model == name, r.status == "running")).first()
+            failed = conn.execute(sa.select(rollouts.c.id, r.reason).where(
+                r.model == name, r.candidate == version, r.status == "rolled_back").order_by(r.id.desc())).first()
         if mine is not None:  # started by a loop that died before it wrote so down
             return self._update(row, "rolling_out", f"rollout {mine} of {name}@{version} (resumed)", rollout_id=mine)
+        if failed is not None:  # a re-run that hit the cache names the same version: it is not tried again
+            return self._update(row, "rejected", f"{name}@{version} was rolled back before (rollout {failed.id}: "
+                                f"{(failed.reason or 'no reason recorded')[:300]}); the loop does not roll it out again")
         if busy is not None:
             return self._wait(row, f"rollout {busy.id} of {name}@{busy.candidate} is active; {name}@{version} "
                               "starts when it ends")

@@ -11,6 +11,10 @@ Two kinds differ from :class:`~modelmill.monitoring.ProjectMeasure`, and only in
   model's failures) over the rule's own window, per model, and no data below ``min_requests``; so it needs
   no ``metrics_url`` and sees the whole fleet.
 
+Every kind watches only the version the model's ``[models.NAME.gate] against`` alias (``production``) names,
+when it is set: a candidate being rolled out (or a variant of an A/B test) is judged by its guardrails and
+its experiment, and its own drift or metric is no reason to retrain the model.
+
 The alert evaluator, its states and its actions are the monitor's: this class only measures.
 """
 
@@ -21,7 +25,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from modelmill.monitoring.alerts import Labels, Rule, labels_of
+from modelmill.monitoring.alerts import BASELINE_KINDS, Labels, Rule, labels_of
 from modelmill.monitoring.monitor import ProjectMeasure
 from modelmill.monitoring.performance import PerformanceMonitor
 from modelmill.store.feedback import Feedback, is_error
@@ -32,19 +36,36 @@ __all__ = ["LoopMeasure"]
 class LoopMeasure(ProjectMeasure):
     """:class:`~modelmill.monitoring.ProjectMeasure` with each rule's minimum count (``min_counts`` by rule name)."""
 
-    def __init__(self, project: Any, *, min_counts: Mapping[str, int] | None = None, **kwargs: Any) -> None:
+    def __init__(self, project: Any, *, min_counts: Mapping[str, int] | None = None, watch: str | None = None,
+                 **kwargs: Any) -> None:
+        """``watch``: the alias whose version alone is measured (None: every version)."""
         super().__init__(project, **kwargs)
         self.min_counts = dict(min_counts or {})
+        self.watch = watch
 
     def measure(self, rule: Rule, now: float) -> dict[Labels, float]:
         if rule.kind == "metric_below_baseline":
-            return self._metric(rule, now)
-        if rule.kind == "error_rate":
-            return self._log_error_rate(rule, now)
-        return super().measure(rule, now)
+            found = self._metric(rule, now)
+        elif rule.kind == "error_rate":
+            found = self._log_error_rate(rule, now)
+        else:
+            found = super().measure(rule, now)
+        return self._watched(rule, found)
+
+    def _watched(self, rule: Rule, found: dict[Labels, float]) -> dict[Labels, float]:
+        """Only the measurements of the watched alias's version (those without a version are kept)."""
+        if self.watch is None or rule.model is None or not found:
+            return found
+        from modelmill.registry import Registry
+
+        version = Registry(self.project).aliases(rule.model).get(self.watch)
+        if version is None:
+            return found
+        return {labels: value for labels, value in found.items()
+                if dict(labels).get("version", str(version)) == str(version)}
 
     def _metric(self, rule: Rule, now: float) -> dict[Labels, float]:
-        perf = PerformanceMonitor(self.project)
+        perf = PerformanceMonitor(self.project, clock=self.clock)
         if not (perf.feedback.has_predictions() and perf.feedback.has_labels()):
             return {}
         start, end = _utc(now - rule.window), _utc(now)
@@ -60,7 +81,7 @@ class LoopMeasure(ProjectMeasure):
         return out
 
     def baseline(self, rule: Rule, labels: Labels) -> float | None:
-        if rule.baseline is not None or rule.kind != "metric_below_baseline":
+        if rule.baseline is not None or rule.kind not in BASELINE_KINDS:
             return rule.baseline
         d = dict(labels)
         key = (d.get("model", ""), d.get("version", ""), f"gate:{rule.metric}")
@@ -80,13 +101,15 @@ class LoopMeasure(ProjectMeasure):
             mv = Registry(self.project).get(model, int(version))
         except (ValueError, InputError, NotFoundError):
             return None
-        value = ((mv.gate or {}).get("metrics") or {}).get(metric)
+        from modelmill.monitoring.estimate import recorded
+
+        value = recorded((mv.gate or {}).get("metrics"), metric)
         return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
     def _log_error_rate(self, rule: Rule, now: float) -> dict[Labels, float]:
         if rule.model is None:
             return super().measure(rule, now)
-        frame = Feedback(self.project.offline).outcomes(rule.model, since=_utc(now - rule.window))
+        frame = Feedback(self.project.offline, clock=self.clock).outcomes(rule.model, since=_utc(now - rule.window))
         if frame is None:
             return {}
         frame = frame[frame["t"] < now]

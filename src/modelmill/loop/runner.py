@@ -121,7 +121,7 @@ class Loop:
                                          window=drift[0].window if drift else base.window)
             counts = {m.rule_name(r.kind): r.min_count for r in m.rules}
             self._monitors[m.name] = Monitor(self.project, config, measure=LoopMeasure(
-                self.project, min_counts=counts, metrics_url=base.metrics_url))
+                self.project, min_counts=counts, metrics_url=base.metrics_url, clock=base.clock, watch=m.gate.against))
             self._deciders[m.name] = Decider(self.project, m, controller=self._controller, actor=self.actor,
                                              still_leader=self._still_leader, clock=self._time)
         self._started = True
@@ -217,7 +217,9 @@ class Loop:
 
     def _monitor(self, m: ModelLoop, now: float) -> dict[str, Any]:
         monitor = self._monitors[m.name]
-        result = monitor.run_once(now)
+        # Under [monitoring] clock = "event" (a replay) the windows end at the online store's watermark,
+        # whatever the round's time; rollouts and decisions stay on the round's (wall) clock.
+        result = monitor.run_once(None if monitor.config.clock == "event" else now)
         return {"status": result["status"], "reasons": result["reasons"][:5],
                 "windows": result["windows"], "alerts_changed": result["alerts_changed"],
                 "alerts_active": [a for a in result["alerts_active"]

@@ -12,6 +12,7 @@ from modelmill.monitoring.alerts import (
     ActionRegistry,
     Alert,
     AlertEvaluator,
+    AlertmanagerSink,
     LogSink,
     Rule,
     WebhookSink,
@@ -30,6 +31,7 @@ from modelmill.monitoring.drift import (
     register_test,
     summarize,
 )
+from modelmill.monitoring.estimate import Estimate, EstimatedMetric
 from modelmill.monitoring.exporter import MonitoringExporter
 from modelmill.monitoring.monitor import Monitor, MonitoringConfig, ProjectMeasure
 from modelmill.monitoring.performance import PerformanceMonitor, classification_metrics, log_losses
@@ -40,11 +42,14 @@ __all__ = [
     "ActionRegistry",
     "Alert",
     "AlertEvaluator",
+    "AlertmanagerSink",
     "ColumnDrift",
     "ColumnOptions",
     "ColumnSummary",
     "DriftOptions",
     "DriftReport",
+    "Estimate",
+    "EstimatedMetric",
     "LogSink",
     "Monitor",
     "MonitoringConfig",

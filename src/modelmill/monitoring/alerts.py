@@ -9,10 +9,17 @@ notifies once more when it resolves.
 
     [[monitoring.rules]]
     name = "LatencyHigh"
-    kind = "latency_p95"          # latency_p95 | error_rate | metric_below_baseline | drift_share | feature_freshness
+    kind = "latency_p95"          # latency_p95 | error_rate | metric_below_baseline | estimated_metric_drop
+                                  # | drift_share | feature_freshness
     threshold = 50                # ms, share, seconds … by kind
     for = "2m"                    # must hold this long before firing
     actions = [{ action = "pipeline:retrain_flights", params = { days = 60 } }, "rollback:flights"]
+
+``estimated_metric_drop`` needs no labels: it estimates ``metric`` (``accuracy``, ``auc`` or
+``log_loss``) of each version's predictions in the window from their probabilities alone
+(:mod:`modelmill.monitoring.estimate`: meaningful for a calibrated binary classifier only) and fires, like
+``metric_below_baseline``, when the estimate is worse than ``baseline`` by more than ``margin`` (below it;
+for ``log_loss`` above it). A window with fewer than ``min_rows`` predictions (at least one) is no data.
 
 Sinks: ``log`` and ``webhook`` (the Alertmanager webhook JSON, version 4).
 Actions, each a string or a table ``{ action = "...", params = {...} }``:
@@ -57,10 +64,12 @@ from modelmill.project import Project
 from modelmill.store.tables.monitoring import monitoring_alerts
 
 __all__ = [
+    "BASELINE_KINDS",
     "RULE_KINDS",
     "ActionRegistry",
     "Alert",
     "AlertEvaluator",
+    "AlertmanagerSink",
     "LogSink",
     "Rule",
     "RuleStatus",
@@ -75,9 +84,12 @@ __all__ = [
 
 log = logging.getLogger("modelmill.monitoring.alerts")
 
-RuleKind = Literal["latency_p95", "error_rate", "metric_below_baseline", "drift_share", "feature_freshness"]
-RULE_KINDS: tuple[str, ...] = ("latency_p95", "error_rate", "metric_below_baseline", "drift_share",
-                               "feature_freshness")
+RuleKind = Literal["latency_p95", "error_rate", "metric_below_baseline", "estimated_metric_drop", "drift_share",
+                   "feature_freshness"]
+RULE_KINDS: tuple[str, ...] = ("latency_p95", "error_rate", "metric_below_baseline", "estimated_metric_drop",
+                               "drift_share", "feature_freshness")
+#: The kinds compared with a baseline (the rule's, else the version's recorded metric) rather than a threshold.
+BASELINE_KINDS: tuple[str, ...] = ("metric_below_baseline", "estimated_metric_drop")
 Labels = tuple[tuple[str, str], ...]
 _NEVER = "0001-01-01T00:00:00Z"
 
@@ -86,7 +98,11 @@ _NEVER = "0001-01-01T00:00:00Z"
 class Rule:
     """One alert rule. ``threshold`` is in the signal's unit; ``metric_below_baseline`` fires when the
     metric drops below ``baseline - margin`` (``baseline`` from the rule, else the model version's
-    registered metrics)."""
+    registered metrics); ``estimated_metric_drop`` likewise on the estimate, a log loss above
+    ``baseline + margin``, and ``min_rows`` predictions at least. ``score`` is what a ``drift_share`` rule
+    reads: ``"share"`` (the share of drifted columns, the default) or ``"importance"`` (the permutation
+    importance of the drifted features over that of all compared ones, stored with the reference profile;
+    a window without stored importance gives its share, named in the round's ``score_fallback``)."""
 
     name: str
     kind: RuleKind
@@ -97,8 +113,10 @@ class Rule:
     metric: str = "auc"
     baseline: float | None = None
     margin: float = 0.05
+    min_rows: int = 0
     table: str | None = None
     time_column: str = "ts"
+    score: str = "share"
     severity: str = "warning"
     summary: str = ""
     actions: tuple[str, ...] = ()
@@ -115,10 +133,21 @@ class Rule:
         kind = d.get("kind")
         if kind not in RULE_KINDS:
             raise ConfigError(f"monitoring.rules[{name}].kind", kind, " | ".join(RULE_KINDS))
-        if kind != "metric_below_baseline" and not isinstance(d.get("threshold"), int | float):
+        if kind == "estimated_metric_drop":
+            from modelmill.monitoring.estimate import ESTIMATED_METRICS
+
+            if d.get("metric", "auc") not in ESTIMATED_METRICS:
+                raise ConfigError(f"monitoring.rules[{name}].metric", d.get("metric"), " | ".join(ESTIMATED_METRICS))
+            rows = d.get("min_rows", 0)
+            if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+                raise ConfigError(f"monitoring.rules[{name}].min_rows", rows, "a whole number of predictions >= 0")
+        if kind not in BASELINE_KINDS and not isinstance(d.get("threshold"), int | float):
             raise ConfigError(f"monitoring.rules[{name}].threshold", d.get("threshold"), "a number")
         if kind == "feature_freshness" and not d.get("table"):
             raise ConfigError(f"monitoring.rules[{name}].table", d.get("table"), "the offline table to watch")
+        if d.get("score", "share") not in ("share", "importance") or (kind != "drift_share" and "score" in d):
+            raise ConfigError(f"monitoring.rules[{name}].score", d.get("score"),
+                              "'share' or 'importance', on a drift_share rule only")
         known = {f.name for f in dataclasses.fields(cls)} - {"action_params"} | {"for"}
         unknown = set(d) - known
         if unknown:
@@ -136,6 +165,11 @@ class Rule:
         if self.kind == "metric_below_baseline":
             base = self.baseline if self.baseline is not None else baseline
             return base is not None and value < base - self.margin
+        if self.kind == "estimated_metric_drop":
+            from modelmill.monitoring.estimate import is_worse
+
+            base = self.baseline if self.baseline is not None else baseline
+            return base is not None and is_worse(self.metric, value, base, self.margin)
         assert self.threshold is not None
         return value > self.threshold
 
@@ -217,21 +251,60 @@ class WebhookSink:
         return f"WebhookSink(url={self.url!r})"
 
     def send(self, alerts: Sequence[Alert]) -> None:
-        import httpx
+        _post(f"webhook {self.url}", self.url, alertmanager_payload(alerts, receiver=self.receiver),
+              timeout_s=self.timeout_s, retries=self.retries)
 
-        body = alertmanager_payload(alerts, receiver=self.receiver)
-        for attempt in range(self.retries + 1):
-            try:
-                r = httpx.post(self.url, json=body, timeout=self.timeout_s)
-                if r.status_code < 500:
-                    if r.status_code >= 400:
-                        log.error("webhook %s refused the alert: HTTP %s", self.url, r.status_code)
-                    return
-            except httpx.TransportError as exc:
-                if attempt == self.retries:
-                    log.error("webhook %s unreachable: %s", self.url, exc)
-                    return
-            time.sleep(0.2 * 2**attempt)
+
+def _post(what: str, url: str, body: Any, *, timeout_s: float, retries: int) -> None:
+    """POST ``body`` as JSON; connection errors and 5xx answers are retried with backoff, a 4xx (a refusal) and
+    the last failure are logged, never raised: a sink that is down must not stop the monitor."""
+    import httpx
+
+    for attempt in range(retries + 1):
+        try:
+            r = httpx.post(url, json=body, timeout=timeout_s)
+            if r.status_code < 500:
+                if r.status_code >= 400:
+                    log.error("%s refused the alert(s): HTTP %s %s", what, r.status_code, r.text[:500])
+                return
+        except httpx.TransportError as exc:
+            if attempt == retries:
+                log.error("%s unreachable: %s", what, exc)
+                return
+        time.sleep(0.2 * 2**attempt)
+
+
+class AlertmanagerSink:
+    """POSTs the alerts to Alertmanager's API (``{url}/api/v2/alerts``), which groups, silences, inhibits and
+    routes them. Alertmanager resolves an alert nobody re-sends, so the evaluator re-sends every firing alert each
+    round (``repeat_firing``) with ``endsAt`` ``expires_s`` ahead: set it to a few of the monitor's intervals, so a
+    monitor that stopped lets its alerts lapse instead of holding them forever. A resolved alert is sent with its
+    ``endsAt``. Connection errors and 5xx answers are retried; a refusal is logged."""
+
+    repeat_firing = True
+
+    def __init__(self, *, url: str, timeout_s: float = 5.0, retries: int = 2, expires_s: float = 3600.0,
+                 generator_url: str = "") -> None:
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.expires_s = expires_s
+        self.generator_url = generator_url
+
+    def __repr__(self) -> str:
+        return f"AlertmanagerSink(url={self.url!r})"
+
+    def postable(self, alerts: Sequence[Alert], now: float | None = None) -> list[dict[str, Any]]:
+        """Alertmanager's ``postableAlerts``: labels (``alertname`` = the rule), annotations, start and end."""
+        now = time.time() if now is None else now
+        return [{"labels": {"alertname": a.rule, **a.labels}, "annotations": a.annotations,
+                 "startsAt": _rfc3339(a.starts_at),
+                 "endsAt": _rfc3339(a.ends_at if a.ends_at is not None else now + self.expires_s),
+                 "generatorURL": self.generator_url} for a in alerts]
+
+    def send(self, alerts: Sequence[Alert]) -> None:
+        _post(f"alertmanager {self.url}", f"{self.url}/api/v2/alerts", self.postable(alerts),
+              timeout_s=self.timeout_s, retries=self.retries)
 
 
 def _parse_actions(raw: Any, *, field: str) -> tuple[tuple[str, ...], dict[str, dict[str, Any]]]:
@@ -270,16 +343,25 @@ def _parse_actions(raw: Any, *, field: str) -> tuple[tuple[str, ...], dict[str, 
 
 
 def sink_from_mapping(data: Mapping[str, Any]) -> Sink:
-    """A sink from one ``[[monitoring.sinks]]`` table: ``type = "log"`` or ``type = "webhook"``."""
+    """A sink from one ``[[monitoring.sinks]]`` table: ``type = "log"``, ``"webhook"`` or ``"alertmanager"``."""
     kind = data.get("type")
     if kind == "log":
         return LogSink(path=data.get("path"))
-    if kind == "webhook":
+    if kind in ("webhook", "alertmanager"):
         url = data.get("url")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ConfigError("monitoring.sinks.url", url, "an http(s) URL")
-        return WebhookSink(url=url, timeout_s=float(data.get("timeout_s", 5.0)))
-    raise ConfigError("monitoring.sinks.type", kind, "'log' or 'webhook'")
+        timeout_s = data.get("timeout_s", 5.0)
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s <= 0:
+            raise ConfigError("monitoring.sinks.timeout_s", timeout_s, "a positive number of seconds")
+        if kind == "webhook":
+            return WebhookSink(url=url, timeout_s=float(timeout_s))
+        expires_s = data.get("expires_s", 3600.0)
+        if isinstance(expires_s, bool) or not isinstance(expires_s, int | float) or expires_s <= 0:
+            raise ConfigError("monitoring.sinks.expires_s", expires_s, "a positive number of seconds")
+        return AlertmanagerSink(url=url, timeout_s=float(timeout_s), expires_s=float(expires_s),
+                                generator_url=str(data.get("generator_url", "")))
+    raise ConfigError("monitoring.sinks.type", kind, "'log', 'webhook' or 'alertmanager'")
 
 
 # ---- actions ----------------------------------------------------------------------------------
@@ -458,7 +540,7 @@ class AlertEvaluator:
                 self.statuses[rule.name] = RuleStatus(rule.name, "no_data", exc.message)
                 continue
             unbased = 0
-            if rule.kind == "metric_below_baseline" and rule.baseline is None:
+            if rule.kind in BASELINE_KINDS and rule.baseline is None:
                 # a series with nothing to compare with is not measured: its alert keeps its state, and a
                 # rule with no baseline for any series is "no data", never a pass
                 values = dict(values)
@@ -477,7 +559,7 @@ class AlertEvaluator:
             transitions = self._apply(rule, values, now)
             breached = sum(1 for labels, v in finite.items()
                            if rule.breached(v, self.measure.baseline(rule, labels)
-                                            if rule.kind == "metric_below_baseline" else None))
+                                            if rule.kind in BASELINE_KINDS else None))
             self.statuses[rule.name] = RuleStatus(rule.name, "fail" if breached else "pass",
                                                   f"{breached} of {len(finite)} series breach", len(finite))
             for status in ("firing", "resolved"):
@@ -488,7 +570,27 @@ class AlertEvaluator:
                 if alert.status == "firing":
                     self._act(rule, alert)
             changed.extend(transitions)
+        self._repeat_firing({a.fingerprint for a in changed})
         return changed
+
+    def _repeat_firing(self, sent: set[str]) -> None:
+        """Send every alert still firing (not just sent) again to the sinks that need it (Alertmanager's API
+        resolves an alert that is not re-sent)."""
+        sinks = [s for s in self.sinks if getattr(s, "repeat_firing", False)]
+        if not sinks:
+            return
+        rules = {r.name: r for r in self.rules}
+        firing = [self._alert(rules[row["rule"]], "firing", row["labels"], row["annotations"], row["value"],
+                              row["started_at"] or row["updated_at"], None, row["fingerprint"])
+                  for row in self.active()
+                  if row["state"] == "firing" and row["rule"] in rules and row["fingerprint"] not in sent]
+        if not firing:
+            return
+        for sink in sinks:
+            try:
+                sink.send(firing)
+            except Exception as exc:  # one broken sink must not silence the others
+                log.error("sink %r failed: %s", sink, exc)
 
     def active(self) -> list[dict[str, Any]]:
         """Alerts now pending or firing."""
@@ -515,7 +617,7 @@ class AlertEvaluator:
                            "value": f"{value:.6g}", "kind": rule.kind}
             row = existing.get(fp)
             state = row.state if row is not None else "inactive"
-            baseline = self.measure.baseline(rule, labels) if rule.kind == "metric_below_baseline" else None
+            baseline = self.measure.baseline(rule, labels) if rule.kind in BASELINE_KINDS else None
             if rule.breached(value, baseline):
                 if state in ("inactive", "resolved"):
                     target = "pending" if rule.for_s > 0 else "firing"

@@ -67,6 +67,7 @@ from scipy import special, stats
 from modelmill.errors import InputError
 
 __all__ = [
+    "REFERENCE_KINDS",
     "ColumnDrift",
     "ColumnOptions",
     "ColumnSummary",
@@ -407,12 +408,28 @@ class ColumnOptions:
             raise InputError("threshold", "must be a number >= 0", self.threshold)
 
 
+#: What a window is compared with (``reference`` in ``[monitoring.drift]``).
+REFERENCE_KINDS: tuple[str, ...] = ("training", "rolling", "seasonal")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DriftOptions:
     """Thresholds and per-column overrides; the defaults are Evidently's.
 
+    ``reference`` is what a monitoring window is compared with: ``"training"`` (the version's stored
+    profile of its training data, the default), ``"rolling"`` (the model's prediction log over the
+    ``reference_windows`` windows just before it) or ``"seasonal"`` (its log over the same window one
+    ``season`` earlier; see :mod:`~modelmill.monitoring.baselines`). ``reference_windows`` is how many windows a rolling reference spans (4).
+    ``season`` is the period of a seasonal reference, a duration (``"7d"``, ``"365d"``; seconds in Python),
+    required with ``reference = "seasonal"``. ``models`` holds per-model overrides of any of these keys
+    (``[monitoring.drift.models.flights] reference = "seasonal"``), each read over the table's own keys.
+    A rolling or seasonal reference with no logged rows in its span is no data, never a pass.
+
     >>> DriftOptions.from_mapping({"drift_share": 0.3, "columns": {"x": {"test": "psi", "threshold": 0.2}}}).columns
     {'x': ColumnOptions(type=None, test='psi', threshold=0.2)}
+    >>> opts = DriftOptions.from_mapping({"models": {"flights": {"reference": "seasonal", "season": "7d"}}})
+    >>> opts.for_model("flights").reference, opts.for_model("flights").season, opts.for_model("other").reference
+    ('seasonal', 604800.0, 'training')
     """
 
     p_value: float = 0.05
@@ -423,7 +440,11 @@ class DriftOptions:
     quantile: float = 0.99
     calibration_windows: int = 200
     seed: int = 0
+    reference: str = "training"
+    reference_windows: int = 4
+    season: float | None = None
     columns: Mapping[str, ColumnOptions] = dataclasses.field(default_factory=dict)
+    models: Mapping[str, DriftOptions] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("p_value", "distance", "drift_share"):
@@ -440,6 +461,19 @@ class DriftOptions:
                              windows)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise InputError("seed", "must be a whole number >= 0", self.seed)
+        if self.reference not in REFERENCE_KINDS:
+            raise InputError("reference", f"must be one of {', '.join(REFERENCE_KINDS)}", self.reference)
+        windows = self.reference_windows
+        if isinstance(windows, bool) or not isinstance(windows, int) or not 1 <= windows <= 10_000:
+            raise InputError("reference_windows", "must be a whole number from 1 to 10000 (windows before the "
+                             "current one that a rolling reference spans)", windows)
+        season = self.season
+        if season is not None and (isinstance(season, bool) or not isinstance(season, int | float)
+                                   or not math.isfinite(season) or season <= 0):
+            raise InputError("season", "must be a positive duration (seconds, or \"7d\" in modelmill.toml)", season)
+        if self.reference == "seasonal" and season is None:
+            raise InputError("season", "is required with reference = \"seasonal\": the period to look back, "
+                             "e.g. \"7d\" or \"365d\"")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> DriftOptions:
@@ -448,11 +482,31 @@ class DriftOptions:
         unknown = set(data) - known
         if unknown:
             raise InputError("monitoring.drift", f"unknown keys {sorted(unknown)}; use {sorted(known)}")
-        cols = {str(k): ColumnOptions(**dict(v)) for k, v in dict(data.get("columns", {})).items()}
-        return cls(**{k: v for k, v in data.items() if k != "columns"}, columns=cols)
+        base = {k: v for k, v in data.items() if k != "models"}
+        models = data.get("models", {})
+        if not isinstance(models, Mapping):
+            raise InputError("monitoring.drift.models", "must be a table of per-model tables", models)
+        per_model = {}
+        for name, override in models.items():
+            if not isinstance(override, Mapping) or "models" in override:
+                raise InputError(f"monitoring.drift.models.{name}", "must be a table of drift keys (no models)",
+                                 override)
+            per_model[str(name)] = cls.from_mapping({**base, **override})
+        cols = {str(k): ColumnOptions(**dict(v)) for k, v in dict(base.get("columns", {})).items()}
+        season = base.get("season")
+        if season is not None and not isinstance(season, bool):
+            from modelmill.monitoring.performance import parse_duration  # late: performance reads the store
+
+            season = parse_duration(season, field="monitoring.drift.season")
+        return cls(**{k: v for k, v in base.items() if k not in ("columns", "season")}, season=season,
+                   columns=cols, models=per_model)
 
     def for_column(self, name: str) -> ColumnOptions:
         return self.columns.get(name, ColumnOptions())
+
+    def for_model(self, name: str) -> DriftOptions:
+        """The options of model ``name``: its ``models`` override, else these."""
+        return self.models.get(name, self)
 
 
 # ---- results ----------------------------------------------------------------------------------
@@ -488,6 +542,17 @@ class DriftReport:
 
     columns: dict[str, ColumnDrift]
     share_threshold: float = 0.5
+    #: Columns that could not be tested, with why (no values in the window or the reference): no data,
+    #: counted neither as drifted nor as passed, and left out of the share.
+    no_data: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: What the window was compared with (set by the monitor): ``kind`` (training, rolling, seasonal),
+    #: for a logged reference its ``start``/``end`` (epoch seconds) and ``n_rows``, and ``reason`` when it
+    #: had no rows (then ``columns`` is empty: no data).
+    reference: Mapping[str, Any] | None = None
+    #: Each feature's importance to the model (stored with its reference profile), or None when none is.
+    importance: Mapping[str, float] | None = None
+    #: How ``importance`` was measured, or why there is none.
+    importance_note: str = ""
 
     @property
     def drift_share(self) -> float:
@@ -502,9 +567,54 @@ class DriftReport:
     def drifted(self) -> list[str]:
         return [name for name, c in self.columns.items() if c.drift]
 
+    @property
+    def importance_score(self) -> float | None:
+        """Importance of the drifted features over the importance of every compared feature (0 to 1).
+
+        None when no importance is known, or the compared features have none in total (a score of
+        nothing is not 0): the caller falls back to :attr:`drift_share` and says so (:meth:`score`).
+
+        >>> col = lambda d: ColumnDrift(type="numeric", test="ks", statistic=0.0, p_value=1.0, threshold=0.05,
+        ...                             drift=d, psi=0.0)
+        >>> report = DriftReport(columns={"a": col(True), "b": col(False), "c": col(False)},
+        ...                      importance={"a": 0.1, "b": 0.3, "c": 0.6})
+        >>> round(report.drift_share, 3), report.importance_score
+        (0.333, 0.1)
+        """
+        if not self.importance:
+            return None
+        weights = {name: max(float(self.importance.get(name, 0.0)), 0.0) for name in self.columns}
+        total = sum(weights.values())
+        if not total > 0:
+            return None
+        return sum(w for name, w in weights.items() if self.columns[name].drift) / total
+
+    def score(self, kind: str = "share") -> dict[str, Any]:
+        """The score a drift rule reads: ``{"kind", "value"}``, and when ``importance`` was asked for and
+        cannot be had, ``kind`` ``"share"`` with ``requested`` and ``fallback`` (why)."""
+        if kind == "importance":
+            value = self.importance_score
+            if value is not None:
+                return {"kind": "importance", "value": value}
+            why = self.importance_note or "no feature importance is stored with the reference profile"
+            if self.importance:
+                why = "the compared features have no importance in total"
+            return {"kind": "share", "value": self.drift_share, "requested": "importance",
+                    "fallback": f"{why}; the raw drifted share is used instead"}
+        return {"kind": "share", "value": self.drift_share}
+
     def to_dict(self) -> dict[str, Any]:
-        return {"dataset_drift": self.dataset_drift, "drift_share": self.drift_share,
-                "columns": {name: c.to_dict() for name, c in self.columns.items()}}
+        out: dict[str, Any] = {"dataset_drift": self.dataset_drift, "drift_share": self.drift_share,
+                               "columns": {name: c.to_dict() for name, c in self.columns.items()}}
+        if self.no_data:
+            out["no_data"] = dict(self.no_data)
+        if self.reference is not None:
+            out["reference"] = dict(self.reference)
+        if self.importance or self.importance_note:
+            out["importance"] = {"score": self.importance_score,
+                                 "weights": dict(self.importance) if self.importance else None,
+                                 "note": self.importance_note or None}
+        return out
 
 
 def _finite(x: float) -> float:
@@ -711,12 +821,24 @@ def compare(reference: Mapping[str, ColumnSummary], current: Mapping[str, Column
             calibrations: MutableMapping[str, np.ndarray] | None = None) -> DriftReport:
     """Test every column present in both mappings of summaries (reference order).
 
+    A column with no values on either side (all null in the window, say) is not tested: it is in the
+    report's ``no_data``, never a pass.
+
     ``calibrations`` is the cache of calibrated thresholds (see :func:`compare_column`)."""
     opts = options or DriftOptions()
-    out = {name: compare_column(ref, current[name], opts.for_column(name), defaults=opts, name=name,
-                                calibrations=calibrations)
-           for name, ref in reference.items() if name in current}
-    return DriftReport(columns=out, share_threshold=opts.drift_share)
+    out: dict[str, ColumnDrift] = {}
+    empty: dict[str, str] = {}
+    for name, ref in reference.items():
+        if name not in current:
+            continue
+        cur = current[name]
+        if ref.n == 0 or cur.n == 0:
+            side = "reference" if ref.n == 0 else "current"
+            empty[name] = f"has no values in the {side} data (all null or not finite)"
+            continue
+        out[name] = compare_column(ref, cur, opts.for_column(name), defaults=opts, name=name,
+                                   calibrations=calibrations)
+    return DriftReport(columns=out, share_threshold=opts.drift_share, no_data=empty)
 
 
 def infer_kind(arr: pa.ChunkedArray | pa.Array) -> Kind | None:

@@ -9,6 +9,14 @@ version, variant and time bucket with numpy:
     >>> m = classification_metrics(np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.4, 0.9]))
     >>> m["accuracy"], m["auc"]
     (0.5, 0.75)
+
+A multiclass model's rows carry its probability per class (the log's ``probabilities``; ``output`` is the
+predicted class's index), and its labels are its classes: the class values the version records
+(``classes``), else the classes' indices. Its metrics are log loss, macro F1 and accuracy:
+
+    >>> m = multiclass_metrics(np.array([0, 2]), np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]]))
+    >>> round(m["log_loss"], 4), m["macro_f1"], m["accuracy"]
+    (0.4338, 1.0, 1.0)
 """
 
 from __future__ import annotations
@@ -29,22 +37,25 @@ from modelmill.store.feedback import Feedback
 
 __all__ = [
     "METRICS",
+    "PROBABILITIES",
     "TASK_METRICS",
     "PerformanceMonitor",
+    "class_indices",
     "classification_metrics",
     "log_losses",
+    "multiclass_metrics",
     "parse_duration",
     "query_arrow",
     "regression_metrics",
+    "stacked_probabilities",
     "task_metrics",
     "task_of",
 ]
 
 METRICS = ("accuracy", "precision", "recall", "auc", "log_loss", "brier", "calibration_error")
-#: The delayed-label metrics ``monitor`` reports for every served version, rules or not, by the model's task
-#: (multiclass: none yet, so such a version's row says no data rather than guess what its output holds).
+#: The delayed-label metrics ``monitor`` reports for every served version, rules or not, by the model's task.
 TASK_METRICS: dict[str, tuple[str, ...]] = {"binary": ("auc", "log_loss", "accuracy"), "regression": ("mae", "rmse"),
-                                            "multiclass": ()}
+                                            "multiclass": ("log_loss", "macro_f1", "accuracy")}
 _BINARY_HINTS = ("auc", "log_loss", "logloss", "accuracy", "brier", "precision", "recall")
 _REGRESSION_HINTS = ("mae", "rmse", "mse", "r2")
 _EPS = float(np.finfo(np.float64).eps)  # where scikit-learn (1.5+) clips log loss: equal at p = 0 or 1 too
@@ -129,6 +140,110 @@ def regression_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err ** 2)))}
 
 
+def class_indices(y: np.ndarray, classes: Sequence[float] = ()) -> np.ndarray:
+    """Multiclass labels as the index of their class in the model's output order: the label's position in
+    ``classes`` (the class values the version records), else the label itself (it is the index); -1 for
+    a label that is neither (one of a class the model does not have).
+
+        >>> class_indices(np.array([5.0, 3.0, 4.0]), (3.0, 5.0)).tolist(), class_indices(np.array([2.0, 0.5])).tolist()
+        ([1, 0, -1], [2, -1])
+    """
+    y = np.asarray(y, dtype=np.float64)
+    if len(classes):
+        values = np.asarray(classes, dtype=np.float64)
+        order = np.argsort(values, kind="stable")
+        pos = np.clip(np.searchsorted(values[order], y), 0, len(values) - 1)
+        return np.where(values[order][pos] == y, order[pos], -1).astype(np.int64)
+    whole = np.isfinite(y) & (y >= 0) & (y == np.floor(y))
+    return np.where(whole, y, -1).astype(np.int64)
+
+
+def multiclass_metrics(y: np.ndarray, probabilities: np.ndarray | None, predicted: np.ndarray | None = None, *,
+                       eps: float = _EPS) -> dict[str, float]:
+    """Log loss, macro F1 and accuracy of a multiclass model: its labels ``y`` (class indices, see
+    :func:`class_indices`), its ``probabilities`` (``[n, C]``) and its predicted class indices (``predicted``;
+    by default each row's most probable class).
+
+    Log loss takes each row's probability of its label, clipped to [eps, 1 - eps] (None probabilities: NaN).
+    Macro F1 is the mean F1 over the classes among the labels and the predictions (as scikit-learn's
+    ``f1_score(average="macro")``). Empty: NaN.
+    """
+    y = np.asarray(y, dtype=np.int64)
+    n = len(y)
+    if predicted is None:
+        if probabilities is None:
+            raise InputError("predicted", "is required without probabilities")
+        predicted = np.asarray(probabilities).argmax(axis=1)
+    pred = np.asarray(predicted, dtype=np.int64)
+    out = {"n": float(n), "log_loss": math.nan, "macro_f1": math.nan, "accuracy": math.nan}
+    if n == 0:
+        return out
+    out["accuracy"] = float(np.count_nonzero(pred == y)) / n
+    seen = np.union1d(y, pred)
+    f1 = []
+    for k in seen:
+        tp = np.count_nonzero((pred == k) & (y == k))
+        fp = np.count_nonzero((pred == k) & (y != k))
+        fn = np.count_nonzero((pred != k) & (y == k))
+        f1.append(2 * tp / (2 * tp + fp + fn))
+    out["macro_f1"] = float(np.mean(f1))
+    if probabilities is not None:
+        proba = np.asarray(probabilities, dtype=np.float64)
+        if proba.ndim == 2 and len(proba) == n and bool(np.all((y >= 0) & (y < proba.shape[1]))):
+            out["log_loss"] = float(-np.mean(np.log(np.clip(proba[np.arange(n), y], eps, 1 - eps))))
+    return out
+
+
+#: The column of a window's frame that holds a multiclass model's logged class probabilities (a list per row).
+PROBABILITIES = "__probabilities__"
+
+
+def stacked_probabilities(probabilities: Any, n: int | None = None) -> np.ndarray | None:
+    """The probabilities of ``n`` rows (default: as many as given) as ``[n, C]``; None unless every row has
+    them, all of one width."""
+    if probabilities is None:
+        return None
+    if n is None:
+        n = len(probabilities)
+    if isinstance(probabilities, np.ndarray) and probabilities.ndim == 2:
+        return probabilities.astype(np.float64, copy=False) if len(probabilities) == n else None
+    rows = list(probabilities)
+    if len(rows) != n or n == 0 or any(r is None or not hasattr(r, "__len__") for r in rows):
+        return None
+    widths = {len(r) for r in rows}
+    return np.asarray([np.asarray(r, dtype=np.float64) for r in rows]) if len(widths) == 1 else None
+
+
+def _multiclass(y: np.ndarray, p: np.ndarray, probabilities: Any, classes: Sequence[float],
+                names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    n = len(y)
+    idx = class_indices(y, classes)
+    stray = int(np.count_nonzero(idx < 0))
+    if stray:
+        expects = f"one of the classes {', '.join(f'{c:g}' for c in classes)}" if len(classes) else \
+            "a class index (a whole number from 0)"
+        return {m: {"value": None, "n": n, "status": "no_data",
+                    "reason": f"{stray} of {n} labels are not {expects}, as this multiclass model's labels must be"}
+                for m in names}
+    proba = stacked_probabilities(probabilities, n)
+    predicted = np.asarray(p, dtype=np.float64)
+    values = multiclass_metrics(idx, proba, predicted if len(predicted) == n else None)
+    out = {}
+    for m in names:
+        value = values.get(m, math.nan)
+        if math.isfinite(value):
+            out[m] = {"value": float(value), "n": n, "status": "measured", "reason": None}
+        elif m == "log_loss" and proba is None:
+            out[m] = {"value": None, "n": n, "status": "no_data", "reason": "some of these predictions were logged "
+                      "without their class probabilities (a log written before modelmill recorded them)"}
+        elif m == "log_loss":
+            out[m] = {"value": None, "n": n, "status": "no_data",
+                      "reason": "a label names a class beyond the model's logged probabilities"}
+        else:
+            out[m] = {"value": None, "n": n, "status": "no_data", "reason": "undefined on these labels"}
+    return out
+
+
 def task_of(*, declared: str | None = None, metrics: Mapping[str, Any] | None = None,
             labels: np.ndarray | None = None) -> tuple[str, str]:
     """The task of a model version and what said so: ``(task, source)``.
@@ -155,19 +270,25 @@ def task_of(*, declared: str | None = None, metrics: Mapping[str, Any] | None = 
     return "binary", "default"
 
 
-def task_metrics(task: str, y: np.ndarray, p: np.ndarray, *, threshold: float = 0.5) -> dict[str, dict[str, Any]]:
+def task_metrics(task: str, y: np.ndarray, p: np.ndarray, *, threshold: float = 0.5, probabilities: Any = None,
+                 classes: Sequence[float] = ()) -> dict[str, dict[str, Any]]:
     """Each of the task's :data:`TASK_METRICS` as ``{"value", "n", "status", "reason"}``.
 
     ``n`` is the number of labelled predictions behind it. ``status`` is ``measured`` with a finite
     ``value``, or ``no_data`` with ``value`` None and a ``reason``: no labelled predictions, labels that
     are not 0/1 for a binary model, or (AUC) labels of one class only. A binary model's ``accuracy``
-    counts ``p >= threshold`` as a positive prediction.
+    counts ``p >= threshold`` as a positive prediction. A multiclass model's ``p`` is the predicted class's
+    index, ``probabilities`` its rows' probabilities per class (``[n, C]`` or a list per row: log loss needs
+    every row's) and ``classes`` the class values the version records (its labels; else they are indices).
 
         >>> m = task_metrics("binary", np.array([0, 1, 1]), np.array([0.2, 0.7, 0.4]))
         >>> m["auc"]["value"], m["accuracy"]["value"], m["accuracy"]["n"]
         (1.0, 0.6666666666666666, 3)
         >>> task_metrics("regression", np.array([]), np.array([]))["mae"]
         {'value': None, 'n': 0, 'status': 'no_data', 'reason': 'no labelled predictions in the window'}
+        >>> m = task_metrics("multiclass", np.array([2, 0]), np.array([2, 1]), probabilities=[[0.2, 0.2, 0.6], None])
+        >>> m["accuracy"]["value"], m["log_loss"]["status"]
+        (0.5, 'no_data')
     """
     if task not in TASK_METRICS:
         raise InputError("task", f"must be one of {', '.join(TASK_METRICS)}", task)
@@ -184,6 +305,8 @@ def task_metrics(task: str, y: np.ndarray, p: np.ndarray, *, threshold: float = 
 
     if n == 0:
         return none("no labelled predictions in the window")
+    if task == "multiclass":
+        return _multiclass(y, p, probabilities, classes, names)
     if task == "regression":
         values = regression_metrics(y, p)
     else:
@@ -214,18 +337,21 @@ class PerformanceMonitor:
     """Rolling model quality and latency from the prediction log and the delayed labels."""
 
     def __init__(self, project: Project, *, predictions_table: str = "predictions", labels_table: str = "labels",
-                 threshold: float = 0.5) -> None:
+                 threshold: float = 0.5, clock: str = "wall") -> None:
+        """``clock``: which time the windows are over (:class:`~modelmill.store.feedback.Feedback`)."""
         self.project = project
         self.predictions_table = predictions_table
         self.labels_table = labels_table
         self.threshold = threshold
+        self.clock = clock
 
     def __repr__(self) -> str:
         return f"PerformanceMonitor({self.project!r}, predictions_table={self.predictions_table!r})"
 
     @property
     def feedback(self) -> Feedback:
-        return Feedback(self.project.offline, predictions=self.predictions_table, labels=self.labels_table)
+        return Feedback(self.project.offline, predictions=self.predictions_table, labels=self.labels_table,
+                        clock=self.clock)
 
     def joined(self, *, start: dt.datetime | None = None, end: dt.datetime | None = None,
                model: str | None = None) -> pa.Table:
@@ -235,16 +361,29 @@ class PerformanceMonitor:
     def rolling(self, *, window: str | float = "1h", start: dt.datetime | None = None,
                 end: dt.datetime | None = None, model: str | None = None,
                 by: Sequence[str] = ("model", "version", "variant")) -> list[dict[str, Any]]:
-        """One row per group and time bucket of ``window``: the group, ``bucket`` (UTC start) and the metrics."""
+        """One row per group and time bucket of ``window``: the group, ``bucket`` (UTC start, on the monitor's
+        clock: when answered, or under the event clock the event time the features were judged at) and the
+        metrics."""
         seconds = parse_duration(window)
         table = self.joined(start=start, end=end, model=model)
-        return _grouped(table, by, seconds, self.threshold)
+        return _grouped(table, by, seconds, self.threshold, self._classes)
 
     def summary(self, *, start: dt.datetime | None = None, end: dt.datetime | None = None,
                 model: str | None = None, by: Sequence[str] = ("model", "version", "variant")) -> list[dict[str, Any]]:
         """Metrics per group over the whole span."""
         table = self.joined(start=start, end=end, model=model)
-        return _grouped(table, by, None, self.threshold)
+        return _grouped(table, by, None, self.threshold, self._classes)
+
+    def _classes(self, model: str, version: int) -> tuple[float, ...]:
+        """The class values a multiclass version records (its labels), or () where they are class indices."""
+        from modelmill.errors import ModelmillError
+        from modelmill.registry import Registry  # late: the registry makes profiles through monitoring
+        from modelmill.store.feedback import label_task
+
+        try:
+            return label_task(Registry(self.project).get(model, version)).classes
+        except ModelmillError:  # logged under a name the registry does not know, or an unreadable record
+            return ()
 
     def latency(self, *, window: str | float = "1h", start: dt.datetime | None = None,
                 end: dt.datetime | None = None, model: str | None = None) -> list[dict[str, Any]]:
@@ -252,7 +391,10 @@ class PerformanceMonitor:
         return self.feedback.latency(bucket_s=int(parse_duration(window)), start=start, end=end, model=model)
 
 
-def _grouped(table: pa.Table, by: Sequence[str], seconds: float | None, threshold: float) -> list[dict[str, Any]]:
+def _grouped(table: pa.Table, by: Sequence[str], seconds: float | None, threshold: float,
+             classes_of: Any = None) -> list[dict[str, Any]]:
+    """Metrics per group (and bucket): a binary model's :func:`classification_metrics`, or a multiclass
+    model's :func:`multiclass_metrics` where the group's rows carry class probabilities."""
     if table.num_rows == 0:
         return []
     for key in by:
@@ -261,7 +403,7 @@ def _grouped(table: pa.Table, by: Sequence[str], seconds: float | None, threshol
     frame = table.to_pandas()
     keys = list(by)
     if seconds is not None:
-        ts = frame["ts"]
+        ts = frame["at"] if "at" in frame else frame["ts"]  # the buckets are on the reader's clock
         epoch = ts.astype("int64") // 10 ** _ts_exponent(ts)
         frame["bucket"] = (epoch // int(seconds) * int(seconds)).astype("int64")
         keys.append("bucket")
@@ -271,7 +413,19 @@ def _grouped(table: pa.Table, by: Sequence[str], seconds: float | None, threshol
         row: dict[str, Any] = {k: (v.item() if hasattr(v, "item") else v) for k, v in zip(keys, values, strict=True)}
         if "bucket" in row:
             row["bucket"] = dt.datetime.fromtimestamp(row["bucket"], tz=dt.UTC)
-        row.update(classification_metrics(part["label"].to_numpy(), part["output"].to_numpy(), threshold=threshold))
+        probs = part.get("probabilities")
+        if probs is not None and probs.notna().any():
+            classes = classes_of(row["model"], int(row["version"])) if classes_of is not None and {
+                "model", "version"} <= row.keys() else ()
+            y = class_indices(part["label"].to_numpy(), classes)
+            proba = stacked_probabilities(probs.to_numpy(), len(part))
+            ok = y >= 0
+            row.update(multiclass_metrics(y[ok], proba[ok] if proba is not None else None,
+                                          part["output"].to_numpy()[ok]))
+            row["n_unknown_class"] = int(np.count_nonzero(~ok))
+        else:
+            row.update(classification_metrics(part["label"].to_numpy(), part["output"].to_numpy(),
+                                              threshold=threshold))
         rows.append(row)
     return rows
 

@@ -53,18 +53,34 @@ from modelmill.monitoring.drift import (
     compare,
     summarize,
 )
+from modelmill.monitoring.importance import Importance, permutation_importance
 from modelmill.project import Project
 from modelmill.store.tables.monitoring import monitoring_references
 
 if TYPE_CHECKING:
     from modelmill.registry.versions import ModelVersion
 
-__all__ = ["AUTO_MAX_ROWS", "PREDICTION_COLUMN", "ProfileOutcome", "ReferenceProfile", "ReferenceStore"]
+__all__ = ["AUTO_MAX_ROWS", "PREDICTION_COLUMN", "ProfileOutcome", "ReferenceProfile", "ReferenceStore",
+           "prediction_columns"]
 
 log = logging.getLogger("modelmill.monitoring")
 
 # The model's own output is profiled under this name, so prediction drift is one more column.
 PREDICTION_COLUMN = "__prediction__"
+
+
+def prediction_columns(predictions: Any) -> dict[str, np.ndarray]:
+    """A model's outputs as the columns a profile holds: ``__prediction__`` for one output per row; one
+    ``__prediction__[k]`` per column of a ``[n, C]`` output (a multiclass model's probability of class ``k``),
+    so the predicted distribution drifts per class.
+
+        >>> sorted(prediction_columns(np.array([[0.2, 0.8], [0.6, 0.4]])))
+        ['__prediction__[0]', '__prediction__[1]']
+    """
+    out = np.asarray(predictions, dtype=np.float64)
+    if out.ndim == 2 and out.shape[1] > 1:
+        return {f"{PREDICTION_COLUMN}[{k}]": np.ascontiguousarray(out[:, k]) for k in range(out.shape[1])}
+    return {PREDICTION_COLUMN: out.reshape(len(out))}
 DEFAULT_MAX_POINTS = 10_000
 #: An automatic profile summarises (and predicts on) at most this many rows of the training data, drawn
 #: with a fixed seed: registration stays quick, and the sketch keeps DEFAULT_MAX_POINTS values anyway.
@@ -81,15 +97,24 @@ class ReferenceProfile:
     #: :func:`~modelmill.monitoring.drift.calibration_key` (column, test, window size, windows, seed):
     #: filled by :meth:`compare` with ``calibrated`` options, stored with the profile, reused for any quantile.
     calibrations: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    #: Each input's share of the model's permutation importance (:mod:`~modelmill.monitoring.importance`),
+    #: measured when the profile was made; None when it could not be (``importance_note`` says why).
+    importance: dict[str, float] | None = None
+    #: How ``importance`` was measured, or why there is none.
+    importance_note: str = ""
 
     @classmethod
     def from_data(cls, data: DataLike, *, predictions: Any = None, columns: Sequence[str] | None = None,
-                  options: DriftOptions | None = None, max_points: int = DEFAULT_MAX_POINTS) -> ReferenceProfile:
-        """Summarise ``data`` (and the model's outputs on it, if given) in one pass per column."""
-        cols = summarize(data, columns=columns, options=options, max_points=max_points)
+                  options: DriftOptions | None = None, max_points: int = DEFAULT_MAX_POINTS,
+                  kinds: Mapping[str, str] | None = None) -> ReferenceProfile:
+        """Summarise ``data`` (and the model's outputs on it, if given) in one pass per column.
+
+        ``kinds`` fixes columns' kinds (a logged window profiled as the training profile has them)."""
+        cols = summarize(data, columns=columns, options=options, max_points=max_points,
+                         kinds=kinds)  # type: ignore[arg-type]
         if predictions is not None:
-            cols.update(summarize({PREDICTION_COLUMN: np.asarray(predictions, dtype=np.float64)},
-                                  kinds={PREDICTION_COLUMN: "numeric"}, max_points=max_points))
+            outputs = prediction_columns(predictions)
+            cols.update(summarize(outputs, kinds=dict.fromkeys(outputs, "numeric"), max_points=max_points))
         n_rows = max((c.n for c in cols.values()), default=0)
         return cls(columns=cols, n_rows=n_rows)
 
@@ -103,9 +128,10 @@ class ReferenceProfile:
         present = set(column_names(current))
         wanted = [c for c in (columns or self.columns) if c in present and c in self.columns]
         cur = summarize(current, columns=wanted, kinds=self.kinds)  # type: ignore[arg-type]
-        if predictions is not None and PREDICTION_COLUMN in self.columns:
-            cur.update(summarize({PREDICTION_COLUMN: np.asarray(predictions, dtype=np.float64)},
-                                 kinds={PREDICTION_COLUMN: "numeric"}))
+        if predictions is not None:
+            outputs = {k: v for k, v in prediction_columns(predictions).items() if k in self.columns}
+            if outputs:
+                cur.update(summarize(outputs, kinds=dict.fromkeys(outputs, "numeric")))
         ref = {k: v for k, v in self.columns.items() if k in cur}
         return compare(ref, cur, options, calibrations=self.calibrations)
 
@@ -125,7 +151,9 @@ class ReferenceProfile:
         for j, key in enumerate(keys):
             arrays[f"q{j}"] = np.asarray(self.calibrations[key], dtype=np.float64)
         arrays["header"] = np.frombuffer(json.dumps({"n_rows": self.n_rows, "columns": header,
-                                                     "calibrations": keys}).encode(), np.uint8)
+                                                     "calibrations": keys, "importance": self.importance,
+                                                     "importance_note": self.importance_note}).encode(),
+                                         np.uint8)
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
         return buf.getvalue()
@@ -143,7 +171,12 @@ class ReferenceProfile:
                     counts=npz.get(f"c{i}", None),
                 )
             calibrations = {str(key): npz[f"q{j}"] for j, key in enumerate(header.get("calibrations", []))}
-        return cls(columns=cols, n_rows=int(header["n_rows"]), calibrations=calibrations)
+        importance = header.get("importance")
+        note = str(header.get("importance_note") or "") if "importance" in header else (
+            "the profile was made before modelmill stored feature importance with it")
+        return cls(columns=cols, n_rows=int(header["n_rows"]), calibrations=calibrations,
+                   importance={str(k): float(v) for k, v in importance.items()} if importance else None,
+                   importance_note=note)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -211,9 +244,13 @@ class ReferenceStore:
     def compute(self, model: str, version: int, data: DataLike, *, predictions: Any = None,
                 columns: Sequence[str] | None = None, options: DriftOptions | None = None,
                 max_points: int = DEFAULT_MAX_POINTS) -> ReferenceProfile:
-        """Summarise a model version's training data (once, at registration) and store it."""
-        profile = ReferenceProfile.from_data(data, predictions=predictions, columns=columns, options=options,
-                                             max_points=max_points)
+        """Summarise a model version's training data (once, at registration) and store it.
+
+        Without the model it measures no feature importance (:meth:`profile_version` does)."""
+        profile = dataclasses.replace(
+            ReferenceProfile.from_data(data, predictions=predictions, columns=columns, options=options,
+                                       max_points=max_points),
+            importance_note="made by ReferenceStore.compute, without the model: no permutation importance")
         self.save(model, version, profile)
         return profile
 
@@ -239,10 +276,41 @@ class ReferenceStore:
             keep = np.sort(np.random.default_rng(0).choice(table.num_rows, size=max_rows, replace=False))
             table = table.take(pa.array(keep))
         predictions = None
+        importance: Importance | None = None
+        note = "the training data lacks some of the model's inputs, so no permutation importance was measured"
         if inputs and all(c in table.column_names for c in inputs):
-            X = table.select(inputs).to_pandas().to_numpy(dtype="float64")
-            predictions = Registry(self.project).load(mv).predict(X)
-        return self.compute(mv.name, mv.version, table.select(cols).to_pandas(), predictions=predictions)
+            frame = table.select(inputs).to_pandas()
+            model = Registry(self.project).load(mv)
+            predictions = model.predict(frame.to_numpy(dtype="float64"))
+            importance, note = self._importance(mv, model, data, inputs)
+        profile = ReferenceProfile.from_data(table.select(cols).to_pandas(), predictions=predictions)
+        profile = dataclasses.replace(profile, importance=dict(importance.values) if importance else None,
+                                      importance_note=importance.describe() if importance else note)
+        self.save(mv.name, mv.version, profile)
+        return profile
+
+    @staticmethod
+    def _importance(mv: ModelVersion, model: Any, data: Any, inputs: Sequence[str]) -> tuple[Importance | None, str]:
+        """Permutation importance of ``mv``'s inputs: on the holdout its lineage names (``holdout_path``, a
+        local file), else on the training data; against the label column its lineage names (``label``)
+        where that data has it, else on how far the outputs move. Never raises: (None, why) instead."""
+        lineage: Mapping[str, Any] = mv.lineage or {}
+        source, frame = "the training data", data
+        holdout = lineage.get("holdout_path")
+        try:
+            if isinstance(holdout, str) and Path(holdout).is_file():
+                table = _read_file(Path(holdout))
+                if all(c in table.column_names for c in inputs):
+                    source, frame = f"the holdout {holdout}", table
+            label = lineage.get("label")
+            names = column_names(frame)
+            y = None
+            if isinstance(label, str) and label in names:
+                y = _as_table(frame, [label], "data").column(label).to_numpy(zero_copy_only=False)
+            X = _as_table(frame, list(inputs), "data").to_pandas()
+            return permutation_importance(model.predict, X, y, source=source), ""
+        except Exception as exc:  # importance weights drift; a failure leaves the raw share, said so
+            return None, f"permutation importance on {source} failed ({type(exc).__name__}: {exc})"
 
     def ensure(self, mv: ModelVersion, *, data: Any = None, source: str | None = None,
                promoted: bool = False) -> ProfileOutcome:

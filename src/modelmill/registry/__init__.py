@@ -19,6 +19,7 @@ from modelmill.registry.optimise import (
     prune_version,
     sparsity,
 )
+from modelmill.registry.python_flavor import PythonContext
 from modelmill.registry.registry import Registry, clear_cache
 from modelmill.registry.signature import Field, Signature, infer_signature
 from modelmill.registry.versions import MAX_VERSION, ModelVersion, RegisteredModel, check_version, parse_ref
@@ -34,6 +35,7 @@ __all__ = [
     "Latency",
     "LoadedModel",
     "ModelVersion",
+    "PythonContext",
     "RegisteredModel",
     "Registry",
     "Signature",

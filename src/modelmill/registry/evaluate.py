@@ -6,6 +6,8 @@
     0.75
     >>> METRICS["logloss"].higher_is_better
     False
+    >>> round(score("calibration_error", y, p), 2)  # expected calibration error, 10 equal-width bins
+    0.34
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import numpy as np
 
 from modelmill.errors import InputError
 
-__all__ = ["METRICS", "Comparison", "Latency", "Metric", "compare", "measure_latency", "score"]
+__all__ = ["METRICS", "PROBABILITY_METRICS", "Comparison", "Latency", "Metric", "calibration_error", "compare",
+           "measure_latency", "score"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,15 +45,31 @@ def _logloss(y: np.ndarray, p: np.ndarray) -> float:
     return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
 
 
+def calibration_error(y: np.ndarray, p: np.ndarray) -> float:
+    """Expected calibration error of probabilities ``p``: the monitoring's own measure
+    (:func:`~modelmill.monitoring.performance.classification_metrics`), so that the gate and the monitor
+    agree; NaN when a prediction is not a probability (outside [0, 1], or not finite)."""
+    from modelmill.monitoring.performance import classification_metrics
+
+    p = np.asarray(p, dtype=np.float64)
+    if not len(p) or not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1:
+        return float("nan")
+    return float(classification_metrics(np.asarray(y, dtype=np.float64), p)["calibration_error"])
+
+
 METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("accuracy", True, lambda y, p: float(np.mean((p >= 0.5) == (y == 1)))),
     Metric("auc", True, _auc),
     Metric("brier", False, lambda y, p: float(np.mean((p - y) ** 2))),
+    Metric("calibration_error", False, calibration_error),
     Metric("logloss", False, _logloss),
     Metric("mae", False, lambda y, p: float(np.mean(np.abs(p - y)))),
     Metric("r2", True, lambda y, p: float(1 - np.sum((y - p) ** 2) / max(np.sum((y - np.mean(y)) ** 2), 1e-300))),
     Metric("rmse", False, lambda y, p: float(np.sqrt(np.mean((p - y) ** 2)))),
 )}
+
+#: Metrics of probabilities: undefined (no data) for a model whose outputs are not in [0, 1].
+PROBABILITY_METRICS = frozenset({"brier", "calibration_error", "logloss"})
 
 
 def metric(name: str) -> Metric:

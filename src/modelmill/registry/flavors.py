@@ -10,9 +10,14 @@ flavor        accepts                                     stored as
 ============  ==========================================  ==================================
 ``sklearn``   any estimator with predict_proba / predict  joblib
 ``lightgbm``  LGBMClassifier/Regressor or a Booster       joblib
+``xgboost``   XGBClassifier/XGBRegressor                  joblib
+``catboost``  CatBoostClassifier/CatBoostRegressor        joblib
 ``torch``     ``nn.Module`` (or a TorchScript module)     state_dict + class, else TorchScript
 ``onnx``      ``onnx.ModelProto`` or its bytes            ONNX protobuf (onnxruntime session)
+``python``    a class with ``load(context)``, ``predict``  zip: source, artifacts, sha256s
 ============  ==========================================  ==================================
+
+``python`` (:mod:`modelmill.registry.python_flavor`) is your own code: its predict takes a DataFrame.
 
     >>> import numpy as np
     >>> from sklearn.linear_model import LogisticRegression
@@ -30,16 +35,19 @@ from __future__ import annotations
 import importlib
 import io
 import json
+import logging
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from modelmill.errors import InputError
+from modelmill.errors import ConfigError, InputError
 from modelmill.registry.signature import Signature
 
-__all__ = ["FLAVORS", "Flavor", "LoadedModel", "flavor"]
+log = logging.getLogger("modelmill.registry")
+
+__all__ = ["FLAVORS", "TASKS", "Flavor", "LoadedModel", "flavor", "task_of"]
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -87,13 +95,18 @@ class Flavor:
 
     name = ""
     extension = "bin"
+    #: whether :meth:`_load` takes ``providers`` (onnxruntime's execution providers)
+    takes_providers = False
 
     def dump(self, model: Any, signature: Signature, options: Mapping[str, Any] | None = None) -> bytes:
         raise NotImplementedError
 
     def load(self, data: bytes, signature: Signature, *, name: str, version: int, sha256: str,
-             threads: int | None = None) -> LoadedModel:
-        predict, raw, options = self._load(data, signature, threads=threads)
+             threads: int | None = None, providers: Sequence[str] | None = None) -> LoadedModel:
+        """``providers``: the onnxruntime execution providers to try, in order (the ONNX flavour only)."""
+        extra: dict[str, Any] = {"providers": providers} if providers and self.takes_providers else {}
+        predict, raw, options = self._load(data, signature, threads=threads, **extra)
+        options = {**options, "artifact_bytes": len(data)}  # serving's estimate of the model's memory
         return LoadedModel(name=name, version=version, flavor=self.name, signature=signature, sha256=sha256,
                            predict=predict, raw=raw, options=options)
 
@@ -105,21 +118,72 @@ class Flavor:
 # ---- scikit-learn and LightGBM: joblib ------------------------------------------------------------
 
 
+TASKS = ("binary", "multiclass", "regression", "multi_output")
+
+
+def task_of(model: Any) -> tuple[str, list[Any]]:
+    """The task a fitted estimator (or pipeline) does, and its classes (empty for a regressor)."""
+    fitted = getattr(model, "classes_", None)
+    classes: list[Any] = list(fitted) if fitted is not None else []
+    if hasattr(model, "predict_proba") and classes and np.ndim(classes[0]) == 0:
+        return ("binary" if len(classes) <= 2 else "multiclass"), classes
+    if hasattr(model, "predict_proba") and not hasattr(model, "predict"):
+        return "binary", []  # a bare scorer (a wrapper with predict_proba only): its second column, as always
+    steps = getattr(model, "steps", None)
+    final = steps[-1][1] if isinstance(steps, list) and steps else model
+    outputs = getattr(final, "n_outputs_", None)
+    coef = getattr(final, "coef_", None)
+    if outputs is None and coef is not None and np.ndim(coef) == 2:  # a linear model fitted on y [n, m]
+        outputs = int(np.shape(coef)[0])
+    if outputs is None and isinstance(getattr(final, "estimators_", None), list):  # MultiOutputRegressor
+        outputs = len(final.estimators_) if type(final).__name__.startswith("MultiOutput") else None
+    return ("multi_output" if isinstance(outputs, int) and outputs > 1 else "regression"), []
+
+
 def _score_function(model: Any) -> Predict:
-    """predict_proba[:, 1] for a binary classifier, predict for anything else."""
+    """predict_proba[:, 1] for a binary classifier, every class's probability ``[n, C]`` for a multiclass
+    one, predict for anything else (``[n, m]`` for a multi-output model)."""
     if getattr(model, "feature_names_in_", None) is not None or hasattr(model, "feature_name_"):
         # Fitted on a DataFrame, called with the signature-ordered matrix: the warning is noise here.
         warnings.filterwarnings("ignore", message="X does not have valid feature names")
+    task, _ = task_of(model)
     proba = getattr(model, "predict_proba", None)
-    if proba is not None and len(getattr(model, "classes_", (0, 1))) == 2:
+    if proba is not None and task == "binary":
         def predict(X: np.ndarray) -> np.ndarray:
             return np.asarray(proba(X), dtype=np.float64)[:, 1]
         return predict
+    if proba is not None and task == "multiclass":
+        def predict_classes(X: np.ndarray) -> np.ndarray:
+            return np.asarray(proba(X), dtype=np.float64).reshape(len(X), -1)
+        return predict_classes
     plain = model.predict
+    if task == "multi_output":
+        def predict_outputs(X: np.ndarray) -> np.ndarray:
+            return np.asarray(plain(X), dtype=np.float64).reshape(len(X), -1)
+        return predict_outputs
 
     def predict_plain(X: np.ndarray) -> np.ndarray:
         return np.asarray(plain(X), dtype=np.float64).reshape(len(X), -1)[:, -1]
     return predict_plain
+
+
+def task_options(model: Any, signature: Signature) -> dict[str, Any]:
+    """What serving needs to know of the model's outputs: ``task``, and ``classes`` (their names: the
+    signature's output fields when there is one per class, else the estimator's ``classes_``)."""
+    task, classes = task_of(model)
+    opts: dict[str, Any] = {"task": task}
+    if task in ("binary", "multiclass"):
+        names = signature.output_names
+        opts["classes"] = names if len(names) == len(classes) and task == "multiclass" else [str(c) for c in classes]
+    elif task == "multi_output":
+        opts["outputs"] = signature.output_names
+    return opts
+
+
+#: The joblib flavours that take one library's models only, and what they take.
+_NATIVE = {"lightgbm": "an LGBMModel or a lightgbm.Booster",
+           "xgboost": "an xgboost XGBClassifier or XGBRegressor",
+           "catboost": "a catboost CatBoostClassifier or CatBoostRegressor"}
 
 
 class JoblibFlavor(Flavor):
@@ -134,9 +198,8 @@ class JoblibFlavor(Flavor):
         if not (hasattr(model, "predict_proba") or hasattr(model, "predict")):
             raise InputError("model", f"flavor {self.name!r} needs an object with predict_proba or predict",
                              type(model).__name__)
-        if self.name == "lightgbm" and not type(model).__module__.startswith("lightgbm"):
-            raise InputError("model", "flavor 'lightgbm' needs an LGBMModel or a lightgbm.Booster",
-                             type(model).__name__)
+        if self.name in _NATIVE and not type(model).__module__.startswith(self.name):
+            raise InputError("model", f"flavor {self.name!r} needs {_NATIVE[self.name]}", type(model).__name__)
         buf = io.BytesIO()
         joblib.dump(model, buf, compress=3)
         return buf.getvalue()
@@ -146,9 +209,66 @@ class JoblibFlavor(Flavor):
         import joblib
 
         model = joblib.load(io.BytesIO(data))
-        if threads is not None and self.name == "lightgbm" and hasattr(model, "set_params"):
+        if threads is not None and self.name in ("lightgbm", "xgboost") and hasattr(model, "set_params"):
             model.set_params(n_jobs=threads)
-        return _score_function(model), model, {}
+        score = _score_function(model)
+        opts = task_options(model, signature)
+        if self.name == "xgboost" and opts["task"] == "multiclass" and hasattr(model, "get_booster"):
+            named = model.get_booster().attr("modelmill_classes")  # the trainer's labels (XGBoost's are 0..K-1)
+            if named and len(json.loads(named)) == len(opts["classes"]) and opts["classes"] != signature.output_names:
+                opts["classes"] = json.loads(named)
+        if not any(f.dtype == "string" for f in signature.inputs):
+            return score, model, opts
+        return _frame_predict(score, signature), model, {**opts, "categories": categories(model, signature)}
+
+
+def _frame_predict(score: Predict, signature: Signature) -> Predict:
+    """``score`` fed a pandas DataFrame named and typed as the signature: a model with string columns
+    (a pipeline whose ColumnTransformer picks columns by name) is called with the frame it was fitted on."""
+    import pandas as pd
+
+    names = signature.input_names
+    kinds = [f.dtype for f in signature.inputs]
+
+    def predict(X: np.ndarray) -> np.ndarray:
+        cols: dict[str, Any] = {}
+        for j, (name, kind) in enumerate(zip(names, kinds, strict=True)):
+            col = X[:, j]
+            if kind == "string":
+                cols[name] = np.asarray(col, dtype=object)
+            elif kind == "bool":
+                cols[name] = np.asarray(col, dtype=np.float64) != 0
+            else:
+                cols[name] = np.asarray(col, dtype=kind if kind in ("float32", "float64") else np.float64)
+        return score(pd.DataFrame(cols, copy=False))
+    return predict
+
+
+def categories(model: Any, signature: Signature) -> dict[str, list[str]]:
+    """The categories a fitted pipeline knows for each string column of the signature: those of the
+    OneHotEncoder or OrdinalEncoder its ColumnTransformer applies to that column (empty when none)."""
+    wanted = {f.name for f in signature.inputs if f.dtype == "string"}
+    found: dict[str, list[str]] = {}
+    stack = [model]
+    while stack:
+        est = stack.pop()
+        steps = getattr(est, "steps", None)
+        if isinstance(steps, list):  # a Pipeline
+            stack.extend(step for _, step in steps)
+        for _, trans, cols in getattr(est, "transformers_", None) or ():  # a ColumnTransformer
+            if isinstance(trans, str):
+                continue
+            encoder = trans
+            inner = getattr(trans, "steps", None)
+            if isinstance(inner, list):
+                encoder = next((s for _, s in inner if hasattr(s, "categories_")), trans)
+            cats = getattr(encoder, "categories_", None)
+            if cats is None or isinstance(cols, slice) or not hasattr(cols, "__len__"):
+                continue
+            for col, values in zip(cols, cats, strict=False):
+                if isinstance(col, str) and col in wanted:
+                    found[col] = [str(v) for v in values]
+    return found
 
 
 # ---- PyTorch --------------------------------------------------------------------------------------
@@ -279,10 +399,12 @@ def _is_torchscript(data: bytes) -> bool:
 
 
 class OnnxFlavor(Flavor):
-    """An ONNX graph run by onnxruntime on the CPU; ``threads`` sets intra-op threads (1 for serving)."""
+    """An ONNX graph run by onnxruntime; ``threads`` sets intra-op threads (1 for serving), ``[registry]
+    onnx_providers`` the execution providers (CUDA, TensorRT) to try before the CPU."""
 
     name = "onnx"
     extension = "onnx"
+    takes_providers = True
 
     def dump(self, model: Any, signature: Signature, options: Mapping[str, Any] | None = None) -> bytes:
         if isinstance(model, bytes | bytearray):
@@ -304,14 +426,51 @@ class OnnxFlavor(Flavor):
                              f"input has {width} columns")
         return data
 
-    def _load(self, data: bytes, signature: Signature, *, threads: int | None
-              ) -> tuple[Predict, Any, dict[str, Any]]:
-        predict, session = onnx_predict(data, threads=threads)
-        return predict, session, {"threads": threads}
+    def _load(self, data: bytes, signature: Signature, *, threads: int | None,
+              providers: Sequence[str] | None = None) -> tuple[Predict, Any, dict[str, Any]]:
+        predict, session = onnx_predict(data, threads=threads, providers=providers)
+        return predict, session, {"threads": threads, "providers": list(session.get_providers())}
 
 
-def onnx_predict(data: bytes, *, threads: int | None = None) -> tuple[Predict, Any]:
-    """An onnxruntime session for ``data`` and its scoring function."""
+#: The short names ``[registry] onnx_providers`` takes, beside onnxruntime's own provider names.
+ONNX_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                  "tensorrt": "TensorrtExecutionProvider"}
+
+
+def onnx_providers(wanted: Sequence[str] | None) -> list[str]:
+    """The execution providers to ask onnxruntime for: ``wanted`` (short or full names) that this onnxruntime
+    has, in order, then the CPU. A wanted provider it lacks is logged with the reason, and left out: the model
+    still serves, on the CPU. None or empty: the CPU alone."""
+    import onnxruntime as ort
+
+    if not wanted:
+        return ["CPUExecutionProvider"]
+    if isinstance(wanted, str) or not all(isinstance(w, str) for w in wanted):
+        raise ConfigError("registry.onnx_providers", wanted, 'a list of provider names, e.g. ["cuda", "cpu"]')
+    known = set(ONNX_PROVIDERS.values()) | set(ort.get_all_providers())
+    names = [ONNX_PROVIDERS.get(w.lower(), w) for w in wanted]
+    unknown = [w for w, n in zip(wanted, names, strict=True) if n not in known]
+    if unknown:
+        raise ConfigError("registry.onnx_providers", list(wanted),
+                          f"names onnxruntime knows ({', '.join(ONNX_PROVIDERS)}, or e.g. CUDAExecutionProvider); "
+                          f"unknown: {', '.join(unknown)}")
+    available = set(ort.get_available_providers())
+    chosen = []
+    for n in names:
+        if n in available:
+            chosen.append(n)
+        else:
+            log.warning("onnxruntime %s has no %s (it has %s): the model runs on the CPU instead", ort.__version__,
+                        n, ", ".join(sorted(available)))
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return list(dict.fromkeys(chosen))
+
+
+def onnx_predict(data: bytes, *, threads: int | None = None, providers: Sequence[str] | None = None
+                 ) -> tuple[Predict, Any]:
+    """An onnxruntime session for ``data`` (on ``providers``, see :func:`onnx_providers`) and its scoring
+    function."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -319,7 +478,13 @@ def onnx_predict(data: bytes, *, threads: int | None = None) -> tuple[Predict, A
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+    asked = onnx_providers(providers)
+    session = ort.InferenceSession(data, sess_options=opts, providers=asked)
+    ran = session.get_providers()
+    missed = [p for p in asked if p not in ran]
+    if missed:  # e.g. a CUDA build of onnxruntime on a machine without a GPU: the session fell back
+        log.warning("onnxruntime could not start %s for this model (its session runs on %s)", ", ".join(missed),
+                    ", ".join(ran))
     inp = session.get_inputs()[0]
     in_name = inp.name
     in_dtype = np.float64 if inp.type == "tensor(double)" else np.float32
@@ -346,11 +511,16 @@ def _onnx_width(proto: Any) -> int | None:
         return None
 
 
+#: Every flavour by name. ``python`` joins when :mod:`modelmill.registry.python_flavor` is imported, which the
+#: package's ``__init__`` does before any of its modules is used (it builds on :class:`Flavor`, so this module
+#: does not import it: no import circle).
 FLAVORS: dict[str, Flavor] = {
+    "catboost": JoblibFlavor("catboost"),
     "lightgbm": JoblibFlavor("lightgbm"),
     "onnx": OnnxFlavor(),
     "sklearn": JoblibFlavor("sklearn"),
     "torch": TorchFlavor(),
+    "xgboost": JoblibFlavor("xgboost"),
 }
 
 

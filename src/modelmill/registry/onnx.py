@@ -1,4 +1,4 @@
-"""ONNX export (skl2onnx, onnxmltools, torch.onnx) and INT8 dynamic quantisation with an accuracy check.
+"""ONNX export (skl2onnx, onnxmltools for LightGBM and XGBoost, CatBoost's own exporter, torch.onnx) and INT8 dynamic quantisation with an accuracy check.
 
 An exported model is registered as a new version of the same name with flavor
 ``onnx``; it loads to the same :class:`~modelmill.registry.LoadedModel`
@@ -60,13 +60,24 @@ def to_onnx(model: Any, flavor: str, *, n_features: int, options: Mapping[str, A
 
         return onnxmltools.convert_lightgbm(model, initial_types=[("input", MLFloatTensorType([None, n_features]))],
                                             zipmap=False, target_opset=_LIGHTGBM_OPSET)
+    if flavor == "xgboost":
+        import onnxmltools
+        from onnxmltools.convert.common.data_types import FloatTensorType as MLFloatTensorType
+
+        try:
+            return onnxmltools.convert_xgboost(model, initial_types=[("input", MLFloatTensorType([None, n_features]))],
+                                               target_opset=_LIGHTGBM_OPSET)
+        except Exception as exc:  # onnxmltools raises many kinds; name the model and the reason
+            raise InputError("model", f"onnxmltools cannot convert {type(model).__name__}: {exc}") from exc
+    if flavor == "catboost":
+        return _catboost_to_onnx(model)
     if flavor == "torch":
         return _torch_to_onnx(model, n_features, str((options or {}).get("output", "logit")))
     if flavor == "onnx":
         import onnx
 
         return onnx.load_from_string(bytes(model)) if isinstance(model, bytes | bytearray) else model
-    raise InputError("flavor", "ONNX export supports sklearn, lightgbm and torch models", flavor)
+    raise InputError("flavor", "ONNX export supports sklearn, lightgbm, xgboost, catboost and torch models", flavor)
 
 
 def export_onnx(registry: Registry, mv: ModelVersion | str, *, actor: str = "api") -> ModelVersion:
@@ -145,6 +156,31 @@ def quantize(registry: Registry, mv: ModelVersion | str, X: Any, y: Any, *, max_
         tags={**src.tags, "format": "onnx", "quantized": "int8"}, actor=actor,
     )
     return result.with_version(version)
+
+
+def _catboost_to_onnx(model: Any) -> Any:
+    """CatBoost's own ONNX export, its classifier's ZipMap dropped so that ``probabilities`` is a tensor."""
+    import onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        try:
+            model.save_model(str(path), format="onnx")
+        except Exception as exc:  # CatBoostError: e.g. a model with categorical features
+            raise InputError("model", f"CatBoost cannot export {type(model).__name__} to ONNX: {exc}") from exc
+        proto = onnx.load(str(path))
+    graph = proto.graph
+    for node in [n for n in graph.node if n.op_type == "ZipMap"]:
+        tensor = node.input[0]
+        graph.node.remove(node)
+        for i, out in enumerate(graph.output):
+            if out.name == node.output[0]:
+                graph.output.remove(out)
+                graph.output.insert(i, onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT,
+                                                                          [None, None]))
+        for other in graph.node:  # the tensor keeps the output's name
+            other.output[:] = [node.output[0] if o == tensor else o for o in other.output]
+    return proto
 
 
 def _torch_to_onnx(model: Any, n_features: int, output: str) -> Any:

@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 import time
 import uuid
@@ -35,11 +36,11 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from modelmill.errors import ArtifactIntegrityError, InputError, NotFoundError
+from modelmill.errors import ArtifactIntegrityError, ConfigError, InputError, NotFoundError
 from modelmill.events import emit
 from modelmill.project import Project
 from modelmill.registry.aliases import AliasChange, check_alias
-from modelmill.registry.flavors import LoadedModel
+from modelmill.registry.flavors import LoadedModel, task_of
 from modelmill.registry.flavors import flavor as get_flavor
 from modelmill.registry.signature import Signature
 from modelmill.registry.versions import (
@@ -110,6 +111,8 @@ class Registry:
         clean_metrics = _metrics(metrics)
         clean_lineage = _json_dict(lineage, "lineage")
         clean_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        if "task" not in clean_tags and "task" not in clean_lineage:
+            clean_lineage.update(_recorded_task(model))
         if run_id is not None and not isinstance(run_id, str):
             raise InputError("run_id", "must be a string", run_id)
         data = fl.dump(model, sig, options)
@@ -299,10 +302,18 @@ class Registry:
         """
         if isinstance(mv, str):
             mv = self.resolve(mv)
+        table = self.project.settings.section("registry")
         if threads is None:
-            configured = self.project.settings.section("registry").get("onnx_threads")
+            configured = table.get("onnx_threads")
             threads = int(configured) if configured else None
-        key = (self.project.artifacts.uri(mv.artifact_path), mv.sha256, threads)
+        # the onnxruntime execution providers to try before the CPU, e.g. ["cuda", "cpu"] or ["tensorrt", "cuda"]
+        providers = table.get("onnx_providers")
+        if providers == [] or providers is None:
+            providers = None
+        elif isinstance(providers, str) or not isinstance(providers, list | tuple):
+            raise ConfigError("registry.onnx_providers", providers, 'a list of provider names, e.g. ["cuda", "cpu"]')
+        key = (self.project.artifacts.uri(mv.artifact_path), mv.sha256, threads,
+               tuple(providers) if providers else None)
         if cache:
             with _cache_lock:
                 hit = _cache.get(key)
@@ -317,7 +328,7 @@ class Registry:
             exc.context.update(model=mv.name, version=mv.version)
             raise
         loaded = get_flavor(mv.flavor).load(data, mv.signature, name=mv.name, version=mv.version,
-                                            sha256=mv.sha256, threads=threads)
+                                            sha256=mv.sha256, threads=threads, providers=providers)
         if cache:
             with _cache_lock:
                 _cache[key] = loaded
@@ -356,6 +367,31 @@ def _reference(project: Project) -> ReferenceStore:
     from modelmill.monitoring.reference import ReferenceStore
 
     return ReferenceStore(project)
+
+
+def _recorded_task(model: Any) -> dict[str, Any]:
+    """The task to record for a model whose task the default signature's one ``probability`` output would
+    otherwise declare binary: ``multiclass`` (and its ``classes`` where they are numbers) for a classifier of
+    more than two classes, ``regression`` for a scikit-learn-style regressor of one output. So their labels
+    (class values or indices; any number) are taken and monitored as such. Nothing for anything else."""
+    task, classes = task_of(model)
+    if task == "multiclass":
+        numeric = all(isinstance(c, numbers.Real) and type(c).__name__ not in ("bool", "bool_") for c in classes)
+        return {"task": "multiclass", **({"classes": [float(c) for c in classes]} if numeric else {})}
+    if task == "regression" and _is_regressor(model):
+        return {"task": "regression"}
+    return {}
+
+
+def _is_regressor(model: Any) -> bool:
+    try:
+        from sklearn.base import is_regressor
+    except ImportError:  # pragma: no cover - scikit-learn is a dependency
+        return False
+    try:
+        return bool(is_regressor(model))
+    except Exception:  # an object scikit-learn cannot judge: no claim
+        return False
 
 
 def _insert_ignore(dialect: str, name: str, now: float) -> Any:

@@ -15,6 +15,16 @@ a verdict.
 - delayed labels — mean loss (log loss for probabilities of 0/1 labels,
   absolute error otherwise) significantly worse, when labels have arrived.
 
+A fifth, off by default (``max_estimated_loss_increase``; on only for a
+calibrated binary classifier, whose outputs are probabilities), judges the
+loss *before* labels arrive: each variant's expected log loss under its own
+probabilities (:mod:`modelmill.monitoring.estimate`), and fails when the
+one-sided ``1 - significance`` lower bound of candidate minus baseline lies
+above the allowed increase, so a candidate clearly worse is held back or
+rolled back before any label comes. Once both variants have ``min_samples``
+labelled requests and the ``label_loss`` check is on, the realised loss
+decides and this check passes aside to it. Outputs outside [0, 1] are no data.
+
     >>> import numpy as np
     >>> ok = Observation(requests=1000, errors=0, latencies_ms=np.full(1000, 2.0), outputs=np.linspace(0, 1, 1000))
     >>> bad = Observation(requests=100, errors=12, latencies_ms=np.full(88, 2.0), outputs=np.linspace(0, 1, 88))
@@ -36,10 +46,12 @@ from scipy import stats as st
 
 from modelmill.errors import InputError
 
-__all__ = ["CHECKS", "Breach", "Guardrails", "Observation", "Verdict", "check", "evaluate"]
+__all__ = ["CHECKS", "OPTIONAL_CHECKS", "Breach", "Guardrails", "Observation", "Verdict", "check", "evaluate"]
 
-#: The checks, in the order they are reported.
+#: The checks on by default, in the order they are reported.
 CHECKS = ("error_rate", "latency_p95", "output_shift", "label_loss")
+#: The checks off by default, reported after them when on.
+OPTIONAL_CHECKS = ("estimated_loss",)
 PASS, FAIL, NO_DATA = "pass", "fail", "no_data"
 
 _EMPTY = np.zeros(0)
@@ -72,13 +84,14 @@ class Observation:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Guardrails:
-    """Thresholds of the four checks; ``None`` turns a check off."""
+    """Thresholds of the checks; ``None`` turns a check off (``max_estimated_loss_increase`` is off by default)."""
 
     max_error_rate_increase: float | None = 0.01
     max_latency_ratio: float | None = 1.5
     latency_slack_ms: float = 5.0
     max_output_shift: float | None = 0.2  # KS distance
     max_label_loss_increase: float | None = 0.02
+    max_estimated_loss_increase: float | None = None
     significance: float = 0.05
     min_errors: int = 3
     min_samples: int = 50
@@ -195,7 +208,38 @@ def check(candidate: Observation, baseline: Observation, g: Guardrails) -> list[
             else:
                 out.append(Verdict("label_loss", PASS, f"loss on delayed labels {lc.mean():.4f} against "
                                    f"{lb.mean():.4f}"))
+    if g.max_estimated_loss_increase is not None:
+        out.append(_estimated_loss(candidate, baseline, g, g.max_estimated_loss_increase))
     return out
+
+
+def _estimated_loss(candidate: Observation, baseline: Observation, g: Guardrails, limit: float) -> Verdict:
+    """The expected log loss of each variant's probabilities, compared one-sided (see the module)."""
+    from modelmill.monitoring.estimate import expected_log_losses
+
+    name = "estimated_loss"
+    labelled = min(candidate.label_losses.size, baseline.label_losses.size)
+    if g.max_label_loss_increase is not None and labelled >= g.min_samples:
+        return Verdict(name, PASS, f"labels have arrived ({labelled} per variant): label_loss judges the loss")
+    oc, ob = candidate.outputs, baseline.outputs
+    if min(oc.size, ob.size) < g.min_samples:
+        return _short(name, min(oc.size, ob.size), g.min_samples, "outputs per variant")
+    odd = int(np.count_nonzero(~np.isfinite(oc) | (oc < 0) | (oc > 1))
+              + np.count_nonzero(~np.isfinite(ob) | (ob < 0) | (ob > 1)))
+    if odd:
+        return Verdict(name, NO_DATA, f"{name}: {odd} outputs are not probabilities in [0, 1] (the check is for "
+                       "calibrated binary classifiers)")
+    hc, hb = expected_log_losses(oc), expected_log_losses(ob)
+    diff = float(hc.mean() - hb.mean())
+    se = math.sqrt(hc.var(ddof=1) / hc.size + hb.var(ddof=1) / hb.size)
+    low = diff - float(st.norm.ppf(1 - g.significance)) * se
+    said = (f"estimated log loss {hc.mean():.4f} against {hb.mean():.4f} (no labels needed; at least "
+            f"{low:+.4f} by the one-sided {1 - g.significance:.0%} bound)")
+    if low > limit:
+        b = Breach(name, float(hc.mean()), float(hb.mean()), float(hb.mean()) + limit,
+                   f"{said}, above the allowed increase {limit:g}")
+        return Verdict(name, FAIL, b.message, b)
+    return Verdict(name, PASS, said)
 
 
 def evaluate(candidate: Observation, baseline: Observation, g: Guardrails) -> list[Breach]:

@@ -4,7 +4,7 @@ The pieces, each in its own module: :class:`ModelServer` (state and the one
 prediction path), :class:`Batcher`, :class:`PredictionCache`,
 :class:`RouteTable` / :class:`Variant` / :func:`bucket` (traffic routing),
 :class:`PredictionLog`, :func:`create_app` (the ASGI app) and
-:func:`predict_batch` (offline scoring, locally or on Ray Data).
+:func:`predict_batch` (offline scoring, locally or as Ray tasks).
 """
 
 from __future__ import annotations

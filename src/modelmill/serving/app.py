@@ -30,7 +30,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from modelmill.security import Authenticator, TokenStore
@@ -99,11 +99,20 @@ def create_app(server: ModelServer, *, auth: Authenticator | None = None,
         Route("/v2/health/live", oip.live, methods=["GET"]),
         Route("/v2/health/ready", oip.ready, methods=["GET"]),
         Route("/v2", oip.server_metadata, methods=["GET"]),
+        Route("/v2/models/stats", data(oip.model_stats, "read"), methods=["GET"]),  # before /v2/models/{name}
         Route("/v2/models/{name}", data(oip.model_metadata, "read"), methods=["GET"]),
         Route("/v2/models/{name}/versions/{version}", data(oip.model_metadata, "read"), methods=["GET"]),
         Route("/v2/models/{name}/ready", data(oip.model_ready, "read"), methods=["GET"]),
         Route("/v2/models/{name}/versions/{version}/ready", data(oip.model_ready, "read"), methods=["GET"]),
         Route("/v2/models/{name}/versions/{version}/infer", data(oip.infer, "predict"), methods=["POST"]),
+        # Triton's extensions that tritonclient calls: configuration, statistics, the model repository.
+        Route("/v2/models/{name}/config", data(oip.model_config, "read"), methods=["GET"]),
+        Route("/v2/models/{name}/versions/{version}/config", data(oip.model_config, "read"), methods=["GET"]),
+        Route("/v2/models/{name}/stats", data(oip.model_stats, "read"), methods=["GET"]),
+        Route("/v2/models/{name}/versions/{version}/stats", data(oip.model_stats, "read"), methods=["GET"]),
+        Route("/v2/repository/index", data(oip.repository_index, "read"), methods=["POST"]),
+        Route("/v2/repository/models/{name}/load", guard(oip.load, "admin"), methods=["POST"]),
+        Route("/v2/repository/models/{name}/unload", guard(oip.unload, "admin"), methods=["POST"]),
         Route("/v1/routes", guard(admin.list_routes, "read"), methods=["GET"]),
         Route("/v1/routes/{name}", guard(admin.get_route, "read"), methods=["GET"]),
         Route("/v1/routes/{name}", guard(admin.put_route, "admin"), methods=["PUT"]),
@@ -128,6 +137,8 @@ def create_app(server: ModelServer, *, auth: Authenticator | None = None,
         Route("/v1/webhooks/deliveries", guard(ctl.webhook_deliveries, "read"), methods=["GET"]),
         Route("/metrics", data(prometheus, "read"), methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        # The web console (modelmill.console): the same tokens, the same control-plane functions.
+        Mount("/ui", app=_console(server, auth)),
     ]
 
     @contextlib.asynccontextmanager
@@ -162,6 +173,16 @@ def create_app(server: ModelServer, *, auth: Authenticator | None = None,
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.server = server
     return ServingApp(app, infer=oip.infer, predict=predict.predict, direct=not auth.required)
+
+
+def _console(server: ModelServer, auth: Authenticator) -> Any:
+    """The console app over the server's project; an action reloads this worker's routes at once."""
+    from modelmill.console.app import create_console
+
+    async def reload() -> None:
+        await server.reload()
+
+    return create_console(lambda: server.project("show the web console"), auth, after_change=reload)
 
 
 class _Incoming:

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from modelmill.serving import metrics
+
 __all__ = ["Batcher"]
 
 
@@ -46,7 +48,9 @@ class Batcher:
     ``flat``: outputs are ``[n]`` (a model's scores); otherwise any ``[n, ...]``.
     ``executor``: run ``fn`` in this thread pool instead of inline on the event
     loop (for slow models; a fast one is quicker inline). ``on_batch`` gets
-    each batch's row count (the batch-size histogram).
+    each batch's row count (the batch-size histogram). ``queue``: ``(model, version,
+    queue)`` labels under which :attr:`pending` is exported as the gauge
+    ``modelmill_batch_queue_depth`` (see :func:`modelmill.serving.metrics.track_queue`).
     """
 
     def __init__(
@@ -58,6 +62,7 @@ class Batcher:
         executor: concurrent.futures.Executor | None = None,
         on_batch: Callable[[int], None] | None = None,
         flat: bool = True,
+        queue: tuple[str, str, str] | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
@@ -70,6 +75,8 @@ class Batcher:
         self._pending: list[tuple[Any, asyncio.Future[np.ndarray]]] = []
         self._rows = 0
         self._task: asyncio.Task[None] | None = None
+        if queue is not None:
+            metrics.track_queue(self, *queue)
 
     def __repr__(self) -> str:
         return f"Batcher(max_batch_size={self.max_batch_size}, max_wait_us={int(self.max_wait_s * 1e6)})"

@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,11 @@ __all__ = [
     "CACHE_MISSES",
     "INFLIGHT",
     "LATENCY",
+    "LATENCY_SLO",
     "MISSING_FEATURES",
     "MODEL_LOAD_FAILURES",
     "MODEL_REQUESTS",
+    "QUEUE_DEPTH",
     "REQUESTS",
     "SHADOW_ERRORS",
     "RequestStats",
@@ -47,6 +50,8 @@ __all__ = [
     "multiprocess_dir",
     "prepare_multiprocess_dir",
     "render",
+    "set_latency_slo",
+    "track_queue",
 ]
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -88,6 +93,16 @@ PROCESS_CPU = Gauge("modelmill_process_cpu_seconds", "CPU seconds used by the se
                     multiprocess_mode="livesum")
 PROCESS_RSS = Gauge("modelmill_process_resident_memory_bytes", "Resident memory of the serving processes.",
                     multiprocess_mode="livesum")
+QUEUE_DEPTH = Gauge(
+    "modelmill_batch_queue_depth", "Requests waiting for a batch now, by model, version and queue (predict: the "
+    "model call; shadow: mirrored requests; features: the online feature lookup), summed over workers.",
+    ["model", "version", "queue"], multiprocess_mode="livesum",
+)
+LATENCY_SLO = Gauge(
+    "modelmill_latency_slo_seconds", "The p95 latency objective, [serving] latency_slo_ms in seconds: "
+    "compare histogram_quantile(0.95, modelmill_request_latency_seconds_bucket) with it.",
+    multiprocess_mode="livemax",
+)
 GPU_UTIL = Gauge("modelmill_gpu_utilization_ratio", "GPU utilisation (0-1), when a GPU is present.", ["gpu"],
                  multiprocess_mode="livemax")
 
@@ -136,6 +151,30 @@ class RequestStats:
                     bucket.inc(observed)
             child._sum.inc(hist[-1])
         INFLIGHT.set(self.inflight)
+        _publish_queues()
+
+
+# Per (model, version, queue): the batchers feeding that series (a version's batcher is dropped when the
+# version is unloaded, and its series then reads 0 rather than its last depth).
+_QUEUES: dict[tuple[str, str, str], weakref.WeakSet[Any]] = {}
+
+
+def track_queue(batcher: Any, model: str, version: str, queue: str) -> None:
+    """Export ``batcher.pending`` as ``modelmill_batch_queue_depth{model, version, queue}`` at each publish."""
+    _QUEUES.setdefault((model, version, queue), weakref.WeakSet()).add(batcher)
+
+
+def _publish_queues() -> None:
+    for labels, batchers in list(_QUEUES.items()):
+        live = list(batchers)
+        QUEUE_DEPTH.labels(*labels).set(sum(b.pending for b in live))
+        if not live:
+            del _QUEUES[labels]
+
+
+def set_latency_slo(ms: float) -> None:
+    """Export the configured p95 latency objective (``[serving] latency_slo_ms``) as a gauge, in seconds."""
+    LATENCY_SLO.set(ms / 1000.0)
 
 
 #: The process's request statistics (see :class:`RequestStats`).

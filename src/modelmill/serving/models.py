@@ -90,17 +90,22 @@ class FunctionModel:
         fn: Callable[[np.ndarray], np.ndarray],
         *,
         lineage: Mapping[str, Any] | None = None,
+        dtypes: Mapping[str, str] | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> None:
         self.name = name
         self.version = version
-        self.signature = Signature([Field(n) for n in inputs])
+        kinds = dict(dtypes or {})
+        self.signature = Signature([Field(n, kinds.get(n, "float64")) for n in inputs])
         self.lineage = dict(lineage or {})
+        self.options = dict(options or {})  # as a flavor's: "categories" of string columns
         self._fn = fn
 
     def __repr__(self) -> str:
         return f"FunctionModel({self.name!r}, {self.version})"
 
     def predict(self, X: np.ndarray) -> np.ndarray:
+        """``fn(X)`` as ``[n]`` float64 (a model with string columns gets an object matrix holding them)."""
         return np.asarray(self._fn(X), dtype=np.float64).reshape(len(X))
 
 
@@ -109,6 +114,12 @@ class _StaticVersion:
     name: str
     version: int
     lineage: Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class _StaticModel:
+    name: str
+    latest_version: int
 
 
 class StaticSource:
@@ -124,6 +135,13 @@ class StaticSource:
         self._models[(model.name, int(model.version))] = model
         for alias in aliases:
             self.set_alias(model.name, alias, int(model.version))
+
+    def models(self) -> list[_StaticModel]:
+        """Every model name with its newest version (as the registry's ``models()``)."""
+        latest: dict[str, int] = {}
+        for n, v in self._models:
+            latest[n] = max(v, latest.get(n, v))
+        return [_StaticModel(n, latest[n]) for n in sorted(latest)]
 
     def set_alias(self, name: str, alias: str, version: int) -> None:
         self._aliases[f"{name}@{alias}"] = version

@@ -21,6 +21,7 @@ from typing import Any
 
 import modelmill
 from modelmill.events import KINDS
+from modelmill.serving.stats import KINDS as STAT_KINDS
 
 __all__ = ["openapi_document", "served_example"]
 
@@ -60,9 +61,10 @@ _TENSOR_IN = {
         "name": {"type": "string"},
         "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1, "maxItems": 2},
         "datatype": {"type": "string", "enum": ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16",
-                                                "INT32", "INT64", "FP16", "FP32", "FP64"]},
+                                                "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"]},
         "parameters": {"type": "object"},
-        "data": {"type": "array", "description": "Row-major values, flat or nested."},
+        "data": {"type": "array", "description": "Row-major values, flat or nested: numbers (true/false for "
+                 "BOOL) that fit the datatype, or strings for BYTES (a model's string columns)."},
     },
 }
 _TENSOR_META = {
@@ -73,6 +75,11 @@ _TENSOR_META = {
 }
 
 _NUM = {"type": "number"}
+_DURATION = {"type": "object", "required": ["count", "ns"],
+             "properties": {"count": {"type": "integer"}, "ns": {"type": "integer"}}}
+_CONFIG_TENSOR = {"type": "object", "required": ["name", "data_type", "dims"],
+                  "properties": {"name": {"type": "string"}, "data_type": {"type": "string"},
+                                 "format": {"type": "string"}, "dims": {"type": "array", "items": {"type": "integer"}}}}
 _NUM_OR_NULL = {"type": "number", "nullable": True}
 _STR_OR_NULL = {"type": "string", "nullable": True}
 _OBJ = {"type": "object"}
@@ -153,6 +160,7 @@ CONTROL_SCHEMAS: dict[str, Any] = {
         "type": "object", "additionalProperties": False,
         "properties": {"max_error_rate_increase": _THRESHOLD, "max_latency_ratio": _THRESHOLD,
                        "max_output_shift": _THRESHOLD, "max_label_loss_increase": _THRESHOLD,
+                       "max_estimated_loss_increase": _THRESHOLD,
                        "latency_slack_ms": {"type": "number", "minimum": 0},
                        "significance": {"type": "number", "minimum": 0, "exclusiveMinimum": True,
                                         "maximum": 0.999999},
@@ -356,9 +364,51 @@ SCHEMAS: dict[str, Any] = {
                        "platform": {"type": "string"},
                        "inputs": {"type": "array", "items": _TENSOR_META},
                        "outputs": {"type": "array", "items": _TENSOR_META},
+                       "task": {"type": "string", "enum": ["binary", "multiclass", "regression", "multi_output"]},
+                       "classes": {"type": "array", "items": {"type": "string"},
+                                   "description": "A multiclass model's classes, in the order of its output's "
+                                                  "columns."},
                        "load_error": {"type": "string", "description": "Why the version that the model's route "
                                       "or alias names cannot be loaded (the versions listed still serve)."}},
     },
+    "ModelConfig": {
+        "type": "object", "required": ["name", "platform", "input", "output"],
+        "description": "The model's configuration in the shape of Triton's model_config.",
+        "properties": {
+            "name": {"type": "string"}, "platform": {"type": "string"}, "backend": {"type": "string"},
+            "version_policy": {"type": "object"}, "max_batch_size": {"type": "integer"},
+            "input": {"type": "array", "items": _CONFIG_TENSOR}, "output": {"type": "array", "items": _CONFIG_TENSOR},
+            "dynamic_batching": {"type": "object"}, "parameters": {"type": "object"},
+        },
+    },
+    "ModelStatsResponse": {
+        "type": "object", "required": ["model_stats"],
+        "properties": {"model_stats": {"type": "array", "items": {
+            "type": "object",
+            "required": ["name", "version", "last_inference", "inference_count", "execution_count",
+                         "inference_stats", "batch_stats"],
+            "properties": {
+                "name": {"type": "string"}, "version": {"type": "string"},
+                "last_inference": {"type": "integer", "description": "Milliseconds since the epoch (0: never)."},
+                "inference_count": {"type": "integer"}, "execution_count": {"type": "integer"},
+                "inference_stats": {"type": "object", "required": list(STAT_KINDS),
+                                    "properties": {k: _DURATION for k in STAT_KINDS}},
+                "batch_stats": {"type": "array", "items": {
+                    "type": "object", "required": ["batch_size", "compute_infer"],
+                    "properties": {"batch_size": {"type": "integer"}, "compute_input": _DURATION,
+                                   "compute_infer": _DURATION, "compute_output": _DURATION}}},
+            }}}},
+    },
+    "RepositoryIndexRequest": {"type": "object", "properties": {
+        "ready": {"type": "boolean", "description": "Only the models that are ready."}}},
+    "RepositoryIndex": {"type": "array", "items": {
+        "type": "object", "required": ["name", "state"],
+        "properties": {"name": {"type": "string"}, "version": {"type": "string"},
+                       "state": {"type": "string", "enum": ["READY", "UNAVAILABLE"]},
+                       "reason": {"type": "string", "description": "Why the model is not ready."}}}},
+    "RepositoryLoadRequest": {"type": "object", "properties": {"parameters": {
+        "type": "object", "description": "Triton's config and file: parameters are refused (400): modelmill "
+                                         "serves registered versions."}}},
     "ModelReady": {"type": "object", "required": ["name", "ready"],
                    "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}}},
     "InferRequest": {
@@ -382,7 +432,8 @@ SCHEMAS: dict[str, Any] = {
                 "properties": {"name": {"type": "string"}, "datatype": {"type": "string"},
                                "shape": {"type": "array", "items": {"type": "integer"}},
                                "parameters": {"type": "object"},
-                               "data": {"type": "array", "items": {"type": "number"}}}}},
+                               "data": {"type": "array", "description": "Numbers (output, row-major) or strings "
+                                        "(label: a multiclass model's predicted class)."}}}},
         },
     },
     "PredictInstance": {
@@ -390,8 +441,10 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "entities": {"type": "object", "description": "Entity keys of the model's feature service.",
                          "additionalProperties": {"oneOf": [{"type": "string"}, {"type": "number"}]}},
-            "features": {"type": "object", "nullable": True, "description": "Request-time features.",
-                         "additionalProperties": {"type": "number"}},
+            "features": {"type": "object", "nullable": True,
+                         "description": "Request-time features: numbers, and strings for the model's string "
+                                        "(categorical) columns.",
+                         "additionalProperties": {"oneOf": [{"type": "number"}, {"type": "string"}]}},
             "routing_key": {"type": "string", "nullable": True},
             "id": {"type": "string", "nullable": True, "description": _CLIENT_ID},
         },
@@ -476,7 +529,14 @@ SCHEMAS: dict[str, Any] = {
     **CONTROL_SCHEMAS,
     "Prediction": {
         "type": "object", "required": ["prediction", "model", "version", "variant", "request_id"],
-        "properties": {"prediction": {"type": "number"}, "model": {"type": "string"},
+        "properties": {"prediction": {"oneOf": [{"type": "number"}, {"type": "string"},
+                                                {"type": "array", "items": {"type": "number"}}],
+                                      "description": "A number (binary: the positive class's probability; "
+                                                     "regression: the value), the most probable class's name "
+                                                     "(multiclass), or the values of a multi-output model."},
+                       "probabilities": {"type": "object", "additionalProperties": {"type": "number"},
+                                         "description": "Multiclass: every class's probability."},
+                       "model": {"type": "string"},
                        "version": {"type": "integer"}, "variant": {"type": "string"},
                        "request_id": {"type": "string"},
                        "missing": {"type": "array", "items": {"type": "string"},
@@ -612,6 +672,46 @@ def _control_paths() -> dict[str, Any]:
                      "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100}}],
             "The webhook outbox, newest first: each event's webhook, delivery status, attempts and last error "
             "(role read)", _json(_ref("WebhookDeliveries"), "The deliveries and the counts by status.")),
+    }
+
+
+def _triton_paths() -> dict[str, Any]:
+    """Triton's extensions that tritonclient calls: model configuration, statistics, the model repository."""
+    both = [_NAME, _VERSION]
+    config = _json(_ref("ModelConfig"), "The configuration.")
+    stats = _json(_ref("ModelStatsResponse"), "Counts and durations since the server started.")
+    name = {**_NAME, "schema": _MODEL_NAME}
+    changed = {"400": _json(_ERR, "Malformed body; `error` names the field."),
+               "404": _json(_ERR, "No such model is registered (load) or loaded (unload)."),
+               "413": _json(_ERR, "The body is over the size limit."),
+               "422": _json(_ERR, "The model could not be loaded; `error` says why.")}
+
+    def repo(summary: str, ok: str) -> dict[str, Any]:
+        op = {"summary": summary, "parameters": [name], "responses": {"200": {"description": ok}, **changed},
+              "requestBody": {"required": False,
+                              "content": {"application/json": {"schema": _ref("RepositoryLoadRequest")}}}}
+        return {"post": _guarded(op)}
+
+    return {
+        "/v2/models/{name}/config": _get([_NAME], "Model configuration (Triton's model_config)", config, _ERRORS),
+        "/v2/models/{name}/versions/{version}/config": _get(both, "Model version configuration", config, _ERRORS),
+        "/v2/models/stats": _get([], "Inference statistics of every model version", stats, {}),
+        "/v2/models/{name}/stats": _get([_NAME], "Inference statistics of a model's versions", stats, _ERRORS),
+        "/v2/models/{name}/versions/{version}/stats": _get(both, "Inference statistics of one version", stats,
+                                                           _ERRORS),
+        "/v2/repository/index": {"post": {
+            "summary": "The model repository: every registered model, READY or UNAVAILABLE with the reason",
+            "parameters": [],
+            "requestBody": {"required": False,
+                            "content": {"application/json": {"schema": _ref("RepositoryIndexRequest")}}},
+            "responses": {"200": _json(_ref("RepositoryIndex"), "The models."),
+                          "400": _json(_ERR, "Malformed body; `error` names the field."),
+                          "413": _json(_ERR, "The body is over the size limit.")}}},
+        # unload before load: a run through the operations in order leaves the served model loaded
+        "/v2/repository/models/{name}/unload": repo("Stop serving a model until it is loaded again (role admin)",
+                                                    "Unloaded (empty body)."),
+        "/v2/repository/models/{name}/load": repo("Load a registered model and serve it (role admin)",
+                                                  "Loaded (empty body)."),
     }
 
 
@@ -752,7 +852,9 @@ def _with_examples(doc: dict[str, Any], model: str, version: int, columns: Seque
 # Guarded only with auth = "required" (see modelmill.security.auth).
 _DATA_PLANE = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}", "/v2/models/{name}/ready",
                "/v2/models/{name}/versions/{version}/ready", "/v2/models/{name}/infer",
-               "/v2/models/{name}/versions/{version}/infer", "/v1/models/{name}/predict", "/metrics")
+               "/v2/models/{name}/versions/{version}/infer", "/v1/models/{name}/predict", "/metrics",
+               "/v2/models/{name}/config", "/v2/models/{name}/versions/{version}/config", "/v2/models/stats",
+               "/v2/models/{name}/stats", "/v2/models/{name}/versions/{version}/stats", "/v2/repository/index")
 
 
 def _document() -> dict[str, Any]:
@@ -776,6 +878,7 @@ def _document() -> dict[str, Any]:
                                                                _json(_ref("ModelReady"), "Ready."), _ERRORS),
             "/v2/models/{name}/infer": _infer([_NAME], "Inference"),
             "/v2/models/{name}/versions/{version}/infer": _infer(both, "Inference on one version"),
+            **_triton_paths(),
             "/v1/models/{name}/predict": {"post": {
                 "summary": "Feature-backed prediction from entity keys",
                 "parameters": [_NAME, _ROUTING],

@@ -11,6 +11,10 @@ Response::
 
     {"prediction": 0.18, "model": "flights", "version": 3, "variant": "champion", "request_id": "..."}
 
+``prediction`` is a number for a binary classifier (the positive class's probability) or a regressor, a
+list for a multi-output model, and the most probable class's name for a multiclass model, which also
+answers ``probabilities`` (class name -> probability).
+
 The model version's lineage names its feature service; its signature names
 the columns. How each column is filled (from the online store, or from the
 request) is worked out once per version in a :class:`FeaturePlan`, so a
@@ -43,6 +47,7 @@ from modelmill.serving.batching import Batcher
 from modelmill.serving.limits import TooManyRows, client_id, read_body
 from modelmill.serving.responses import Incoming, ModelFailed, error_response, json_response, status_of
 from modelmill.serving.server import Choice, Deployed, ModelServer, Prediction
+from modelmill.serving.strings import StringCodes
 
 __all__ = ["FeaturePlan", "MissingFeatures", "PredictRoute"]
 
@@ -62,8 +67,9 @@ class FeaturePlan:
     def __init__(self, columns: Sequence[str], service_refs: Sequence[str], entity_keys: Sequence[str] = (),
                  service: str | None = None, *, features: Any = None, max_batch_size: int = 64,
                  max_wait_us: int = 500, on_missing: str = "reject", defaults: Mapping[str, float] | None = None,
-                 model: str = "") -> None:
+                 model: str = "", codes: StringCodes | None = None) -> None:
         self.columns = list(columns)
+        self.codes = codes  # the model's string columns, sent as strings among the request-time features
         self.service = service
         self.model = model
         self.entity_keys = list(entity_keys)
@@ -79,6 +85,12 @@ class FeaturePlan:
             else:
                 refs.append(ref)
                 ref_pos.append(i)
+        stored_strings = [self.columns[i] for i in ref_pos if codes is not None and i in codes.position_set]
+        if stored_strings:
+            # The online store holds numbers; a string column read from it would decode to a wrong category.
+            raise InputError("signature.inputs", f"string column(s) {', '.join(stored_strings)} of model {model} "
+                             "come from the online store, which serves numbers only: send them as request-time "
+                             "features, or encode them as numbers in the feature view")
         self.refs = refs
         self.ref_pos = np.asarray(ref_pos, dtype=np.intp)
         self.request_columns = request
@@ -97,7 +109,8 @@ class FeaturePlan:
 
             self.lookup = Batcher(lookup, flat=False,
                                   max_batch_size=max_batch_size, max_wait_us=max_wait_us,
-                                  executor=features.online.executor)
+                                  executor=features.online.executor,
+                                  queue=(model, "", "features") if model else None)
         given = defaults or {}  # per reference; NaN marks a feature with no declared default
         self.default_row = np.array([given.get(r, np.nan) for r in refs], dtype=np.float64)
 
@@ -109,7 +122,7 @@ class FeaturePlan:
                     max_wait_us: int = 500) -> FeaturePlan:
         service = dep.lineage.get("feature_service")
         if not service:
-            return cls(dep.columns, [])
+            return cls(dep.columns, [], codes=dep.codes)
         if features is None:
             raise BackendUnavailable("feature store", "(not configured)",
                                      f"model {dep.name} v{dep.version} reads feature service {service!r}")
@@ -117,7 +130,7 @@ class FeaturePlan:
         refs = [str(r) for r in svc.features]
         return cls(dep.columns, refs, _entity_keys(features, refs), service, features=features,
                    max_batch_size=max_batch_size, max_wait_us=max_wait_us, on_missing=svc.on_missing,
-                   defaults=svc.default_values, model=dep.name)
+                   defaults=svc.default_values, model=dep.name, codes=dep.codes)
 
     async def build(self, entities: dict[str, Any], given: dict[str, Any]
                     ) -> tuple[np.ndarray, list[str], int | None]:
@@ -142,11 +155,18 @@ class FeaturePlan:
                 absent = self._missing(entities, status, row)
             X[0, self.ref_pos] = row
         index = self.request_index
+        codes = self.codes
+        strings = codes.position_set if codes is not None else frozenset()
         for name, value in given.items():
             pos = index.get(name)
             if pos is None:
                 raise InputError(f"features.{name}", "is not a request-time feature of this model; "
                                  f"those are: {', '.join(self.request_columns) or 'none'}")
+            if pos in strings and codes is not None:
+                if not isinstance(value, str):
+                    raise InputError(f"features.{name}", "must be a string (a string column of the model)", value)
+                X[0, pos] = codes.encode(pos, [value])[0]
+                continue
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise InputError(f"features.{name}", "must be a number", value)
             X[0, pos] = value
@@ -278,8 +298,16 @@ class PredictRoute:
                                f"{entities} (feature service on_missing = {plan.on_missing!r}): {exc.message}")
                 exc.context["missing"] = absent
             raise
-        out = {"prediction": float(pred.output[0]), "model": pred.model, "version": pred.version,
-               "variant": pred.variant, "request_id": pred.request_id}
+        dep = choice.deployed
+        row = pred.output[0]
+        out: dict[str, Any]
+        if dep.task == "multiclass":  # the most probable class, and every class's probability
+            probs = row.tolist()
+            names = dep.classes if len(dep.classes) == len(probs) else [str(i) for i in range(len(probs))]
+            out = {"prediction": names[int(np.argmax(row))], "probabilities": dict(zip(names, probs, strict=True))}
+        else:
+            out = {"prediction": row.tolist() if np.ndim(row) else float(row)}
+        out.update(model=pred.model, version=pred.version, variant=pred.variant, request_id=pred.request_id)
         if absent:
             out["missing"] = absent  # defaulted, or passed as NaN: the caller is told either way
         return out
@@ -328,6 +356,8 @@ class PredictRoute:
         metrics.REQUESTS.inflight += 1
         try:
             async with server.deadlines:
+                if not server.serves(name) and server.wants_lazily(name):
+                    await server.ensure_loaded(name)  # [serving] lazy: the first request loads the model
                 server.live_route(name)
                 body = await read_body(request.receive, request.headers, limits.max_body_bytes)
                 req = _parse(body)

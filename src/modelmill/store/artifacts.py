@@ -1,5 +1,9 @@
 """The artifact store: bytes under any fsspec URL, each with a sha256 checked on every read.
 
+On an object store (``s3://bucket/prefix``) an artifact is one object, uploaded whole (a reader never sees
+half of one); the endpoint and credentials are configured as for the offline store
+(docs/howto/object-storage.md).
+
 The digest is recorded in the metadata database, not beside the file, so
 whoever can change the file cannot also change what it is checked against.
 
@@ -26,6 +30,7 @@ import sqlalchemy as sa
 
 from modelmill.errors import ArtifactIntegrityError, NotFoundError, UnsafePathError
 from modelmill.store.database import Database
+from modelmill.store.offline import check_object_store, is_object_store, open_filesystem
 from modelmill.store.tables import artifacts
 
 __all__ = ["ArtifactRef", "ArtifactStore", "safe_path"]
@@ -70,9 +75,19 @@ class ArtifactStore:
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
         if self._fs is None:
-            fs, root = fsspec.core.url_to_fs(self.url)
+            fs, root = open_filesystem(self.url, key="artifacts")
             self._fs, self._root = fs, root
         return self._fs
+
+    def check(self, *, key: str = "artifacts", write: bool = False) -> None:
+        """Raise :class:`ConfigError` naming ``key`` unless the store answers (and, with ``write``, takes a file)."""
+        _ = self.fs
+        check_object_store(self.fs, self._root, self.url, key=key, write=write)
+
+    def _makedirs(self, full: str) -> None:
+        # An object store has no folders (and s3fs's makedirs would create a missing bucket).
+        if not is_object_store(self.fs):
+            self.fs.makedirs(posixpath.dirname(full), exist_ok=True)
 
     def _full(self, path: str) -> str:
         _ = self.fs
@@ -84,7 +99,7 @@ class ArtifactStore:
 
     def put_bytes(self, path: str, data: bytes) -> ArtifactRef:
         full = self._full(path)
-        self.fs.makedirs(posixpath.dirname(full), exist_ok=True)
+        self._makedirs(full)
         with self.fs.open(full, "wb") as fh:
             fh.write(data)
         return self._record(safe_path(path), hashlib.sha256(data).hexdigest(), len(data))
@@ -92,7 +107,7 @@ class ArtifactStore:
     def put_file(self, path: str, local: str | Path) -> ArtifactRef:
         """Copy a local file into the store, hashing it as it streams."""
         full = self._full(path)
-        self.fs.makedirs(posixpath.dirname(full), exist_ok=True)
+        self._makedirs(full)
         digest, size = hashlib.sha256(), 0
         with open(local, "rb") as src, self.fs.open(full, "wb") as dst:
             while chunk := src.read(_CHUNK):

@@ -4,7 +4,8 @@
         run.log_params({"lr": 0.05})
         run.log_metric("auc", 0.81, step=1)
 
-Trainers live in :mod:`modelmill.training.trainers` (imported on use: LightGBM and torch are optional).
+Trainers live in :mod:`modelmill.training.trainers` (imported on use: LightGBM, XGBoost, CatBoost
+and torch are optional).
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ __all__ = ["MetricPoint", "Run", "RunInfo", "Runs", "environment", "git_state", 
 STATUSES = ("running", "finished", "failed")
 # Packages whose versions are recorded with every run (those that change a model's numbers).
 TRACKED_PACKAGES = ("modelmill", "numpy", "pandas", "scipy", "scikit-learn", "lightgbm", "torch", "onnxruntime",
-                    "pyarrow", "duckdb")
+                    "pyarrow", "duckdb", "xgboost", "xgboost-cpu", "catboost")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -105,6 +105,8 @@ pipeline_steps = sa.Table(
     sa.Column("started_at", sa.Float, nullable=False),
     sa.Column("ended_at", sa.Float, nullable=True),
     sa.Column("error", sa.Text, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=True),  # training_0002: retries and timeouts
+    sa.Column("attempt_log", sa.JSON, nullable=True),
 )
 
 step_cache = sa.Table(
@@ -143,4 +145,6 @@ triggers = sa.Table(
     sa.Column("ended_at", sa.Float, nullable=True),
     sa.Column("pipeline_run_id", sa.String(32), nullable=True),
     sa.Column("error", sa.Text, nullable=True),
+    sa.Column("lease_expires_at", sa.Float, nullable=True),  # training_0002: a dead scheduler's claim expires
+    sa.Column("reclaims", sa.Integer, nullable=True),
 )
