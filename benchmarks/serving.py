@@ -7,6 +7,9 @@ Rows (each its own server process on this machine, load generator on the same co
   (c) predict    the feature-backed route: entity key -> 20 features from Redis -> prediction
   (d) mlflow     `mlflow models serve` on the same model (its own venv)
   (e) bentoml    a BentoML 1.4 service on the same model, adaptive batching on (its own venv)
+  (f) tasks      a 10-class logistic regression against the binary one (both scikit-learn's own
+                 predict_proba): a probability per class and the label, against one number
+  (g) lazy       [serving] lazy: the first request (loading the model) against a loaded model's
 
 Closed loop with wrk at 1 and 32 connections; open loop (a fixed schedule of 1,000 requests/s,
 latency measured from the scheduled send time) with an asyncio generator.
@@ -214,6 +217,16 @@ def train(seed: int = 0, n: int = 2000) -> tuple[Any, np.ndarray]:
     return LogisticRegression(max_iter=500).fit(X, y), X
 
 
+def train_multiclass(n: int = 2000, classes: int = 10) -> Any:
+    """A 10-class logistic regression on the same 20 features."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(n, K))
+    y = np.argmax(X @ rng.normal(size=(K, classes)) + rng.normal(scale=0.5, size=(n, classes)), axis=1)
+    return LogisticRegression(max_iter=500).fit(X, y)
+
+
 def setup_project(root: Path) -> None:
     """clf (OIP) and risk (feature-backed, 20 features of 10,000 users materialised to Redis)."""
     import datetime as dt
@@ -232,6 +245,8 @@ def setup_project(root: Path) -> None:
     model, _ = train(0)
     reg.register("clf", model, flavor="sklearn", signature=Signature(inputs=[SigField(c) for c in COLUMNS]))
     reg.set_alias("clf", "production", 1)
+    reg.register("clf10", train_multiclass(), flavor="sklearn",
+                 signature=Signature(inputs=[SigField(c) for c in COLUMNS]))
     users = 10_000
     rng = np.random.default_rng(1)
     t0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
@@ -269,6 +284,51 @@ def measure(bench: Benchmark, label: str, url: str, body: bytes, *, open_loop_po
         out[0] = r
         bench.row(f"{label} open {OPEN_RATE}/s", **r, **(extra or {}))
     return out
+
+
+def tasks_and_lazy(bench: Benchmark, tmp: Path, body: bytes, modelmill: Any) -> None:
+    """(f) the 10-class model's cost against the binary one's; (g) the first request's latency under lazy."""
+    import urllib.request
+
+    srv = modelmill(1, "--model", "clf@production", "--model", "clf10@1", "--no-compile")
+    try:
+        url = f"http://127.0.0.1:{srv.port}/v2/models"
+        binary = wrk(f"{url}/clf/infer", body, 32, SECONDS)
+        bench.row("(f) binary, sklearn predict_proba w=1 c=32", **binary, workers=1)
+        multi = wrk(f"{url}/clf10/infer", body, 32, SECONDS)
+        bench.row("(f) 10 classes (probabilities + label) w=1 c=32", **multi, workers=1)
+    finally:
+        srv.stop()
+    v = binary["rps"] / multi["rps"]
+    bench.ratio("(f) cost of a 10-class model / binary (time per request at 32 conns)", v, goal="<= 1.2",
+                met=v <= 1.2)
+
+    def post() -> float:
+        req = urllib.request.Request(f"http://127.0.0.1:{srv.port}/v2/models/clf/infer", data=body,
+                                     headers={"Content-Type": "application/json"})
+        t = time.perf_counter()
+        with urllib.request.urlopen(req, timeout=60) as r:
+            r.read()
+        return time.perf_counter() - t
+
+    toml = tmp / "modelmill.toml"
+    original = toml.read_text()
+    toml.write_text(original + "\n[serving]\nlazy = true\n")
+    first, loaded = [], []
+    try:
+        for _ in range(3):  # a fresh server each time: the first request loads the model
+            srv = modelmill(1, "--model", "clf@production")
+            try:
+                first.append(post())
+                loaded.extend(post() for _ in range(50))
+            finally:
+                srv.stop()
+    finally:
+        toml.write_text(original)
+    f, w = percentiles(first), percentiles(loaded)
+    bench.row("(g) lazy: first request (loads the model)", n=len(first), p50_ms=f["p50_ms"], max_ms=f["max_ms"])
+    bench.row("(g) lazy: a loaded model's request", n=len(loaded), p50_ms=w["p50_ms"], p99_ms=w["p99_ms"])
+    bench.ratio("(g) lazy first request / loaded request, p50", f["p50_ms"] / w["p50_ms"])
 
 
 def main() -> None:
@@ -329,6 +389,8 @@ def main() -> None:
             bench.row(f"{label} w=1 c=32", **r, workers=1)
         finally:
             srv.stop()
+
+    tasks_and_lazy(bench, tmp, oip_body, modelmill)
 
     # ---- peers ----------------------------------------------------------------------------------
     df_body = json.dumps({"dataframe_split": {"columns": COLUMNS, "data": one_row.tolist()}}).encode()
