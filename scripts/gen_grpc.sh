@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Regenerate the Python modules of the OIP gRPC service from the vendored KServe proto.
+# Regenerate the Python modules of the OIP gRPC service from the vendored KServe proto, and the messages of
+# Triton's gRPC extensions (triton_extensions.proto: messages only; modelmill.serving.grpc registers their calls
+# under the KServe service's name itself).
 #   bash scripts/gen_grpc.sh        (needs the dev extra: grpcio-tools at the version in constraints.txt)
 # The proto is compiled from src/ so that the generated modules import each other as
 # modelmill.serving.proto.*; the outputs are committed, and ruff skips them (pyproject.toml).
@@ -14,4 +16,6 @@ if [ "$want" != "$have" ]; then
 fi
 "$PY" -m grpc_tools.protoc -I src --python_out=src --pyi_out=src --grpc_python_out=src \
     modelmill/serving/proto/grpc_predict_v2.proto
-echo "generated src/modelmill/serving/proto/grpc_predict_v2_pb2{.py,.pyi,_grpc.py} with grpcio-tools $have"
+"$PY" -m grpc_tools.protoc -I src --python_out=src --pyi_out=src modelmill/serving/proto/triton_extensions.proto
+echo "generated src/modelmill/serving/proto/grpc_predict_v2_pb2{.py,.pyi,_grpc.py} and triton_extensions_pb2{.py,.pyi}" \
+     "with grpcio-tools $have"

@@ -377,6 +377,24 @@ def _is_section_call(node: ast.AST) -> str | None:
     return None
 
 
+def _is_extra_read(node: ast.AST) -> str | None:
+    """``settings.extra.get("name")`` or ``getattr(settings, "extra", {}).get("name")``: a top-level table or
+    array of tables (``[[webhooks]]``) that the code reads raw, not through ``section()``, gives ``name``."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+            and node.args):
+        return None
+    owner = node.func.value
+    extra = (isinstance(owner, ast.Attribute) and owner.attr == "extra") or (
+        isinstance(owner, ast.Call) and isinstance(owner.func, ast.Name) and owner.func.id == "getattr"
+        and len(owner.args) >= 2 and _const_str(owner.args[1]) == "extra")
+    return _const_str(node.args[0]) if extra else None
+
+
+def _is_table_read(node: ast.AST) -> str | None:
+    """The top-level table that ``node`` reads from the settings, by either way the code reads one."""
+    return _is_section_call(node) or _is_extra_read(node)
+
+
 def _functions(tree: ast.AST) -> Iterator[tuple[str | None, ast.FunctionDef | ast.AsyncFunctionDef]]:
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef):
@@ -461,6 +479,13 @@ class _Reader:
                     found = table_of(node.iter)
                     if found:
                         items[node.target.id] = found
+                elif isinstance(node, ast.For | ast.comprehension) and isinstance(node.target, ast.Tuple) \
+                        and len(node.target.elts) == 2 and isinstance(node.target.elts[1], ast.Name) \
+                        and isinstance(node.iter, ast.Call) and isinstance(node.iter.func, ast.Name) \
+                        and node.iter.func.id == "enumerate" and node.iter.args:
+                    found = table_of(node.iter.args[0])  # for i, item in enumerate(tables)
+                    if found:
+                        items[node.target.elts[1].id] = found
         for node in ast.walk(fn):
             sub = self._subkey(node, table_of)
             if sub is not None:
@@ -470,13 +495,17 @@ class _Reader:
                 self.add(sub[0], sub[1], where, default)
             if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitAnd | ast.Sub):
                 # {"min_time", "max_time"} & set(section): the keys it looks for
+                # and set(item) - _KEYS: the keys of a module constant that the table is checked against
                 for side, other in ((node.left, node.right), (node.right, node.left)):
                     target = table_of(other.args[0]) if isinstance(other, ast.Call) and isinstance(
                         other.func, ast.Name) and other.func.id == "set" and other.args else table_of(other)
-                    if isinstance(side, ast.Set) and target:
+                    if target and isinstance(side, ast.Set):
                         for name in (_const_str(e) for e in side.elts):
                             if name:
                                 self.add(target, name, where)
+                    elif target and isinstance(side, ast.Name):
+                        for name in _constant_strings(module, side.id):
+                            self.add(target, name, where)
             if isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], ast.In | ast.NotIn):
                 name, found = _const_str(node.left), table_of(node.comparators[0])
                 if name and found:
@@ -488,6 +517,13 @@ class _Reader:
                     name = _const_str(const)
                     if name and param and id(const) not in dropped:
                         self.add(table, name, where)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "ConfigError" \
+                    and len(node.args) >= 3 and isinstance(node.args[0], ast.JoinedStr) and node.args[0].values:
+                # ConfigError(f"{key}.url", url, "an http(s) URL"): key is this table's (or one item's) name
+                last = _const_str(node.args[0].values[-1])
+                named = re.search(r"\.([a-z_]+)$", last or "")
+                if named and (table, named.group(1)) in self.keys and not self.keys[(table, named.group(1))].accepted:
+                    self.keys[(table, named.group(1))].accepted = _text_of(node.args[2])
             if isinstance(node, ast.Call) and _calls_fields_of_cls(node) and owner is not None:
                 self._dataclass_fields(module, owner, table, where, fn)
             if isinstance(node, ast.Call) and node.args:
@@ -531,7 +567,28 @@ class _Reader:
         fn_owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else None
         if fn_owner == "cls":
             fn_owner = owner
+        self._keys_by_argument(modname, fn_owner, fn, table, args, call)
         self.follow(modname, fn_owner, fn, table, args[0])
+
+    def _keys_by_argument(self, module: str, owner: str | None, fn: Any, table: str, params: list[str],
+                          call: ast.Call) -> None:
+        """``_number(item, key, "max_attempts", 10)`` where ``_number`` reads ``item.get(name, default)``: the
+        call names the key (and its default) by argument, so the key is read at the call, not in the function."""
+        bound = dict(zip(params, call.args, strict=False))
+        bound.update({k.arg: k.value for k in call.keywords if k.arg})
+        where = f"{module}.{owner + '.' if owner else ''}{fn.name}"
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                    node.func.attr in ("get", "pop") and isinstance(node.func.value, ast.Name) and \
+                    node.func.value.id == params[0] and node.args and isinstance(node.args[0], ast.Name):
+                name = _const_str(bound.get(node.args[0].id))
+                if not name:
+                    continue
+                default = ""
+                if len(node.args) > 1:
+                    given = bound.get(node.args[1].id) if isinstance(node.args[1], ast.Name) else node.args[1]
+                    default = _default_of(module, given) if given is not None else ""
+                self.add(table, name, where, default)
 
     def _dataclass_fields(self, module: str, owner: str, table: str, where: str, fn: Any) -> None:
         """``{f.name for f in dataclasses.fields(cls)}``: every field is a key, less any ``- {"x"}`` named."""
@@ -597,6 +654,14 @@ def _default_of(module: str, node: ast.AST) -> str:
     return ""
 
 
+def _constant_strings(module: str, name: str) -> list[str]:
+    """The strings of ``module``'s constant ``name`` when it is a set, tuple or list of them, else none."""
+    value = getattr(importlib.import_module(module), name, None)
+    if isinstance(value, set | frozenset | tuple | list) and value and all(isinstance(v, str) for v in value):
+        return sorted(value)
+    return []
+
+
 def _calls_fields_of_cls(node: ast.Call) -> bool:
     func = node.func
     named = (isinstance(func, ast.Attribute) and func.attr == "fields") or (isinstance(func, ast.Name)
@@ -618,12 +683,13 @@ def _imported_function(module: str, name: str) -> tuple[str, Any] | None:
 
 
 def sections() -> dict[str, list[str]]:
-    """Every ``[section]`` the code reads with ``settings.section("…")``, and the functions that read it."""
+    """Every ``[section]`` the code reads with ``settings.section("…")`` (or raw from ``settings.extra``, as
+    ``[[webhooks]]``), and the functions that read it."""
     out: dict[str, list[str]] = {}
     for modname, _, tree in _parsed():
         for owner, fn in _functions(tree):
             for node in ast.walk(fn):
-                name = _is_section_call(node)
+                name = _is_table_read(node)
                 if name:
                     where = f"{modname}.{owner + '.' if owner else ''}{fn.name}"
                     if where not in out.setdefault(name, []):
@@ -639,12 +705,12 @@ def config_keys() -> tuple[Key, ...]:
     for modname, _, tree in _parsed():
         for owner, fn in _functions(tree):
             for node in ast.walk(fn):
-                name = _is_section_call(node)
+                name = _is_table_read(node)
                 if name:
                     reader.follow(modname, owner, fn, name, None, root=node)
     accepted = config_error_keys()
     for key in keys.values():
-        key.accepted = accepted.get(key.dotted, "")
+        key.accepted = accepted.get(key.dotted, "") or key.accepted
     return tuple(sorted(keys.values(), key=lambda k: (k.table, k.name)))
 
 
@@ -767,8 +833,10 @@ def config_page() -> str:
              "(in the environment: to the working directory) |"]
     for key in BACKEND_KEYS:
         default = defaults[key].replace(cwd + "/", "").replace(str(home.absolute()), ".modelmill")
-        accepted = _ACCEPTED[key][1] if key in _ACCEPTED else "a folder path or an fsspec URL such as " \
-                                                                  "'s3://bucket/prefix'"
+        accepted = _ACCEPTED[key][1] if key in _ACCEPTED else (
+            "a folder path or an fsspec URL such as 's3://bucket/prefix' (the bucket must exist; S3 endpoint and "
+            "credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION or "
+            "fsspec's FSSPEC_S3_* settings: see the object-storage how-to)")
         lines.append(f"| `backends.{key}` | `MODELMILL_{key.upper()}` | `{default}` | {_cell(accepted)} |")
     keys = config_keys()
     by_table: dict[str, list[Key]] = {}
@@ -776,9 +844,11 @@ def config_page() -> str:
         by_table.setdefault(k.table, []).append(k)
     read_by = sections()
     blocks = format_blocks()
+    arrays = {t for _, b, _ in blocks for t in re.findall(r"^\s*\[\[([A-Za-z0-9_.]+)\]\]", b, flags=re.M)}
     for top in read_by:
         tables = sorted(t for t in by_table if t == top or t.startswith(top + "."))
-        lines += ["", f"## `[{top}]` {{#{_anchor(top)}}}", "",
+        header = f"[[{top}]]" if top in arrays else f"[{top}]"  # an array of tables, as its docstring writes it
+        lines += ["", f"## `{header}` {{#{_anchor(top)}}}", "",
                   "Read by " + ", ".join(f"`{w}`" for w in read_by[top]) + "."]
         if not tables:
             lines += ["", "Its keys are nested tables; the format below, from the code's docstrings, lists them."]
@@ -965,12 +1035,15 @@ def formats_page() -> str:
 
 
 def readme_section(title: str) -> str:
-    """The README's ``## title`` section, without its heading, up to the next ``## `` heading."""
+    """The README's ``## title`` section, without its heading, up to the next ``## `` heading.
+
+    Its links into the site (``](docs/howto/x.md)``, relative to the README) become links from the site's
+    root, where the generated pages are, so the README and the site link the same page."""
     readme = (ROOT / "README.md").read_text()
     found = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", readme, flags=re.M | re.S)
     if found is None:
         raise LookupError(f"README.md has no section '## {title}' for docs/promises (scripts/gen_reference.py)")
-    return found.group(1).strip()
+    return re.sub(r"\]\(docs/", "](", found.group(1).strip())
 
 
 def promises_page() -> str:
