@@ -38,9 +38,14 @@ class JetStreamError(StoreError):
 
 
 class NatsWire:
-    """One blocking connection. Not thread-safe: give each thread its own."""
+    """One blocking connection. Not thread-safe: give each thread its own.
 
-    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+    ``timeout`` bounds the connect and each JetStream API request. It is 15 s: a file-backed stream's create
+    on a loaded host took over 5 s (the demo then stopped with "timed out waiting for the server"), and a server
+    that is down refuses the connection at once anyway.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 15.0) -> None:
         self.url = url
         self.timeout = timeout
         self._sock: socket.socket | None = None
