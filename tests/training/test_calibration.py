@@ -110,8 +110,11 @@ def test_what_it_cannot_calibrate_is_a_clear_error() -> None:
     with pytest.raises(InputError, match="binary"):
         train("sklearn-hgb", df.assign(late=df.a.round().clip(-1, 1)), "late", task="multiclass", max_iter=5,
               calibrate="sigmoid")
-    with pytest.raises(InputError, match="sklearn-hgb and lightgbm"):
+    with pytest.raises(InputError) as torch:
         train("torch-mlp", df, "late", calibrate="sigmoid")
+    # The message names every trainer it does calibrate, xgboost and catboost included.
+    assert torch.value.field == "calibrate" and torch.value.value == "torch-mlp"
+    assert "sklearn-hgb, lightgbm, xgboost, catboost" in torch.value.problem
     with pytest.raises(InputError) as split:
         train("sklearn-hgb", df, "late", max_iter=5, calibrate="sigmoid", calibration_split="oldest")
     assert split.value.field == "calibration_split"

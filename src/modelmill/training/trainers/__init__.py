@@ -39,6 +39,8 @@ TRAINERS = {
 _EXTRAS = {"lightgbm": "lightgbm", "xgboost": "xgboost", "catboost": "catboost", "torch-mlp": "torch"}
 #: The trainers that take ``task`` (multiclass, regression); the others train binary classifiers.
 TASK_TRAINERS = ("sklearn-hgb", "xgboost", "catboost")
+#: The trainers whose binary models ``calibrate`` wraps (torch-mlp's network has no sklearn predict_proba).
+CALIBRATED_TRAINERS = tuple(name for name in TRAINERS if name != "torch-mlp")
 
 
 def get_trainer(name: str, **params: Any) -> Any:
@@ -94,8 +96,9 @@ def fit_arrays(trainer: str, X: np.ndarray, y: np.ndarray, *, feature_names: lis
     if method != "none":
         if task != "binary":
             raise InputError("calibrate", f"calibrates binary classifiers; task is {task}", method)
-        if trainer == "torch-mlp":
-            raise InputError("calibrate", "calibrates the sklearn-hgb and lightgbm trainers' models", trainer)
+        if trainer not in CALIBRATED_TRAINERS:
+            raise InputError("calibrate", f"calibrates the models of {', '.join(CALIBRATED_TRAINERS)}; not "
+                             f"{trainer}'s", trainer)
     if task != "binary":
         if trainer not in TASK_TRAINERS:
             raise InputError("task", f"{task} is trained by {', '.join(TASK_TRAINERS)}; {trainer} trains "
