@@ -16,7 +16,7 @@ import pytest
 from sklearn.metrics import accuracy_score, log_loss, mean_absolute_error, mean_squared_error
 from tests.prediction_log import prediction_log
 
-from modelmill.errors import InputError, NotFoundError
+from modelmill.errors import ConflictError, InputError, NotFoundError
 from modelmill.experiments import Arm, Experiment, Experiments
 from modelmill.experiments.metrics import served_values
 from modelmill.project import Project
@@ -169,3 +169,37 @@ def test_a_metric_that_does_not_fit_the_models_task_is_refused(registry: Registr
     with pytest.raises(InputError, match="a regression model"):
         served_values(frame, "brier", task="regression")
     assert served_values(frame, "absolute_error", task="regression").tolist() == [1.0]
+
+
+def test_each_logged_row_is_scored_with_the_task_of_the_version_that_served_it(registry: Registry,
+                                                                             project: Project) -> None:
+    """An experiment between two binary versions stays a binary A/B after a regression version of the same
+    model is registered: the analysis reads the task of the versions the log names, not of the newest one.
+    Variants that serve versions of different tasks are refused at creation, naming each."""
+    _register(registry, "late", "late", "binary", max_iter=40)
+    _register(registry, "late", "late", "binary", max_iter=1)
+    store = Experiments(project)
+    store.create(Experiment(name="b", model="late", primary_metric="brier", min_sample_size=100,
+                            variants=(Arm("control", 50, 2), Arm("treatment", 50, 1))))
+    served = _frame(1200, 7)
+    X, y = served[FEATURES].to_numpy(), served["late"].to_numpy()
+    proba = {v: registry.load(f"late@{v}").predict(X) for v in (1, 2)}
+    assigner = store.get("b").assigner()
+    variants = np.array([assigner.assign(f"u{i % 400}") for i in range(len(y))])
+    version = np.where(variants == "control", 2, 1)
+    output = np.where(version == 1, proba[1], proba[2])
+    log_served(project.offline, "late", [(f"b-{i}", str(variants[i]), int(version[i]), f"u{i % 400}",
+                                          float(output[i]), float(y[i])) for i in range(len(y))])
+    _register(registry, "late", "price", "regression", max_iter=5)  # late@3: the newest, of another task
+    out = store.analyze("b").as_dict()
+    for v in ("control", "treatment"):  # Σ (p - y)² / n per variant: its Brier score
+        m = variants == v
+        assert abs(out[v]["mean"] - float(np.mean((output[m] - y[m]) ** 2))) <= 1e-9, v
+    assert out["decision"] == "switch_to_treatment", out["reason"]
+    store.stop("b")
+    with pytest.raises(ConflictError) as info:
+        store.create(Experiment(name="mixed", model="late", primary_metric="squared_error",
+                                variants=(Arm("control", 50, 1), Arm("treatment", 50, 3))))
+    assert "late@1" in str(info.value) and "late@3" in str(info.value) and "different tasks" in str(info.value)
+    with pytest.raises(NotFoundError):
+        store.get("mixed")

@@ -162,12 +162,13 @@ class Experiments:
         """Store ``experiment`` (a name is used once) and, on a served model, set its route.
 
         On a served model the metrics must be ones the prediction log can give (see
-        :data:`~modelmill.experiments.metrics.SERVED_METRICS`) that fit the model's task (its newest
-        version's: :data:`~modelmill.experiments.metrics.TASK_SERVED_METRICS`): refused here, before any
-        traffic is split, rather than when the experiment is analysed.
+        :data:`~modelmill.experiments.metrics.SERVED_METRICS`) that fit the task of the versions the variants
+        serve (:data:`~modelmill.experiments.metrics.TASK_SERVED_METRICS`; a variant naming no version: the
+        newest): refused here, before any traffic is split, rather than when the experiment is analysed.
+        Variants serving versions of different tasks are a :class:`ConflictError`.
         """
         if experiment.model is not None:
-            task = self._task(experiment.model)
+            task = self._arms_task(experiment)
             for field, metric in [("primary_metric", experiment.primary_metric),
                                   *(("guardrails", g) for g in experiment.guardrails)]:
                 check_task_metric(field, metric, task.kind, experiment.model)
@@ -354,21 +355,62 @@ class Experiments:
         frame = Feedback(self.project.offline).routed(exp.model, since=exp.created_at,
                                                       labelled=metric in LABELLED_METRICS,
                                                       answered=metric in ("output", *SCORED_METRICS))
-        if not frame.empty:
-            task = self._task(exp.model)
+        if frame.empty:
+            return frame
+        # Each row is scored with the task of the version that served it: variants of one experiment may serve
+        # versions whose classes differ (a retrained multiclass model), and the newest version may serve none.
+        versions = sorted({int(v) for v in frame["version"].dropna()}) if "version" in frame else []
+        tasks: dict[int | None, LabelTask] = {v: self._task(f"{exp.model}@{v}", exp.model) for v in versions} or \
+            {None: self._task(exp.model, exp.model)}
+        _one_kind(exp.model, tasks.values())
+        for task in set(tasks.values()):
             check_task_metric("primary_metric", metric, task.kind, exp.model)
+        if len({(t.kind, t.classes) for t in tasks.values()}) == 1:
+            task = next(iter(tasks.values()))
             frame[metric] = served_values(frame, metric, task=task.kind, classes=task.classes)
+            return frame
+        values = pd.Series(float("nan"), index=frame.index, dtype="float64")
+        for version, task in tasks.items():
+            rows = frame["version"] == version
+            values[rows] = served_values(frame[rows], metric, task=task.kind, classes=task.classes).to_numpy()
+        frame[metric] = values
         return frame
 
-    def _task(self, model: str) -> LabelTask:
-        """The task (and classes) ``model``'s newest version records; no task for a model not registered here
-        (its metrics are then checked against its labels alone)."""
+    def _arms_task(self, experiment: Experiment) -> LabelTask:
+        """The task the experiment's variants serve: each arm's version's (the model's newest for an arm that
+        names none); variants of different tasks are refused, since their metrics do not compare."""
+        assert experiment.model is not None
+        refs = {experiment.model if arm.version is None else f"{experiment.model}@{arm.version}"
+                for arm in experiment.variants}
+        tasks = [self._task(ref, experiment.model) for ref in sorted(refs)] or \
+            [self._task(experiment.model, experiment.model)]
+        return _one_kind(experiment.model, tasks)
+
+    def _task(self, ref: str, model: str) -> LabelTask:
+        """The task (and classes) the version ``ref`` (``name``: its newest; ``name@3``, ``name@alias``)
+        records; no task for a model or version not registered here (its metrics are then checked against its
+        labels alone)."""
         from modelmill.registry import Registry  # late: the registry is not the experiments' dependency
+        from modelmill.store.feedback import label_task
 
         try:
-            return model_task(Registry(self.project), model)
+            if ref == model:
+                return model_task(Registry(self.project), model)
+            return label_task(Registry(self.project).resolve(ref))
         except NotFoundError:
-            return LabelTask(source=model)
+            return LabelTask(source=ref)
+
+
+def _one_kind(model: str, tasks: Iterable[LabelTask]) -> LabelTask:
+    """The one task kind of ``tasks`` (their first); a ConflictError naming each when they differ."""
+    tasks = list(tasks)
+    kinds = {t.kind for t in tasks if t.kind is not None}
+    if len(kinds) > 1:
+        named = ", ".join(sorted(f"{t.source}: {t.kind}" for t in tasks if t.kind is not None))
+        raise ConflictError(f"the variants of model {model!r} serve versions of different tasks ({named}); their "
+                            "metrics do not compare", model=model)
+    recorded = [t for t in tasks if t.kind is not None]
+    return recorded[0] if recorded else tasks[0]
 
 
 def parse_arms(specs: Sequence[str]) -> tuple[Arm, ...]:
