@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import sqlalchemy as sa
@@ -26,6 +26,11 @@ from modelmill.console.layout import Raw, badge, esc, link, table, when
 from modelmill.errors import InputError, ModelmillError
 from modelmill.monitoring.report import drift_charts, latency_charts, metric_charts
 from modelmill.rollout.controller import ACTIVE, RolloutController
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from modelmill.experiments import Experiment
 
 __all__ = ["View", "dead_letter", "experiment", "experiments", "ingestion", "model", "monitoring", "overview",
            "rollout", "rollouts", "runs", "runs_compare", "version"]
@@ -454,12 +459,20 @@ def experiment(ctx: Context, name: str, view: str = "cumulative", window: str | 
     """Each variant's metric with its confidence interval, the SRM check, the test and the decision, now
     and over time (``view``: ``cumulative`` from the start, or per ``window``; by default 20 even looks;
     ``test`` as ``modelmill experiment analyze --test``, by default the metric's)."""
-    body = experiment_body(control.experiment_results(ctx.project, name))
-    return View(f"Experiment {name}", body + experiment_over_time(ctx, name, view, window, test), "experiments")
+    from modelmill.experiments import Experiments
+
+    try:  # read once: the current analysis and every look slice the same log
+        log = Experiments(ctx.project).log(name)
+    except InputError:
+        log = None  # no log to read (no served model): each reader says so in its own words
+    body = experiment_body(control.experiment_results(ctx.project, name, log=log))
+    return View(f"Experiment {name}", body + experiment_over_time(ctx, name, view, window, test, log=log),
+                "experiments")
 
 
 def experiment_over_time(ctx: Context, name: str, view: str = "cumulative", window: str | None = None,
-                         test: str | None = None) -> str:
+                         test: str | None = None,
+                         log: tuple[Experiment, pd.DataFrame] | None = None) -> str:
     """The analysis at each look (:mod:`modelmill.console.timeline`): per variant its metric with a 95%
     interval, per treatment its lift with the test's interval (for the sequential test the anytime-valid
     confidence sequence), its p-value against alpha (the sequential test's stopping boundary), the SRM
@@ -484,7 +497,7 @@ def experiment_over_time(ctx: Context, name: str, view: str = "cumulative", wind
     title = "Over time (" + ("cumulative: each look is everything from the start to its time" if view == "cumulative"
                              else "per window: each look is only the requests answered in its window") + ")"
     try:
-        exp, looks = timeline.looks(ctx.project, name, view=view, window_s=window_s, test=test)
+        exp, looks = timeline.looks(ctx.project, name, view=view, window_s=window_s, test=test, log=log)
     except InputError as exc:
         if exc.field in ("view", "window", "test"):
             raise

@@ -63,17 +63,19 @@ def _epochs(ts: pd.Series) -> np.ndarray:
 
 
 def looks(project: Any, name: str, *, view: str = "cumulative", window_s: float | None = None,
-          test: str | None = None, points: int = 20) -> tuple[Experiment, list[Look]]:
+          test: str | None = None, points: int = 20,
+          log: tuple[Experiment, pd.DataFrame] | None = None) -> tuple[Experiment, list[Look]]:
     """The experiment ``name`` and its analysis at each cutoff from its start to its last logged request
     (the log ``analyze`` reads, so the last cumulative look is its answer): every ``window_s`` seconds, or ``points`` even steps; ``test`` as
     ``modelmill experiment analyze NAME --test`` (default: by metric). Raises
-    :class:`~modelmill.errors.InputError` for an experiment that has no served model to read a log of."""
+    :class:`~modelmill.errors.InputError` for an experiment that has no served model to read a log of.
+    ``log``: that log, already read by the caller (the page reads it once for its analysis and its looks)."""
     if view not in VIEWS:
         raise InputError("view", f"must be one of {', '.join(VIEWS)}", view)
     if test is not None and test not in TESTS:
         raise InputError("test", f"must be one of {', '.join(TESTS)}", test)
     store = Experiments(project)
-    exp, frame = store.log(name)
+    exp, frame = store.log(name) if log is None else log
     if frame.empty:
         return exp, []
     at = _epochs(frame["ts"])

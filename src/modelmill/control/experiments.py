@@ -23,7 +23,7 @@ winner when it stops; the results read the prediction log joined with the delaye
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelmill.control import fields
 from modelmill.errors import InputError
@@ -31,6 +31,9 @@ from modelmill.experiments import Arm, Experiment, Experiments
 from modelmill.experiments.stats import check_correction
 from modelmill.registry import Registry
 from modelmill.registry.versions import check_model_name
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["CREATE_FIELDS", "analyze_experiment", "create_experiment", "create_request", "experiment_results",
            "experiment_status", "list_experiments", "stop_experiment"]
@@ -131,8 +134,10 @@ def analyze_experiment(project: Any, name: str, *, test: str | None = None, dire
     return Experiments(project).analyze(name, test=test, direction=direction, correction=correction).as_dict()
 
 
-def experiment_results(project: Any, name: str) -> dict[str, Any]:
-    """``{"experiment": status, "analysis", "decisions", "no_data"}``.
+def experiment_results(project: Any, name: str, *,
+                       log: tuple[Experiment, pd.DataFrame] | None = None) -> dict[str, Any]:
+    """``{"experiment": status, "analysis", "decisions", "no_data"}``; ``log``: the experiment's
+    :meth:`~modelmill.experiments.Experiments.log`, already read (the console reads it once per page).
 
     ``decisions`` has one ``{treatment, decision, reason}`` per treatment (``keep_control``,
     ``switch_to_treatment`` or ``continue``). An experiment that cannot be analysed yet (no served
@@ -142,7 +147,7 @@ def experiment_results(project: Any, name: str) -> dict[str, Any]:
     status = experiment_status(project, name)
     store = Experiments(project)
     try:
-        analysis = store.analyze(name)
+        analysis = store.analyze(name) if log is None else store.analyze_log(*log)
     except InputError as exc:  # the request is sound; the log cannot answer it yet
         return {"experiment": status, "analysis": None, "decisions": [], "no_data": _no_data(name, exc)}
     decisions = [{"treatment": c.treatment.name, "decision": d.decision, "reason": d.reason}
