@@ -137,14 +137,15 @@ def find_config_file(start: Path | None = None) -> Path | None:
     return None
 
 
-def load_settings(*, cwd: Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+def load_settings(*, cwd: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
+                  **overrides: Any) -> Settings:
     """Read settings: defaults, then ``modelmill.toml``, then ``MODELMILL_*``, then ``overrides``.
 
     A relative ``home`` in the file is relative to the file's folder; in the
     environment it is relative to the working directory.
     """
     env = os.environ if env is None else env
-    base = (cwd or Path.cwd()).absolute()
+    base = (Path(cwd) if cwd is not None else Path.cwd()).absolute()
     path = find_config_file(base)
     data: dict[str, Any] = {}
     if path is not None:

@@ -57,3 +57,37 @@ def test_delayed_labels_join_by_request_and_roll_per_variant(project: Project) -
     assert sum(r["n"] for r in rolling) == 600
     lat = {r["variant"]: r for r in perf.latency(window="1d")}
     assert lat["a"]["p95_ms"] == pytest.approx(4.0) and lat["b"]["n"] == 400
+
+
+@pytest.mark.parametrize("seconds", [None, 3600.0, 86400.0])
+def test_grouped_metrics_at_once_equal_classification_metrics_per_group(seconds: float | None) -> None:
+    """The monitor computes every (model, version, variant, bucket) group's binary metrics at once (grouped
+    sums and one grouped rank); each row equals classification_metrics of that group's rows, including
+    groups of one class (AUC NaN), no positive prediction (precision NaN), ties and a null variant."""
+    import math
+
+    import pyarrow as pa
+
+    from modelmill.monitoring.performance import _grouped
+
+    rng = np.random.default_rng(11)
+    n = 4_000
+    frame = pd.DataFrame({"model": rng.choice(["a", "b"], n), "version": rng.integers(1, 4, n),
+                          "variant": rng.choice(np.array(["x", "y", None], dtype=object), n),
+                          "ts": pd.to_datetime(rng.integers(0, 3 * 86400, n), unit="s", utc=True),
+                          "label": rng.integers(0, 2, n).astype(float), "output": rng.random(n).round(2)})
+    frame.loc[frame.model == "b", "label"] = 1.0  # one class: AUC is NaN
+    frame.loc[(frame.model == "a") & (frame.version == 3), "output"] = 0.2  # no positive prediction
+    rows = _grouped(pa.Table.from_pandas(frame, preserve_index=False), ("model", "version", "variant"), seconds, 0.5)
+    keys = ["model", "version", "variant"] + (["bucket"] if seconds else [])
+    if seconds:
+        epoch = (frame.ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+        frame["bucket"] = epoch // int(seconds) * int(seconds)
+    groups = list(frame.groupby(keys, sort=True, dropna=False))
+    assert len(rows) == len(groups) > 10
+    for row, (_, part) in zip(rows, groups, strict=True):
+        want = classification_metrics(part.label.to_numpy(), part.output.to_numpy())
+        assert list(row)[len(keys):] == list(want)
+        for name, value in want.items():
+            assert (math.isnan(value) and math.isnan(row[name])) or row[name] == pytest.approx(value, abs=1e-12), name
+    assert any(math.isnan(r["auc"]) for r in rows) and any(math.isnan(r["precision"]) for r in rows)

@@ -407,6 +407,11 @@ def _grouped(table: pa.Table, by: Sequence[str], seconds: float | None, threshol
         epoch = ts.astype("int64") // 10 ** _ts_exponent(ts)
         frame["bucket"] = (epoch // int(seconds) * int(seconds)).astype("int64")
         keys.append("bucket")
+    probs_column = frame.get("probabilities")
+    if probs_column is None or not probs_column.notna().any():
+        fast = _binary_grouped(frame, keys, threshold)
+        if fast is not None:
+            return fast
     rows = []
     for group, part in frame.groupby(keys, sort=True, dropna=False):
         values = group if isinstance(group, tuple) else (group,)
@@ -426,6 +431,59 @@ def _grouped(table: pa.Table, by: Sequence[str], seconds: float | None, threshol
         else:
             row.update(classification_metrics(part["label"].to_numpy(), part["output"].to_numpy(),
                                               threshold=threshold))
+        rows.append(row)
+    return rows
+
+
+def _binary_grouped(frame: Any, keys: list[str], threshold: float, bins: int = 10) -> list[dict[str, Any]] | None:
+    """:func:`classification_metrics` of every group of a binary log at once: grouped sums and one grouped
+    rank, instead of one call per group (661 groups of the demo's monitoring page: 830 → ~60 ms). None
+    where an output or label is not a number (the per-group path then says what it says)."""
+    y = frame["label"].to_numpy(dtype=np.float64, na_value=np.nan)
+    p = frame["output"].to_numpy(dtype=np.float64, na_value=np.nan)
+    if not (np.isfinite(y).all() and np.isfinite(p).all()):
+        return None
+    grouped = frame.groupby(keys, sort=True, dropna=False)
+    g = grouped.ngroup().to_numpy()
+    sizes = grouped.size()
+    n_groups = len(sizes)
+
+    def total(weights: np.ndarray) -> np.ndarray:
+        return np.bincount(g, weights=weights, minlength=n_groups)
+
+    n = total(np.ones_like(y))
+    pos, pred = y == 1, p >= threshold
+    n_pos = total(pos.astype(np.float64))
+    n_neg = n - n_pos
+    n_pred = total(pred.astype(np.float64))
+    tp = total((pred & pos).astype(np.float64))
+    correct = total((pred == pos).astype(np.float64))
+    # ties get their average rank within the group: the Mann-Whitney form of the AUC, as classification_metrics
+    ranks = grouped["output"].rank(method="average").to_numpy(dtype=np.float64)
+    rank_pos = total(np.where(pos, ranks, 0.0))
+    idx = g * bins + np.clip((p * bins).astype(np.int64), 0, bins - 1)
+    gap = np.abs(np.bincount(idx, weights=p, minlength=n_groups * bins)
+                 - np.bincount(idx, weights=y, minlength=n_groups * bins)).reshape(n_groups, bins).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        metrics = {
+            "n": n,
+            "positive_rate": total(y) / n,
+            "mean_prediction": total(p) / n,
+            "accuracy": correct / n,
+            "precision": np.where(n_pred > 0, tp / n_pred, np.nan),
+            "recall": np.where(n_pos > 0, tp / n_pos, np.nan),
+            "auc": np.where((n_pos > 0) & (n_neg > 0), (rank_pos - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg), np.nan),
+            "log_loss": total(log_losses(y, p)) / n,
+            "brier": total((p - y) ** 2) / n,
+            "calibration_error": gap / n,
+        }
+    rows = []
+    for i, group in enumerate(sizes.index):
+        values = group if isinstance(group, tuple) else (group,)
+        row: dict[str, Any] = {k: (v.item() if hasattr(v, "item") else v) for k, v in zip(keys, values, strict=True)}
+        if "bucket" in row:
+            row["bucket"] = dt.datetime.fromtimestamp(row["bucket"], tz=dt.UTC)
+        row.update({name: float(column[i]) for name, column in metrics.items()})
         rows.append(row)
     return rows
 
