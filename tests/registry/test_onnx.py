@@ -84,3 +84,38 @@ def test_int8_beyond_margin_is_rejected(sqlite_registry: Registry) -> None:
     assert result.before == pytest.approx(1.0) and result.after == pytest.approx(0.5)
     assert "int8 rejected: auc worsened by 0.5000" in result.reason and "0.0050" in result.reason
     assert [v.version for v in sqlite_registry.versions("fragile")] == [1]  # nothing registered
+
+
+@pytest.mark.parametrize("flavor", ["sklearn", "lightgbm", "xgboost"])
+def test_a_multiclass_export_serves_every_class(sqlite_registry: Registry, flavor: str) -> None:
+    """A multiclass model's ONNX version scores [n, C] like the native one (not one column), with the same
+    task and class names, so serving answers each class's probability from either version."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(600, 4))
+    y = np.argmax(X[:, :3] + rng.normal(scale=0.5, size=(600, 3)), axis=1)
+    labels = y + 5  # class labels that are not their indices
+    if flavor == "sklearn":
+        model = LogisticRegression(max_iter=200).fit(X, labels)
+    elif flavor == "lightgbm":
+        import lightgbm as lgb
+
+        model = lgb.LGBMClassifier(n_estimators=20, num_leaves=7, verbose=-1, random_state=0).fit(X, labels)
+    else:
+        import xgboost as xgb
+
+        model = xgb.XGBClassifier(n_estimators=20, max_depth=3).fit(X, y)  # XGBoost's classes are 0..K-1
+        model.get_booster().set_attr(modelmill_classes='["cat", "dog", "fish"]')  # as the trainer records them
+    signature = Signature(inputs=[Field(f"f{i}", "float64") for i in range(4)], outputs=[Field("probability")])
+    mv = sqlite_registry.register("mc", model, flavor=flavor, signature=signature)
+    native = sqlite_registry.load(mv)
+    onnx_mv = export_onnx(sqlite_registry, mv)
+    exported = sqlite_registry.load(onnx_mv, threads=1)
+    Xt = rng.normal(size=(200, 4))
+    assert native.predict(Xt).shape == exported.predict(Xt).shape == (200, 3)
+    np.testing.assert_allclose(exported.predict(Xt), native.predict(Xt), atol=1e-5)
+    assert exported.options["task"] == native.options["task"] == "multiclass"
+    assert exported.options["classes"] == native.options["classes"], (exported.options, native.options)
+    want = ["cat", "dog", "fish"] if flavor == "xgboost" else ["5", "6", "7"]
+    assert [str(c) for c in exported.options["classes"]] == want

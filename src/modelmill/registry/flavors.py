@@ -429,7 +429,13 @@ class OnnxFlavor(Flavor):
     def _load(self, data: bytes, signature: Signature, *, threads: int | None,
               providers: Sequence[str] | None = None) -> tuple[Predict, Any, dict[str, Any]]:
         predict, session = onnx_predict(data, threads=threads, providers=providers)
-        return predict, session, {"threads": threads, "providers": list(session.get_providers())}
+        opts: dict[str, Any] = {"threads": threads, "providers": list(session.get_providers())}
+        width = _probability_width(session)
+        if width is not None and width > 2:  # a multiclass classifier: every class's probability, [n, C]
+            names = signature.output_names
+            opts |= {"task": "multiclass",
+                     "classes": names if len(names) == width else (_onnx_classes(data) or [str(i) for i in range(width)])}
+        return predict, session, opts
 
 
 #: The short names ``[registry] onnx_providers`` takes, beside onnxruntime's own provider names.
@@ -489,18 +495,54 @@ def onnx_predict(data: bytes, *, threads: int | None = None, providers: Sequence
     in_name = inp.name
     in_dtype = np.float64 if inp.type == "tensor(double)" else np.float32
     outs = session.get_outputs()
-    chosen = next((o for o in outs if o.name in ("probabilities", "probability", "output_probability")), None)
+    chosen = next((o for o in outs if o.name in _PROBABILITY_OUTPUTS), None)
     if chosen is None:
         floats = [o for o in outs if o.type in ("tensor(float)", "tensor(double)")]
         chosen = floats[-1] if floats else outs[0]
     out_names = [chosen.name]
     run = session.run
+    width = _probability_width(session)
+    if width is not None and width > 2:  # multiclass: [n, C], as the native flavours serve it
+        def predict_classes(X: np.ndarray) -> np.ndarray:
+            y = np.asarray(run(out_names, {in_name: np.ascontiguousarray(X, dtype=in_dtype)})[0])
+            return y.reshape(len(X), -1).astype(np.float64)
+        return predict_classes, session
 
     def predict(X: np.ndarray) -> np.ndarray:
         y = np.asarray(run(out_names, {in_name: np.ascontiguousarray(X, dtype=in_dtype)})[0])
         y = y.reshape(len(X), -1)
         return (y[:, 1] if y.shape[1] == 2 else y[:, -1]).astype(np.float64)
     return predict, session
+
+
+_PROBABILITY_OUTPUTS = ("probabilities", "probability", "output_probability")
+
+
+def _probability_width(session: Any) -> int | None:
+    """The class count of the graph's probability output (``[n, C]`` with C fixed), or None (no such output,
+    or its width is not fixed in the graph)."""
+    chosen = next((o for o in session.get_outputs() if o.name in _PROBABILITY_OUTPUTS), None)
+    shape = list(getattr(chosen, "shape", None) or [])
+    return shape[1] if len(shape) == 2 and isinstance(shape[1], int) else None
+
+
+def _onnx_classes(data: bytes) -> list[str] | None:
+    """The class labels an ONNX classifier names in its order of outputs: the ``modelmill_classes`` metadata
+    :func:`~modelmill.registry.export_onnx` writes (the native model's labels), else the classifier node's
+    ``classlabels_*`` attribute; None when neither is there."""
+    import onnx
+
+    proto = onnx.load_from_string(data)
+    for prop in proto.metadata_props:
+        if prop.key == "modelmill_classes":
+            return [str(c) for c in json.loads(prop.value)]
+    for node in proto.graph.node:
+        for attr in node.attribute:
+            if attr.name in ("classlabels_ints", "classlabels_int64s") and attr.ints:
+                return [str(v) for v in attr.ints]
+            if attr.name == "classlabels_strings" and attr.strings:
+                return [v.decode() for v in attr.strings]
+    return None
 
 
 def _onnx_width(proto: Any) -> int | None:

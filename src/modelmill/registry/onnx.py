@@ -15,6 +15,7 @@ AUC is no more than ``max_auc_drop`` below the model it came from.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import warnings
@@ -85,6 +86,10 @@ def export_onnx(registry: Registry, mv: ModelVersion | str, *, actor: str = "api
     src = registry.resolve(mv) if isinstance(mv, str) else mv
     loaded = registry.load(src)
     proto = to_onnx(loaded.raw, src.flavor, n_features=len(src.signature.inputs), options=loaded.options)
+    if loaded.options.get("task") == "multiclass" and loaded.options.get("classes"):
+        # the native model's class labels (XGBoost's graph says 0..K-1, the trainer's labels are the user's)
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = "modelmill_classes", json.dumps([str(c) for c in loaded.options["classes"]])
     return registry.register(
         src.name, proto, flavor="onnx", signature=src.signature, run_id=src.run_id, metrics=dict(src.metrics),
         lineage={**src.lineage, "derived_from": src.ref, "derivation": f"onnx export of {src.flavor}"},
