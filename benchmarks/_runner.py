@@ -163,3 +163,27 @@ def peer_venv(name: str, *packages: str) -> Path | None:
         return None
     stamp.write_text(want)
     return python
+
+
+def serve(folder: Path, args: Sequence[str] = (), *, timeout_s: float = 120.0) -> tuple[subprocess.Popen[bytes], str]:
+    """``modelmill serve ARGS`` on a free port in ``folder`` (its ``modelmill.toml``; no ``MODELMILL_*`` from
+    this shell), once ``/v2/health/ready`` answers 200: the process and its URL. Exits if it never does."""
+    import httpx
+
+    from modelmill.demo.server import free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELMILL_")}
+    proc = subprocess.Popen([sys.executable, "-m", "modelmill", "serve", *args, "--port", str(port)], cwd=folder,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=1.0).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.terminate()
+    raise SystemExit(f"modelmill serve did not become ready in {timeout_s:.0f} s")

@@ -24,9 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from _runner import Benchmark, package_version, percentiles
+from _runner import Benchmark, package_version, percentiles, serve
 
 GOAL_MS = 300.0
 MODEL = "flights_delay"
@@ -57,22 +55,7 @@ def _token(folder: Path) -> str:
 
 
 def _serve(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
-    from modelmill.demo.server import free_port
-
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "modelmill", "serve", "--port", str(port)], cwd=folder, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1.0).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.terminate()
-    raise SystemExit("modelmill serve did not become ready in 120 s")
+    return serve(folder)
 
 
 def _measure(page: Any, url: str) -> tuple[float, float]:

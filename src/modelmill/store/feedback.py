@@ -722,24 +722,29 @@ class Feedback:
 
     # ---- the join
 
-    def _joined(self, con: Any, *, inner: bool) -> str:
-        """SQL of the prediction log with a ``label`` column: only labelled rows when ``inner``."""
+    def _joined(self, con: Any, *, inner: bool, where: Sequence[str] = ()) -> str:
+        """SQL of the prediction log with a ``label`` column: only labelled rows when ``inner``; only the log
+        rows that meet every condition of ``where`` (SQL on the log's columns, its ``?`` parameters the
+        caller's), whose labels alone are then grouped (a guardrail's stage or a monitor's window reads
+        the labels of its own requests, not of the whole log)."""
+        picked = f" WHERE {' AND '.join(where)}" if where else ""
         if not self.offline.exists(self.labels):
             return f"SELECT p.*, CAST(NULL AS DOUBLE) AS label FROM {self.predictions} p" + (
-                " WHERE FALSE" if inner else "")
+                " WHERE FALSE" if inner else picked)
         cols = _columns(con, self.labels)
         model = "model" if "model" in cols else "CAST(NULL AS VARCHAR)"
         received = "coalesce(epoch_us(received_at), -1)" if "received_at" in cols else "-1"
         # Newest ts wins; of two with the same ts, the one received last (a label written before received_at
         # existed loses such a tie).
+        scope = " WHERE request_id IN (SELECT request_id FROM mm_log)" if where else ""
         latest = (f"SELECT request_id, {model} AS model, max(ts) AS ts, "
                   f"arg_max(CAST(label AS DOUBLE), {{'t': epoch_us(ts), 'r': {received}}}) AS label "
-                  f"FROM {self.labels} GROUP BY ALL")
+                  f"FROM {self.labels}{scope} GROUP BY ALL")
         # A label names its model; one written before labels did joins on the request id alone (filtered by
         # model through the prediction's side). Of the two, the newer wins.
-        sql = (f"WITH latest AS ({latest}) "
+        sql = (f"WITH mm_log AS (SELECT * FROM {self.predictions}{picked}), latest AS ({latest}) "
                "SELECT p.*, CASE WHEN u.ts IS NULL OR t.ts >= u.ts THEN t.label ELSE u.label END AS label "
-               f"FROM {self.predictions} p "
+               "FROM mm_log p "
                "LEFT JOIN latest t ON t.request_id = p.request_id AND t.model = p.model "
                "LEFT JOIN latest u ON u.request_id = p.request_id AND u.model IS NULL")
         return sql + (" WHERE t.request_id IS NOT NULL OR u.request_id IS NOT NULL" if inner else "")
@@ -762,8 +767,7 @@ class Feedback:
             probs = "probabilities" if "probabilities" in _columns(con, self.predictions) else \
                 "CAST(NULL AS DOUBLE[]) AS probabilities"
             sql = (f"SELECT model, version, variant, ts, {self.time} AS at, output, label, {probs} "
-                   f"FROM ({self._joined(con, inner=True)}) "
-                   f"WHERE {' AND '.join(where)} ORDER BY {self.time}")
+                   f"FROM ({self._joined(con, inner=True, where=where)}) ORDER BY {self.time}")
             return _arrow(con, sql, params)
 
     def outcomes(self, model: str, *, since: Time) -> pd.DataFrame | None:
@@ -778,7 +782,7 @@ class Feedback:
             status = "coalesce(status, 200)" if "status" in _columns(con, self.predictions) else "200"
             return con.execute(
                 f"SELECT request_id, variant, epoch({self.time}) AS t, latency_ms, output, {status} AS status, label "
-                f"FROM ({self._joined(con, inner=False)}) WHERE {' AND '.join(where)}", params).df()
+                f"FROM ({self._joined(con, inner=False, where=where)})", params).df()
 
     def routed(self, model: str, *, since: Time, labelled: bool, answered: bool) -> pd.DataFrame:
         """The log rows of ``model`` that carry a routing key, since a time (empty without a log): every
@@ -791,12 +795,13 @@ class Feedback:
         if answered:
             where.append(ANSWERED)
         with self._connect(labels=labelled) as con:
-            source = self._joined(con, inner=True) if labelled else f"SELECT * FROM {self.predictions}"
+            source = self._joined(con, inner=True, where=where) if labelled else \
+                f"SELECT * FROM {self.predictions} WHERE {' AND '.join(where)}"
             # The inputs are left unread: turning the feature maps into Python dicts was most of the read's time
             # (331 ms → 145 ms for 20k rows), and an experiment's metrics are of its outputs and labels.
             inputs = [c for c in ("features", "entities", "missing") if c in _columns(con, self.predictions)]
             picked = f"* EXCLUDE ({', '.join(inputs)})" if inputs else "*"
-            return con.execute(f"SELECT {picked} FROM ({source}) WHERE {' AND '.join(where)}", params).df()
+            return con.execute(f"SELECT {picked} FROM ({source})", params).df()
 
     def assignments(self, model: str, *, since: Time, variants: Sequence[str]) -> list[tuple[str, str, float]]:
         """(routing key, variant, first seen in epoch seconds) of ``model``'s keyed requests since a time."""
