@@ -120,6 +120,7 @@ def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # over 5 s (make test alone stays under 10 min; .ci/run runs it)
 def test_cli_apply_and_list(tmp_path: Path) -> None:
     (tmp_path / "defs.py").write_text(DEFS)
     out = cli(tmp_path, "apply", "defs.py", "--json")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from modelmill.config import load_settings
 from modelmill.project import Project
 from tests.loop import pipelines
@@ -35,6 +37,7 @@ min_requests = 50
 '''
 
 
+@pytest.mark.slow  # over 5 s (make test alone stays under 10 min; .ci/run runs it)
 def test_one_round_then_the_status(tmp_path: Path) -> None:
     (tmp_path / "modelmill.toml").write_text(TOML)
     with Project(load_settings(cwd=tmp_path, env={})) as project:

@@ -42,6 +42,7 @@ def register_one(db_url: str, home: str, index: int, barrier: Any, out: Any) -> 
         project.close()
 
 
+@pytest.mark.slow  # over 5 s (make test alone stays under 10 min; .ci/run runs it)
 def test_eight_processes_get_versions_1_to_8(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Spawned children import this module by name, so the repository root must be on their path.
     monkeypatch.setattr(sys, "path", [str(ROOT), *sys.path])

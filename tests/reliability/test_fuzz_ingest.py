@@ -111,6 +111,7 @@ def check_partition(schema: EventSchema, payloads: Sequence[bytes]) -> tuple[Any
     return table, rejected
 
 
+@pytest.mark.slow  # over 5 s (make test alone stays under 10 min; .ci/run runs it)
 @settings(max_examples=300, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(batches())

@@ -22,6 +22,7 @@ def _value(text: str, pattern: str) -> float:
     return total
 
 
+@pytest.mark.slow  # over 5 s (make test alone stays under 10 min; .ci/run runs it)
 def test_metrics_are_summed_across_workers(project_dir: Path, serve: Any) -> None:
     proc = serve(project_dir, "--model", "clf@production", "--workers", "2")
     X = np.random.default_rng(1).normal(size=(1, N_FEATURES))

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from modelmill.training.trainers.ddp import launch
 from modelmill.training.trainers.torch_mlp import MLPConfig, fit_module, state_hash
@@ -21,6 +22,7 @@ from modelmill.training.trainers.torch_mlp import MLPConfig, fit_module, state_h
 TOLERANCE = 1e-5
 
 
+@pytest.mark.slow  # over 5 s (make test alone stays under 10 min; .ci/run runs it)
 def test_two_ranks_agree_and_match_one_process(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     X = rng.normal(size=(1024, 6))
