@@ -54,10 +54,6 @@ def _token(folder: Path) -> str:
         project.close()
 
 
-def _serve(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
-    return serve(folder)
-
-
 def _measure(page: Any, url: str) -> tuple[float, float]:
     """(first contentful paint, time to first byte) of one load, in seconds."""
     response = page.goto(url, wait_until="load")
@@ -89,7 +85,7 @@ def main() -> None:
         folder = Path(scratch)
         _demo(folder)
     token = _token(folder)
-    proc, url = _serve(folder)
+    proc, url = serve(folder)
     bench = Benchmark("console", f"Web console over the demo's data (--months 3): {args.loads} loads per page")
     bench.versions(chromium=subprocess.run([chromium, "--version"], capture_output=True, text=True).stdout.strip(),
                    playwright=package_version("playwright"))

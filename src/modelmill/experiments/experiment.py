@@ -42,7 +42,7 @@ from modelmill.experiments.metrics import (
     served_values,
 )
 from modelmill.experiments.stats import check_correction, srm_test
-from modelmill.store.feedback import Feedback, LabelTask, model_task
+from modelmill.store.feedback import Feedback, LabelTask, label_task
 from modelmill.store.tables.experiments import experiment_exposures, experiments, rollouts
 
 __all__ = ["Arm", "Experiment", "Experiments", "parse_arms"]
@@ -360,8 +360,8 @@ class Experiments:
         # Each row is scored with the task of the version that served it: variants of one experiment may serve
         # versions whose classes differ (a retrained multiclass model), and the newest version may serve none.
         versions = sorted({int(v) for v in frame["version"].dropna()}) if "version" in frame else []
-        tasks: dict[int | None, LabelTask] = {v: self._task(f"{exp.model}@{v}", exp.model) for v in versions} or \
-            {None: self._task(exp.model, exp.model)}
+        tasks: dict[int | None, LabelTask] = {v: self._task(f"{exp.model}@{v}") for v in versions} or \
+            {None: self._task(exp.model)}
         _one_kind(exp.model, tasks.values())
         for task in set(tasks.values()):
             check_task_metric("primary_metric", metric, task.kind, exp.model)
@@ -382,20 +382,16 @@ class Experiments:
         assert experiment.model is not None
         refs = {experiment.model if arm.version is None else f"{experiment.model}@{arm.version}"
                 for arm in experiment.variants}
-        tasks = [self._task(ref, experiment.model) for ref in sorted(refs)] or \
-            [self._task(experiment.model, experiment.model)]
+        tasks = [self._task(ref) for ref in sorted(refs)] or [self._task(experiment.model)]
         return _one_kind(experiment.model, tasks)
 
-    def _task(self, ref: str, model: str) -> LabelTask:
+    def _task(self, ref: str) -> LabelTask:
         """The task (and classes) the version ``ref`` (``name``: its newest; ``name@3``, ``name@alias``)
         records; no task for a model or version not registered here (its metrics are then checked against its
         labels alone)."""
         from modelmill.registry import Registry  # late: the registry is not the experiments' dependency
-        from modelmill.store.feedback import label_task
 
         try:
-            if ref == model:
-                return model_task(Registry(self.project), model)
             return label_task(Registry(self.project).resolve(ref))
         except NotFoundError:
             return LabelTask(source=ref)

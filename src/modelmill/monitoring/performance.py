@@ -414,10 +414,7 @@ def _grouped(table: pa.Table, by: Sequence[str], seconds: float | None, threshol
             return fast
     rows = []
     for group, part in frame.groupby(keys, sort=True, dropna=False):
-        values = group if isinstance(group, tuple) else (group,)
-        row: dict[str, Any] = {k: (v.item() if hasattr(v, "item") else v) for k, v in zip(keys, values, strict=True)}
-        if "bucket" in row:
-            row["bucket"] = dt.datetime.fromtimestamp(row["bucket"], tz=dt.UTC)
+        row = _group_row(keys, group)
         probs = part.get("probabilities")
         if probs is not None and probs.notna().any():
             classes = classes_of(row["model"], int(row["version"])) if classes_of is not None and {
@@ -477,15 +474,17 @@ def _binary_grouped(frame: Any, keys: list[str], threshold: float, bins: int = 1
             "brier": total((p - y) ** 2) / n,
             "calibration_error": gap / n,
         }
-    rows = []
-    for i, group in enumerate(sizes.index):
-        values = group if isinstance(group, tuple) else (group,)
-        row: dict[str, Any] = {k: (v.item() if hasattr(v, "item") else v) for k, v in zip(keys, values, strict=True)}
-        if "bucket" in row:
-            row["bucket"] = dt.datetime.fromtimestamp(row["bucket"], tz=dt.UTC)
-        row.update({name: float(column[i]) for name, column in metrics.items()})
-        rows.append(row)
-    return rows
+    return [_group_row(keys, group) | {name: float(column[i]) for name, column in metrics.items()}
+            for i, group in enumerate(sizes.index)]
+
+
+def _group_row(keys: Sequence[str], group: Any) -> dict[str, Any]:
+    """A group's key of ``frame.groupby(keys)`` as a row's first fields (``bucket`` as a UTC datetime)."""
+    values = group if isinstance(group, tuple) else (group,)
+    row: dict[str, Any] = {k: (v.item() if hasattr(v, "item") else v) for k, v in zip(keys, values, strict=True)}
+    if "bucket" in row:
+        row["bucket"] = dt.datetime.fromtimestamp(row["bucket"], tz=dt.UTC)
+    return row
 
 
 def _ts_exponent(ts: Any) -> int:
